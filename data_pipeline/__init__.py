@@ -1,0 +1,1 @@
+"""Common Crawl math mining as datatrove pipeline steps."""
