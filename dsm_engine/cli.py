@@ -20,12 +20,12 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("rm", "label"): ("dsm_engine.rewards.labeling:main", "label samples for reward models"),
     ("convert", "hf-to-dsm"): ("dsm_engine.models.convert:hf_to_dsm_main", "import a HF Llama"),
     ("convert", "dsm-to-hf"): ("dsm_engine.models.convert:dsm_to_hf_main", "export to HF Llama"),
-    ("data", "mine"): ("dsm_engine.data_pipeline.cli:mine_main", "iterative math mining"),
+    ("data", "mine"): ("dsm_engine.data_pipeline.mine:main", "iterative math mining"),
     ("data", "decontaminate"): (
-        "dsm_engine.data_pipeline.cli:decontaminate_main",
+        "dsm_engine.data_pipeline.decontaminate:main",
         "remove benchmark n-grams",
     ),
-    ("data", "tokenize"): ("dsm_engine.data_pipeline.cli:tokenize_main", "write .bin/.idx shards"),
+    ("data", "tokenize"): ("dsm_engine.data_pipeline.tokenize:main", "write .bin/.idx shards"),
     ("eval",): ("dsm_engine.eval.cli:main", "evaluate on GSM8K, MATH, CMATH, ..."),
     ("plot",): ("dsm_engine.plotting:main", "plot a run's curves to PNG"),
 }
