@@ -1,0 +1,326 @@
+"""The mining driver (stage 7): ``dsm data mine --warc GLOB --seed SEED.jsonl --out DIR``.
+
+Builds the pool once (stages 1-4, ``pool.py``), then iterates (DeepSeekMath §2.1):
+train the classifier on seed positives + random pool negatives, score the pool, keep the top
+pages, report math domains and candidate paths, add uncollected pages under annotated paths to
+the seed; stop after ``iterations`` or when at least ``stop_overlap`` (98%) of this iteration's
+collection was already collected in the previous one. Each iteration's classifier, scores,
+domain report, path candidates, seed additions and stats live in ``DIR/iter_<k>/``.
+
+Outputs: ``DIR/mined.jsonl`` (kept pages, best first: ``{"id", "text", "metadata"}`` with url,
+domain, date, language, math_score), ``DIR/funnel.json`` (pages in and kept per stage).
+
+Resume: run the same command again. Stages skip their completed tasks (datatrove completion
+markers); driver steps write their results atomically and are skipped when present; a killed
+run therefore finishes with the same output as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import heapq
+import json
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datatrove.pipeline.writers import JsonlWriter
+
+from .classifier import ClassifierConfig, MathScorer, select_top, train_classifier
+from .domains import (
+    PageRow,
+    auto_annotations,
+    domain_report,
+    propose_paths,
+    read_annotations,
+    seed_additions,
+    write_domain_report,
+    write_path_candidates,
+)
+from .executors import ExecutorConfig, run_stage
+from .near_dedup import MinHashParams
+from .pool import RANK_FILE, IdFilter, RankFileReader, build_pool, split_glob
+
+
+@dataclass
+class MineConfig:
+    """Everything ``dsm data mine`` reads (YAML via ``--config``, ``key=value`` overrides)."""
+
+    warc: str = ""  # glob of WARC/WET files
+    seed: str = ""  # JSONL of seed math documents ({"text": ...} per line)
+    out: str = ""  # output folder (also the resume state)
+    iterations: int = 4
+    tasks: int = 0  # tasks per stage; 0: one per WARC file, at most max_tasks
+    max_tasks: int = 64
+    languages: list[str] = field(default_factory=lambda: ["en", "zh"])
+    lang_min_score: float = 0.5
+    max_page_bytes: int = 2_000_000
+    max_link_density: float = 0.5
+    minhash: MinHashParams = field(default_factory=MinHashParams)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    domain_threshold: float = 0.10  # a domain is math-related above this collected fraction
+    domain_min_pages: int = 1
+    path_depth: int = 2  # path segments of proposed prefixes
+    annotations: str = ""  # file of annotated math paths (the human step); "" for none
+    auto_annotate: float = 0.0  # > 0: also accept proposed paths with collected fraction >= this
+    stop_overlap: float = 0.98
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+
+
+@dataclass
+class MineResult:
+    """Where the mined corpus is and how much each stage kept."""
+
+    mined: Path  # DIR/mined.jsonl
+    funnel: dict
+    out: Path
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _read_jsonl(path: Path) -> Iterator[dict]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
+def _pool_docs(pool: Path) -> Iterator[dict]:
+    for path in sorted((pool / "docs").glob("*.jsonl.gz")):
+        yield from _read_jsonl(path)
+
+
+def _read_seed(path: str) -> list[str]:
+    p = Path(path)
+    if not path or not p.is_file():
+        raise FileNotFoundError(f"--seed {path or '(missing)'}: seed file not found")
+    texts = []
+    for i, row in enumerate(_read_jsonl(p), 1):
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise ValueError(f"{p}:{i}: each seed line needs a string 'text' field")
+        texts.append(row["text"])
+    if not texts:
+        raise ValueError(f"--seed {p}: no documents")
+    return texts
+
+
+def sample_negatives(pool: Path, n: int, salt: str, exclude: set[str]) -> list[str]:
+    """``n`` pool texts chosen uniformly by a salted hash of their id (reproducible)."""
+    def key(doc: dict) -> str:
+        return hashlib.sha1(f"{salt}:{doc['id']}".encode()).hexdigest()
+
+    docs = (d for d in _pool_docs(pool) if d["id"] not in exclude)
+    return [d["text"] for d in heapq.nsmallest(n, docs, key=key)]
+
+
+def _score_row(self, doc) -> dict:
+    """Scores file line: what ranking and domain discovery need, not the text."""
+    m = doc.metadata
+    return {"id": doc.id, "url": m.get("url", ""), "domain": m.get("domain", ""),
+            "score": m["math_score"], "n_tokens": m["n_tokens"]}  # fmt: skip
+
+
+class _Progress:
+    """Rich progress over iterations with the current stage as its description."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.enabled = enabled
+        if enabled:
+            from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                TextColumn("{task.completed}/{task.total} iterations"), TimeElapsedColumn())  # fmt: skip
+            self.task = self.bar.add_task("mining", total=total)
+
+    def __enter__(self):
+        if self.enabled:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.bar.stop()
+
+    def stage(self, name: str) -> None:
+        if self.enabled:
+            self.bar.update(self.task, description=f"[bold]{name}")
+
+    def advance(self, message: str) -> None:
+        if self.enabled:
+            self.bar.advance(self.task)
+            self.bar.console.print(message)
+
+
+def _check_config(cfg: MineConfig, out: Path) -> None:
+    from dsm_engine.config import save_config, to_dict
+
+    saved = out / "config.yaml"
+    mine = {k: v for k, v in to_dict(cfg).items() if k != "executor"}
+    if saved.is_file():
+        import yaml
+
+        before = {k: v for k, v in (yaml.safe_load(saved.read_text()) or {}).items() if k != "executor"}
+        diff = sorted(k for k in set(before) | set(mine) if before.get(k) != mine.get(k))
+        if diff:
+            raise ValueError(f"{saved}: {out} was mined with another config (differs in {', '.join(diff)}); use a new --out")
+        return
+    save_config(cfg, saved)
+
+
+def _iteration(cfg: MineConfig, k: int, pool: Path, out: Path, tasks: int, seed_texts: list[str],
+               prev: set[str] | None, prog: _Progress) -> dict:  # fmt: skip
+    """Run (or finish) iteration ``k``; return its summary (also written to ``iter_k/stats.json``)."""
+    it = out / f"iter_{k}"
+    it.mkdir(parents=True, exist_ok=True)
+    added = [row for j in range(1, k) for row in _read_jsonl(out / f"iter_{j}" / "seed_added.jsonl")]
+    positive_ids = {row["id"] for row in added}
+    positives = seed_texts + [row["text"] for row in added]
+    n_neg = max(1, round(len(positives) * cfg.classifier.negatives_per_positive))
+    model = it / "classifier.bin"
+    if not model.is_file():
+        prog.stage(f"iteration {k}: train classifier")
+        negatives = sample_negatives(pool, n_neg, f"{cfg.classifier.seed}:{k}", positive_ids)
+        train_classifier(positives, negatives, model, cfg.classifier)
+    prog.stage(f"iteration {k}: score pool")
+    scorer = [RankFileReader(str(pool / "docs")), MathScorer(str(model), cfg.classifier.max_words),
+              JsonlWriter(str(it / "scores"), output_filename=RANK_FILE, adapter=_score_row)]  # fmt: skip
+    run_stage(f"score-{k}", scorer, tasks=tasks, logging_dir=it / "logs" / "score", cfg=cfg.executor)
+    rows = [r for p in sorted((it / "scores").glob("*.jsonl.gz")) for r in _read_jsonl(p)]
+    prog.stage(f"iteration {k}: rank and keep")
+    collected = select_top(((r["id"], r["score"], r["n_tokens"]) for r in rows),
+                           cfg.classifier.threshold, cfg.classifier.token_budget)  # fmt: skip
+    _atomic_write(it / "collected_ids.txt", "\n".join(sorted(collected)))
+    kept = set(collected)
+    pages = [PageRow(r["id"], r["url"], r["domain"], r["id"] in kept) for r in rows]
+    prog.stage(f"iteration {k}: domain discovery")
+    report = domain_report(pages, cfg.domain_threshold, cfg.domain_min_pages)
+    write_domain_report(report, it)
+    cands = propose_paths(pages, [d["domain"] for d in report["math_domains"]], cfg.path_depth)
+    write_path_candidates(cands, it)
+    prefixes = read_annotations(cfg.annotations) if cfg.annotations else []
+    if cfg.auto_annotate > 0:
+        prefixes += auto_annotations(cands, cfg.auto_annotate)
+    _atomic_write(it / "annotations_used.txt", "\n".join(prefixes) + "\n")
+    new_ids = set(seed_additions(pages, prefixes)) - positive_ids
+    new_rows = sorted(({"id": d["id"], "text": d["text"]} for d in _pool_docs(pool) if d["id"] in new_ids),
+                      key=lambda r: r["id"])  # fmt: skip
+    _atomic_write(it / "seed_added.jsonl", "".join(json.dumps(r) + "\n" for r in new_rows))
+    overlap = len(kept & prev) / len(kept) if prev is not None and kept else None
+    summary = {
+        "iteration": k,
+        "positives": len(positives),
+        "negatives": n_neg,
+        "scored": len(rows),
+        "collected": len(kept),
+        "collected_tokens": sum(r["n_tokens"] for r in rows if r["id"] in kept),
+        "overlap_with_previous": None if overlap is None else round(overlap, 6),
+        "math_domains": len(report["math_domains"]),
+        "annotated_prefixes": len(prefixes),
+        "seed_added": len(new_rows),
+        "stopped": overlap is not None and overlap >= cfg.stop_overlap,
+    }
+    _atomic_write(it / "stats.json", json.dumps(summary, indent=1))
+    return summary
+
+
+def _write_mined(cfg: MineConfig, k: int, pool: Path, out: Path, tasks: int) -> int:
+    """Kept pages of iteration ``k`` with their scores -> ``mined/`` shards and ``mined.jsonl``."""
+    it = out / f"iter_{k}"
+    pipeline = [RankFileReader(str(pool / "docs")), IdFilter(str(it / "collected_ids.txt")),
+                MathScorer(str(it / "classifier.bin"), cfg.classifier.max_words),
+                JsonlWriter(str(out / "mined"), output_filename=RANK_FILE)]  # fmt: skip
+    run_stage("write-mined", pipeline, tasks=tasks, logging_dir=out / "logs" / f"mined_{k}", cfg=cfg.executor)
+    docs = [d for p in sorted((out / "mined").glob("*.jsonl.gz")) for d in _read_jsonl(p)]
+    docs.sort(key=lambda d: (-d["metadata"]["math_score"], d["id"]))
+    _atomic_write(out / "mined.jsonl", "".join(json.dumps(d, sort_keys=True, ensure_ascii=False) + "\n" for d in docs))
+    return len(docs)
+
+
+def mine_corpus(cfg: MineConfig, *, progress: bool = True) -> MineResult:
+    """Mine math pages from ``cfg.warc`` starting from ``cfg.seed`` into ``cfg.out``.
+
+    Raises FileNotFoundError naming ``--warc``/``--seed`` when they match nothing, ValueError
+    for bad values. Returns the path of ``mined.jsonl`` and the funnel.
+    """
+    if not cfg.out:
+        raise ValueError("--out is required")
+    if cfg.iterations < 1:
+        raise ValueError(f"--iterations must be >= 1, got {cfg.iterations}")
+    _, _, files = split_glob(cfg.warc)
+    seed_texts = _read_seed(cfg.seed)
+    if cfg.annotations:
+        read_annotations(cfg.annotations)  # fail now, not after hours of work
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_config(cfg, out)
+    tasks = cfg.tasks or min(len(files), cfg.max_tasks)
+    pool = out / "pool"
+    history: list[dict] = []
+    with _Progress(cfg.iterations, progress) as prog:
+        funnel = build_pool(cfg.warc, pool, tasks=tasks, executor=cfg.executor, languages=tuple(cfg.languages),
+                            lang_min_score=cfg.lang_min_score, max_page_bytes=cfg.max_page_bytes,
+                            max_link_density=cfg.max_link_density, minhash=cfg.minhash,
+                            on_stage=lambda s: prog.stage(f"pool: {s}"))  # fmt: skip
+        prev: set[str] | None = None
+        for k in range(1, cfg.iterations + 1):
+            done = out / f"iter_{k}" / "stats.json"
+            summary = json.loads(done.read_text()) if done.is_file() else None
+            if summary is None:
+                summary = _iteration(cfg, k, pool, out, tasks, seed_texts, prev, prog)
+            history.append(summary)
+            prev = set((out / f"iter_{k}" / "collected_ids.txt").read_text().split("\n")) - {""}
+            prog.advance(f"iteration {k}: collected {summary['collected']} of {summary['scored']} pages, "
+                         f"overlap {summary['overlap_with_previous']}, {summary['seed_added']} added to the seed")  # fmt: skip
+            if summary["stopped"]:
+                break
+        prog.stage("writing mined.jsonl")
+        kept = _write_mined(cfg, history[-1]["iteration"], pool, out, tasks)
+    funnel |= {"iterations": history, "iterations_run": len(history),
+               "stopped_early": bool(history[-1]["stopped"]), "kept": kept}  # fmt: skip
+    _atomic_write(out / "funnel.json", json.dumps(funnel, indent=1))
+    return MineResult(out / "mined.jsonl", funnel, out)
+
+
+def main(argv: list[str]) -> int:
+    """``dsm data mine``: see the module docstring; ``key=value`` overrides any MineConfig field."""
+    from dsm_engine.config import ConfigError, load_config, split_config_args
+
+    parser = argparse.ArgumentParser(prog="dsm data mine", description=__doc__.split("\n")[0])
+    parser.add_argument("--warc", help="glob of WARC/WET files")
+    parser.add_argument("--seed", help="seed JSONL (one {'text': ...} per line)")
+    parser.add_argument("--out", help="output folder; run again to resume")
+    parser.add_argument("--iterations", type=int)
+    parser.add_argument("--executor", choices=["local", "slurm", "ray"])
+    parser.add_argument("--annotations", help="file of annotated math URL paths (one per line)")
+    parser.add_argument("--auto-annotate", type=float, help="accept proposed paths with this collected fraction")
+    parser.add_argument("--threshold", type=float, help="keep pages with P(math) >= this")
+    parser.add_argument("--token-budget", type=int, help="keep at most this many tokens (best first)")
+    parser.add_argument("--no-progress", action="store_true")
+    try:
+        config, overrides, rest = split_config_args(argv)
+        args = parser.parse_args(rest)
+        flags = {"warc": args.warc, "seed": args.seed, "out": args.out, "iterations": args.iterations,
+                 "executor.kind": args.executor, "annotations": args.annotations,
+                 "auto_annotate": args.auto_annotate, "classifier.threshold": args.threshold,
+                 "classifier.token_budget": args.token_budget}  # fmt: skip
+        overrides += [f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in flags.items() if v is not None]
+        cfg = load_config(MineConfig, config, overrides)
+        for name in ("warc", "seed", "out"):
+            if not getattr(cfg, name):
+                raise ConfigError(f"--{name} is required")
+        result = mine_corpus(cfg, progress=not args.no_progress)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"dsm data mine: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: v for k, v in result.funnel.items() if k != "iterations"}, indent=1))
+    print(f"mined corpus: {result.mined}")
+    return 0

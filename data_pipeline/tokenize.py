@@ -1,0 +1,201 @@
+"""Stage 9: JSON Lines documents -> megatron-core indexed dataset (``PREFIX.bin`` / ``PREFIX.idx``).
+
+Each document becomes one sequence (and one megatron "document") of token ids from a
+Hugging Face ``tokenizers`` ``tokenizer.json``, encoded without special tokens and followed by
+the end-of-document token unless ``append_eod=False``. Documents with empty text are skipped
+and counted. The token dtype is megatron's own choice for the vocabulary size
+(``DType.optimal_dtype``: uint16 below 65,500 ids, else int32).
+
+Python: ``tokenize_jsonl(inputs, tokenizer_path, out_prefix)`` returns :class:`TokenizeStats`;
+``IndexedDataset(out_prefix)`` then serves the token arrays to the pretraining trainer.
+Command: ``dsm data tokenize --input A.jsonl [B/ ...] --tokenizer tokenizer.json --out PREFIX``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dsm_engine.data_pipeline.jsonl_io import has_records, iter_texts, jsonl_files
+
+EOD_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|eot_id|>")
+
+
+@dataclass
+class TokenizeStats:
+    """What :func:`tokenize_jsonl` wrote."""
+
+    documents: int  # documents written (one sequence each)
+    skipped_empty: int  # documents whose text was empty
+    tokens: int  # tokens written, EOD included
+    vocab_size: int
+    eod_id: int | None  # None when append_eod=False
+    dtype: str  # numpy dtype of the .bin file
+    bin_path: str
+    idx_path: str
+    files: list[str]
+
+
+def load_tokenizer(tokenizer_path: str | Path):
+    """A ``tokenizers.Tokenizer`` from ``tokenizer.json`` (or a folder holding one)."""
+    from tokenizers import Tokenizer
+
+    path = Path(tokenizer_path)
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"tokenizer file {path} does not exist")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # the Rust loader raises a bare Exception
+        raise ValueError(f"tokenizer file {path} could not be loaded: {e}") from e
+
+
+def eod_token_id(tokenizer, eod_token: str | None = None) -> int:
+    """Id of ``eod_token``, or of the first of :data:`EOD_CANDIDATES` the vocabulary holds."""
+    candidates = (eod_token,) if eod_token else EOD_CANDIDATES
+    for token in candidates:
+        token_id = tokenizer.token_to_id(token)
+        if token_id is not None:
+            return token_id
+    raise ValueError(
+        f"tokenizer has no end-of-document token (tried {', '.join(candidates)}); "
+        "name one with eod_token= / --eod-token"
+    )
+
+
+def _batches(texts: Iterator[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for text in texts:
+        batch.append(text)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def tokenize_jsonl(
+    inputs: str | Path | Sequence[str | Path],
+    tokenizer_path: str | Path,
+    out_prefix: str | Path,
+    *,
+    text_key: str = "text",
+    append_eod: bool = True,
+    eod_token: str | None = None,
+    batch_size: int = 1024,
+    progress: bool = True,
+) -> TokenizeStats:
+    """Tokenises every record of ``inputs`` into ``out_prefix.bin`` / ``out_prefix.idx``.
+
+    ``inputs``: ``.jsonl[.gz|.zst]`` files and/or folders of them (a ``dsm data decontaminate``
+    output folder is read from its ``documents/``). Raises FileNotFoundError / ValueError naming
+    the missing file, the bad line, or the input that holds no records.
+    """
+    from megatron.core.datasets.indexed_dataset import (
+        DType,
+        IndexedDatasetBuilder,
+        get_bin_path,
+        get_idx_path,
+    )
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    if not inputs:
+        raise ValueError("no inputs given")
+    files = [f for item in inputs for f in jsonl_files(item)]
+    if not has_records(files):
+        raise ValueError(f"inputs {', '.join(map(str, inputs))} hold no records")
+    tokenizer = load_tokenizer(tokenizer_path)
+    eod = eod_token_id(tokenizer, eod_token) if append_eod else None
+    vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+    dtype = DType.optimal_dtype(vocab_size)
+
+    out_prefix = str(out_prefix)
+    Path(out_prefix).parent.mkdir(parents=True, exist_ok=True)
+    bin_path, idx_path = get_bin_path(out_prefix), get_idx_path(out_prefix)
+    builder = IndexedDatasetBuilder(bin_path, dtype=dtype)
+    documents = skipped = tokens = 0
+    with Progress(
+        TextColumn("[bold]tokenise[/] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[docs]:,} docs, {task.fields[tokens]:,} tokens"),
+        disable=not progress,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("files", total=len(files), docs=0, tokens=0)
+        for f in files:
+            bar.update(task, description=f.name)
+            for batch in _batches(iter_texts([f], text_key), batch_size):
+                kept = [t for t in batch if t]
+                skipped += len(batch) - len(kept)
+                for encoding in tokenizer.encode_batch(kept, add_special_tokens=False):
+                    ids = encoding.ids + [eod] if eod is not None else encoding.ids
+                    if not ids:  # a text the tokenizer maps to nothing
+                        skipped += 1
+                        continue
+                    builder.add_document(np.asarray(ids, dtype=dtype), [len(ids)])
+                    documents += 1
+                    tokens += len(ids)
+                bar.update(task, docs=documents, tokens=tokens)
+            bar.advance(task)
+    builder.finalize(idx_path)
+    if documents == 0:
+        Path(bin_path).unlink(missing_ok=True)
+        Path(idx_path).unlink(missing_ok=True)
+        raise ValueError(f"inputs {', '.join(map(str, inputs))} hold no non-empty texts")
+    return TokenizeStats(
+        documents=documents,
+        skipped_empty=skipped,
+        tokens=tokens,
+        vocab_size=vocab_size,
+        eod_id=eod,
+        dtype=np.dtype(dtype).name,
+        bin_path=bin_path,
+        idx_path=idx_path,
+        files=[str(f) for f in files],
+    )
+
+
+def main(argv: list[str]) -> int:
+    """``dsm data tokenize``."""
+    parser = argparse.ArgumentParser(
+        prog="dsm data tokenize",
+        description="Tokenise JSON Lines documents into a megatron-core .bin/.idx dataset.",
+    )
+    parser.add_argument("--input", nargs="+", required=True, help=".jsonl[.gz] files or folders")
+    parser.add_argument("--tokenizer", required=True, help="tokenizer.json (or its folder)")
+    parser.add_argument("--out", required=True, help="output prefix: writes PREFIX.bin, PREFIX.idx")
+    parser.add_argument(
+        "--append-eod",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="append the end-of-document token to each document (default: on)",
+    )
+    parser.add_argument("--eod-token", default=None, help="end-of-document token (default: auto)")
+    parser.add_argument("--text-key", default="text")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        stats = tokenize_jsonl(
+            args.input,
+            args.tokenizer,
+            args.out,
+            text_key=args.text_key,
+            append_eod=args.append_eod,
+            eod_token=args.eod_token,
+            progress=not args.no_progress,
+        )
+    except (FileNotFoundError, ValueError) as e:
+        print(f"dsm data tokenize: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(asdict(stats), indent=2))
+    return 0

@@ -1,0 +1,212 @@
+"""WARC/WET reader (stage 1) that survives real crawl data.
+
+datatrove's ``WarcReader`` stops a task at the first broken gzip member and silently drops
+pages it cannot decode. Ours, a ``BaseDiskReader`` too, keeps going and counts every skip in
+the task stats (``warc_corrupt_record``, ``bad_encoding``, ``empty_page``, ``page_truncated``,
+``skipped_non_html``, ``skipped_status``), logging the URL:
+- a corrupt or truncated record: resume at the next gzip member / ``WARC/1.`` header;
+- an undeclared or unknown encoding: HTTP header, then ``<meta charset>``, then UTF-8, then
+  charset detection (charset-normalizer); undecodable bytes are skipped;
+- a page larger than ``max_page_bytes``: truncated to that size (HTML parsers recover);
+- WET ``conversion`` records are kept as text (``metadata["content_format"] == "text"``).
+Each document keeps ``url``, ``url_norm``, ``domain`` and ``date`` (the fetch date).
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Iterator
+
+from datatrove.data import DocumentsPipeline
+from datatrove.io import DataFolderLike
+from datatrove.pipeline.readers.base import BaseDiskReader
+from datatrove.utils.logging import logger
+
+from .urls import normalize_url, url_domain
+
+_HTML_TYPES = ("text/html", "application/xhtml+xml")
+_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
+_HEADER_CHARSET = re.compile(r"charset\s*=\s*[\"']?([A-Za-z0-9_.:-]+)", re.IGNORECASE)
+# declared charsets that pages get wrong in a predictable way: decode with the superset
+_SUPERSETS = {"gb2312": "gb18030", "gbk": "gb18030", "iso-8859-1": "cp1252", "latin-1": "cp1252",
+              "ascii": "cp1252", "us-ascii": "cp1252", "big5": "big5hkscs", "shift_jis": "cp932"}  # fmt: skip
+_GZIP_MAGIC = b"\x1f\x8b\x08"
+_WARC_MAGIC = b"WARC/1."
+
+
+def decode_html(body: bytes, declared: str | None = None) -> tuple[str | None, str]:
+    """Decode a page: ``(text, how)``; ``text`` is None when no encoding fits.
+
+    ``how`` is the encoding used, prefixed ``detected:`` when charset detection chose it.
+    """
+    candidates = []
+    if declared:
+        candidates.append(declared)
+    if m := _META_CHARSET.search(body[:4096]):
+        candidates.append(m.group(1).decode("ascii", "ignore"))
+    candidates.append("utf-8")
+    for enc in candidates:
+        enc = _SUPERSETS.get(enc.lower(), enc)
+        try:
+            return body.decode(enc).replace("\x00", ""), enc
+        except (UnicodeDecodeError, LookupError):
+            continue
+    from charset_normalizer import from_bytes
+
+    best = from_bytes(body[:200_000]).best()
+    if best is not None and best.encoding:
+        text = body.decode(best.encoding, errors="replace")
+        # detection on binary noise picks *something*: refuse replacement and control characters
+        bad = text.count("\ufffd") + sum(1 for ch in text if ch < " " and ch not in "\t\n\r\f")
+        if bad <= 0.01 * max(len(text), 1):
+            return text.replace("\x00", ""), f"detected:{best.encoding}"
+    return None, "undecodable"
+
+
+def _next_member(fh, start: int, magic: bytes, chunk: int = 1 << 20) -> int | None:
+    """Offset of the next ``magic`` at or after ``start`` in ``fh`` (None at end of file)."""
+    fh.seek(start)
+    carry = b""
+    pos = start
+    while True:
+        block = fh.read(chunk)
+        if not block:
+            return None
+        data = carry + block
+        idx = data.find(magic)
+        if idx >= 0:
+            return pos - len(carry) + idx
+        carry = data[-(len(magic) - 1) :]
+        pos += len(block)
+
+
+class WarcPageReader(BaseDiskReader):
+    """Reads HTML pages (and WET text) from ``*.warc[.gz]`` files as datatrove Documents.
+
+    Args:
+        data_folder: folder holding the WARC files (local path or any fsspec URL).
+        glob_pattern: files to read, relative to ``data_folder`` (e.g. ``"*.warc.gz"``).
+        paths_file: alternatively, a file listing the paths to read.
+        max_page_bytes: pages longer than this are truncated to it (counted ``page_truncated``).
+        limit: at most this many documents per task (-1: all).
+    """
+
+    name = "🕷 WARC pages (robust)"
+    _requires_dependencies = ["warcio"]
+
+    def __init__(
+        self,
+        data_folder: DataFolderLike,
+        glob_pattern: str | None = None,
+        paths_file: str | None = None,
+        max_page_bytes: int = 2_000_000,
+        limit: int = -1,
+        file_progress: bool = False,
+        default_metadata: dict | None = None,
+    ):
+        super().__init__(
+            data_folder,
+            paths_file=paths_file,
+            limit=limit,
+            file_progress=file_progress,
+            default_metadata=default_metadata,
+            glob_pattern=glob_pattern,
+            add_file_path=False,
+        )
+        self.max_page_bytes = max_page_bytes
+
+    def read_file(self, filepath: str) -> DocumentsPipeline:
+        with self.data_folder.open(filepath, "rb", compression=None) as fh:
+            head = fh.read(3)
+            magic = _GZIP_MAGIC if head == _GZIP_MAGIC else _WARC_MAGIC
+            start = 0
+            while start is not None:
+                start = yield from self._read_from(fh, filepath, start, magic)
+
+    def _read_from(self, fh, filepath: str, start: int, magic: bytes) -> Iterator:
+        """Yield documents from offset ``start``; return where to resume after a corrupt record."""
+        from warcio.archiveiterator import ArchiveIterator
+
+        fh.seek(start)
+        record_start, url, iterator = start, None, None
+        try:
+            iterator = ArchiveIterator(fh, arc2warc=True)
+            ri = 0
+            while True:
+                url = None
+                record = next(iterator, None)
+                if record is None:
+                    break
+                # warcio's offset of the current record (get_record_offset() would consume it)
+                record_start = iterator.offset
+                url = record.rec_headers.get_header("WARC-Target-URI")
+                self.stat_update("warc_records")
+                with self.track_time():
+                    data = self._process(record, url)
+                ri += 1
+                if data is not None and (doc := self.get_document_from_dict(data, filepath, f"{record_start}")):
+                    yield doc
+            end = iterator.offset
+            if end < fh.size if hasattr(fh, "size") else False:
+                # the last member ended early: a record cut off mid-way, nothing to resume from
+                self.stat_update("warc_truncated_record")
+                logger.warning(f"truncated WARC record at the end of {filepath} (byte {end})")
+            return None
+        except (Exception, zlib.error) as e:  # noqa: BLE001 - warcio raises many kinds on bad bytes
+            # after a record is read to its end, warcio's offset points at the next (failing) one
+            record_start = max(record_start, getattr(iterator, "offset", record_start) or record_start)
+            self.stat_update("warc_corrupt_record")
+            logger.warning(f"corrupt WARC record in {filepath} at byte {record_start} (url={url}): {e!r}")
+            return _next_member(fh, record_start + 1, magic)
+
+    def _process(self, record, url: str | None) -> dict | None:
+        if record.rec_type not in ("response", "conversion"):
+            return None
+        self.stat_update("pages_in")
+        is_wet = record.rec_type == "conversion"
+        ctype = (record.rec_headers.get_header("WARC-Identified-Payload-Type") or "").lower()
+        declared = None
+        if not is_wet and record.http_headers is not None:
+            status = record.http_headers.get_statuscode() or ""
+            if not status.startswith("2"):
+                self.stat_update("skipped_status")
+                return None
+            http_type = record.http_headers.get_header("Content-Type") or ""
+            if m := _HEADER_CHARSET.search(http_type):
+                declared = m.group(1)
+            ctype = ctype or http_type.split(";")[0].strip().lower()
+        if is_wet and ctype and ctype != "text/plain":
+            self.stat_update("skipped_non_html")
+            return None
+        body = record.content_stream().read(self.max_page_bytes + 1)
+        if not is_wet and ctype not in _HTML_TYPES:
+            if ctype or not body.lstrip()[:200].lower().startswith((b"<!doctype html", b"<html")):
+                self.stat_update("skipped_non_html")
+                return None
+        if len(body) > self.max_page_bytes:
+            body = body[: self.max_page_bytes]
+            self.stat_update("page_truncated")
+            logger.warning(f"page larger than {self.max_page_bytes} bytes truncated: {url}")
+        if not body.strip():
+            self.stat_update("empty_page")
+            logger.info(f"empty page skipped: {url}")
+            return None
+        text, how = decode_html(body, declared)
+        if text is None:
+            self.stat_update("bad_encoding")
+            logger.warning(f"page in an unknown encoding skipped (declared {declared!r}): {url}")
+            return None
+        if how.startswith("detected:"):
+            self.stat_update("encoding_detected")
+        self.stat_update("html_pages_read")
+        url = url or ""
+        return {
+            "text": text,
+            "id": record.rec_headers.get_header("WARC-Record-ID") or url,
+            "url": url,
+            "url_norm": normalize_url(url),
+            "domain": url_domain(url),
+            "date": record.rec_headers.get_header("WARC-Date") or "",
+            "content_format": "text" if is_wet else "html",
+        }

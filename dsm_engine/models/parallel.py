@@ -1,0 +1,174 @@
+"""Process groups, devices and seeds for tensor / pipeline / data parallel training.
+
+:func:`initialize_parallel` is the single entry point: under ``torchrun`` it joins the job from
+the ``RANK``/``WORLD_SIZE``/``MASTER_*`` variables; run as a plain script it creates a
+one-process group on a free local port, so the same model code runs in both cases. It picks
+NCCL + CUDA when CUDA is present, gloo + CPU otherwise (installing the CPU bridge), then
+initialises megatron-core's ``parallel_state`` and its RNG tracker.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from dsm_engine.config import ConfigError
+
+
+@dataclass
+class ParallelConfig:
+    """Parallel layout. ``dp`` is inferred as ``world_size // (tp * pp)`` when ``None``."""
+
+    tp: int = 1
+    pp: int = 1
+    dp: int | None = None
+    virtual_pp: int | None = None
+    sequence_parallel: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("tp", "pp"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"ParallelConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.virtual_pp is not None and (self.virtual_pp < 1 or self.pp < 2):
+            raise ConfigError(
+                f"ParallelConfig.virtual_pp={self.virtual_pp} needs pp >= 2 and virtual_pp >= 1"
+            )
+        if self.virtual_pp == 1:
+            self.virtual_pp = None
+
+
+@dataclass
+class ParallelContext:
+    """Where this process sits in the (tp, pp, dp) grid; groups are torch process groups."""
+
+    config: ParallelConfig
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+    tp_rank: int
+    pp_rank: int
+    dp_rank: int
+    tp_size: int
+    pp_size: int
+    dp_size: int
+    tp_group: dist.ProcessGroup
+    pp_group: dist.ProcessGroup
+    dp_group: dist.ProcessGroup
+    owns_process_group: bool = False
+
+    @property
+    def is_first_stage(self) -> bool:
+        return self.pp_rank == 0
+
+    @property
+    def is_last_stage(self) -> bool:
+        return self.pp_rank == self.pp_size - 1
+
+
+_CONTEXT: ParallelContext | None = None
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def current_context() -> ParallelContext | None:
+    """The context set up by :func:`initialize_parallel`, or ``None``."""
+    return _CONTEXT
+
+
+def initialize_parallel(cfg: ParallelConfig | None = None, *, seed: int = 1234) -> ParallelContext:
+    """Set up torch.distributed, megatron-core's parallel state and RNG seeds.
+
+    Idempotent for an identical config; raises :class:`ConfigError` if ``tp * pp`` does not
+    divide the world size or ``dp`` disagrees with it.
+    """
+    global _CONTEXT
+    cfg = cfg or ParallelConfig()
+    if _CONTEXT is not None:
+        if _CONTEXT.config == cfg:
+            return _CONTEXT
+        destroy_parallel()
+
+    from megatron.core import parallel_state, tensor_parallel
+
+    from dsm_engine.models.cuda_bridge import install_cpu_bridge
+
+    use_cuda = torch.cuda.is_available()
+    backend = "nccl" if use_cuda else "gloo"
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        install_cpu_bridge()
+        device = torch.device("cpu")
+
+    owns = False
+    if not dist.is_initialized():
+        if "RANK" in os.environ:
+            dist.init_process_group(backend=backend)
+        else:
+            dist.init_process_group(
+                backend=backend,
+                init_method=f"tcp://127.0.0.1:{_free_port()}",
+                rank=0,
+                world_size=1,
+            )
+        owns = True
+    world = dist.get_world_size()
+    if world % (cfg.tp * cfg.pp):
+        raise ConfigError(
+            f"world size {world} is not divisible by ParallelConfig.tp * pp = {cfg.tp * cfg.pp}"
+        )
+    dp = world // (cfg.tp * cfg.pp)
+    if cfg.dp is not None and cfg.dp != dp:
+        raise ConfigError(f"ParallelConfig.dp={cfg.dp} but world size {world} / (tp*pp) = {dp}")
+
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=cfg.tp,
+        pipeline_model_parallel_size=cfg.pp,
+        virtual_pipeline_model_parallel_size=cfg.virtual_pp,
+    )
+    torch.manual_seed(seed)
+    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+
+    _CONTEXT = ParallelContext(
+        config=cfg,
+        rank=dist.get_rank(),
+        world_size=world,
+        local_rank=local_rank,
+        device=device,
+        backend=backend,
+        tp_rank=parallel_state.get_tensor_model_parallel_rank(),
+        pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
+        dp_rank=parallel_state.get_data_parallel_rank(),
+        tp_size=cfg.tp,
+        pp_size=cfg.pp,
+        dp_size=dp,
+        tp_group=parallel_state.get_tensor_model_parallel_group(),
+        pp_group=parallel_state.get_pipeline_model_parallel_group(),
+        dp_group=parallel_state.get_data_parallel_group(),
+        owns_process_group=owns,
+    )
+    return _CONTEXT
+
+
+def destroy_parallel() -> None:
+    """Tear down megatron-core's parallel state (and the process group if we created it)."""
+    global _CONTEXT
+    from megatron.core import parallel_state
+
+    ctx, _CONTEXT = _CONTEXT, None
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if ctx is not None and ctx.owns_process_group and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,49 @@
+"""Rewards: rule-based answer verification (GRPO outcome reward, eval grader) and the
+batch reward interface that learned reward models implement.
+
+GRPO trainer entry points::
+
+    from dsm_engine.rewards import build_reward_fn, verify
+    reward_fn = build_reward_fn("verifier", kind="auto")      # a RewardFn
+    rewards = reward_fn.score(prompts, outputs, golds)        # list[float], 1.0 / 0.0
+    verify(output, "#### 18", kind="gsm8k")                  # one output -> float
+"""
+
+from dsm_engine.rewards.equivalence import (
+    EquivalenceConfig,
+    SymbolicChecker,
+    are_equivalent,
+    is_equivalent,
+    normalize_answer,
+)
+from dsm_engine.rewards.extract import extract_answer, extract_gold
+from dsm_engine.rewards.verifier import (
+    Grade,
+    RewardFn,
+    RewardModel,
+    VerifierConfig,
+    VerifierReward,
+    build_reward_fn,
+    grade_batch,
+    register_reward_fn,
+    verify,
+)
+
+__all__ = [
+    "EquivalenceConfig",
+    "Grade",
+    "RewardFn",
+    "RewardModel",
+    "SymbolicChecker",
+    "VerifierConfig",
+    "VerifierReward",
+    "are_equivalent",
+    "build_reward_fn",
+    "extract_answer",
+    "extract_gold",
+    "grade_batch",
+    "is_equivalent",
+    "normalize_answer",
+    "register_reward_fn",
+    "verify",
+]

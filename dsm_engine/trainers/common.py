@@ -1,0 +1,41 @@
+"""What every trainer's ``main(argv)`` does around its loop: parse, run, report errors."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+from dsm_engine.config import ConfigError
+from dsm_engine.trainers.config import RunConfig, load_run_config
+from dsm_engine.trainers.run_dir import RunDirError
+
+C = TypeVar("C", bound=RunConfig)
+
+# Errors that are the user's input (config, files, data), reported as one line, exit code 2.
+USER_ERRORS = (ConfigError, RunDirError, FileNotFoundError, ValueError)
+
+
+def run_main(
+    prog: str, cls: type[C], argv: list[str], run: Callable[[C], object]
+) -> int:
+    """Parse ``[--config PATH] key=value ...`` into ``cls`` and call ``run(cfg)``.
+
+    Returns 0 on success, 2 on a user error (printed as ``prog: error: ...``).
+    """
+    from dsm_engine.models.parallel import destroy_parallel
+
+    if any(a in ("-h", "--help") for a in argv):
+        print(f"usage: {prog} --config CONFIG.yaml [section.key=value ...]\n\n{cls.__doc__}")
+        return 0
+    try:
+        cfg, rest = load_run_config(cls, argv)
+        if rest:
+            raise ConfigError(f"unexpected arguments {rest} (use --config PATH and key=value)")
+        run(cfg)
+    except USER_ERRORS as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        destroy_parallel()
+    return 0

@@ -1,0 +1,240 @@
+"""Row-wise log-softmax statistics over a vocabulary shard, and their gradient.
+
+These are the two primitives every op in this package is built from:
+
+* ``stats``: for each row of ``logits (N, V_local)`` (any strides), with ``z = logits / T``:
+  ``lse = log Σ_j exp(z_j)``, ``tgt = z[target - vocab_start]`` (0 when this shard does not own
+  the target) and ``px = Σ_j softmax(z)_j · z_j``. All three are fp32 ``(N,)``. They are exactly
+  what vocabulary shards exchange (see ``tensor_parallel.combine_stats``): ``log p = tgt − lse``
+  and entropy ``= lse − px``.
+* ``grad``: ``d/dlogits`` of ``Σ_i a_i·log p_i(target) + c_i·entropy_i`` given the *global*
+  ``lse`` and ``px`` (so a shard needs no communication in backward):
+  ``(a·(onehot − p) − c·p·(z − px)) / T``, written in the logits dtype, optionally into the
+  logits buffer itself.
+
+Each primitive has a Triton kernel (one program per row, an online log-sum-exp over vocabulary
+blocks so a row is read once) and a plain-PyTorch twin used on CPU and as the reference.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+# Largest vocabulary block one program handles per loop step. A module attribute so tests can
+# shrink it to exercise the multi-block loop and its ragged tail at small vocabularies.
+MAX_BLOCK_V = 4096
+
+
+def _block_v(v: int) -> int:
+    return max(16, min(triton.next_power_of_2(v), MAX_BLOCK_V))
+
+
+def _num_warps(block: int) -> int:
+    return 4 if block <= 1024 else (8 if block <= 4096 else 16)
+
+
+@triton.jit
+def _stats_kernel(
+    X,
+    stride_xn,
+    stride_xv,
+    TGT,
+    LSE,
+    TLOGIT,
+    PX,
+    vocab_start,
+    V,
+    inv_t,
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    x_row = X + row * stride_xn
+    # Online log-sum-exp with a scalar running max: every block holds at least one real column,
+    # so the max stays finite and exp(-inf - m) of masked lanes is exactly 0.
+    m = tl.full((), float("-inf"), tl.float32)
+    s = tl.zeros((), tl.float32)
+    sz = tl.zeros((), tl.float32)
+    for start in range(0, V, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        valid = cols < V
+        z = tl.load(x_row + cols * stride_xv, mask=valid, other=float("-inf")).to(tl.float32)
+        z = z * inv_t
+        m_new = tl.maximum(m, tl.max(z, axis=0))
+        scale = tl.exp(m - m_new)
+        e = tl.exp(z - m_new)
+        s = s * scale + tl.sum(e, axis=0)
+        sz = sz * scale + tl.sum(e * tl.where(valid, z, 0.0), axis=0)
+        m = m_new
+    tl.store(LSE + row, m + tl.log(s))
+    tl.store(PX + row, sz / s)
+    t = tl.load(TGT + row).to(tl.int64) - vocab_start
+    owned = (t >= 0) & (t < V)
+    t_safe = tl.where(owned, t, 0)
+    zt = tl.load(x_row + t_safe * stride_xv).to(tl.float32) * inv_t
+    tl.store(TLOGIT + row, tl.where(owned, zt, 0.0))
+
+
+@triton.jit
+def _grad_kernel(
+    X,
+    stride_xn,
+    stride_xv,
+    DX,
+    stride_dn,
+    stride_dv,
+    TGT,
+    LSE,
+    PX,
+    GA,
+    GB,
+    GC,
+    vocab_start,
+    V,
+    inv_t,
+    HAS_C: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    x_row = X + row * stride_xn
+    d_row = DX + row * stride_dn
+    lse = tl.load(LSE + row)
+    a = tl.load(GA + row)
+    b = tl.load(GB + row)
+    t = tl.load(TGT + row).to(tl.int64) - vocab_start
+    if HAS_C:
+        c = tl.load(GC + row)
+        px = tl.load(PX + row)
+    for start in range(0, V, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        valid = cols < V
+        z = tl.load(x_row + cols * stride_xv, mask=valid, other=0.0).to(tl.float32) * inv_t
+        p = tl.exp(z - lse)
+        g = tl.where(cols == t, a, 0.0) - b * p
+        if HAS_C:
+            g -= c * p * (z - px)
+        # Each block is read before it is written, so DX may alias X (in-place backward).
+        tl.store(d_row + cols * stride_dv, (g * inv_t).to(DX.dtype.element_ty), mask=valid)
+
+
+def stats_triton(
+    logits: torch.Tensor, targets: torch.Tensor, vocab_start: int, inv_temp: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Triton ``stats``: ``(lse, tgt, px)``, each fp32 ``(N,)``; see the module docstring."""
+    n, v = logits.shape
+    lse = torch.empty(n, dtype=torch.float32, device=logits.device)
+    tgt = torch.empty_like(lse)
+    px = torch.empty_like(lse)
+    if n == 0:
+        return lse, tgt, px
+    block = _block_v(v)
+    _stats_kernel[(n,)](
+        logits,
+        logits.stride(0),
+        logits.stride(1),
+        targets,
+        lse,
+        tgt,
+        px,
+        vocab_start,
+        v,
+        inv_temp,
+        BLOCK=block,
+        num_warps=_num_warps(block),
+    )
+    return lse, tgt, px
+
+
+def grad_triton(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    lse: torch.Tensor,
+    px: torch.Tensor,
+    grad_logp: torch.Tensor,
+    grad_ent: torch.Tensor | None,
+    vocab_start: int,
+    inv_temp: float,
+    out: torch.Tensor | None = None,
+    grad_lse: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Triton ``grad`` into ``out`` (a new contiguous tensor, or ``logits`` for in place).
+
+    ``grad_lse`` (optional) adds ``d/dlogits`` of ``Σ_i grad_lse_i · lse_i``.
+    """
+    n, v = logits.shape
+    if out is None:
+        out = torch.empty((n, v), dtype=logits.dtype, device=logits.device)
+    if n == 0:
+        return out
+    block = _block_v(v)
+    ga = grad_logp.to(torch.float32).contiguous()
+    gb = ga if grad_lse is None else (ga - grad_lse.to(torch.float32)).contiguous()
+    gc = ga if grad_ent is None else grad_ent.to(torch.float32).contiguous()
+    _grad_kernel[(n,)](
+        logits,
+        logits.stride(0),
+        logits.stride(1),
+        out,
+        out.stride(0),
+        out.stride(1),
+        targets,
+        lse,
+        px,
+        ga,
+        gb,
+        gc,
+        vocab_start,
+        v,
+        inv_temp,
+        HAS_C=grad_ent is not None,
+        BLOCK=block,
+        num_warps=_num_warps(block),
+    )
+    return out
+
+
+def stats_torch(
+    logits: torch.Tensor, targets: torch.Tensor, vocab_start: int, inv_temp: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PyTorch twin of :func:`stats_triton` (computes in fp32)."""
+    n, v = logits.shape
+    z = logits.float() * inv_temp
+    lse = torch.logsumexp(z, dim=-1)
+    px = (torch.softmax(z, dim=-1) * z).sum(-1)
+    local = targets.long() - vocab_start
+    owned = (local >= 0) & (local < v)
+    zt = z.gather(1, local.clamp(0, max(v - 1, 0)).unsqueeze(1)).squeeze(1)
+    return lse, torch.where(owned, zt, torch.zeros_like(zt)), px
+
+
+def grad_torch(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    lse: torch.Tensor,
+    px: torch.Tensor,
+    grad_logp: torch.Tensor,
+    grad_ent: torch.Tensor | None,
+    vocab_start: int,
+    inv_temp: float,
+    out: torch.Tensor | None = None,
+    grad_lse: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """PyTorch twin of :func:`grad_triton`."""
+    n, v = logits.shape
+    z = logits.float() * inv_temp
+    p = torch.exp(z - lse.unsqueeze(1))
+    a = grad_logp.float().unsqueeze(1)
+    b = a if grad_lse is None else a - grad_lse.float().unsqueeze(1)
+    g = -b * p
+    if grad_ent is not None:
+        g -= grad_ent.float().unsqueeze(1) * p * (z - px.unsqueeze(1))
+    local = targets.long() - vocab_start
+    owned = (local >= 0) & (local < v)
+    rows = torch.nonzero(owned).squeeze(1)
+    g[rows, local[rows]] += a.squeeze(1)[rows]
+    g = (g * inv_temp).to(logits.dtype)
+    if out is None:
+        return g
+    out.copy_(g)
+    return out

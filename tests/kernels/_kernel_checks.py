@@ -1,0 +1,30 @@
+"""Shared assertions for the kernel tests: error against fp64, bounded by plain PyTorch's."""
+
+from __future__ import annotations
+
+import torch
+
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+# Slack added to the 2x bound, relative to the largest reference value: one unit in the last
+# place of the dtype (a result stored in bf16 is off by up to half of that however it is
+# computed, so a lucky baseline must not make an exactly rounded kernel fail).
+TOL = {torch.float32: 2e-5, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
+
+
+def max_err(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return (x.double() - ref.double()).abs().max().item() if x.numel() else 0.0
+
+
+def assert_close_to_ref(
+    name: str, out: torch.Tensor, ref: torch.Tensor, baseline: torch.Tensor, dtype: torch.dtype
+) -> None:
+    """fp32: ``out`` within a tight tolerance of the fp64 ``ref``. Low precision: the error is
+    at most twice plain PyTorch's error (``baseline``, computed at ``dtype``) plus ``TOL``."""
+    err = max_err(out, ref)
+    scale = max(1.0, ref.abs().max().item() if ref.numel() else 1.0)
+    if dtype == torch.float32:
+        assert err <= 1e-5 * scale + TOL[dtype], f"{name}: error {err:.3g} vs fp64"
+    else:
+        base = max_err(baseline, ref)
+        bound = 2 * base + TOL[dtype] * scale
+        assert err <= bound, f"{name}: error {err:.3g} > 2 x torch's {base:.3g} + tol"
