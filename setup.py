@@ -43,7 +43,8 @@ def _packages() -> tuple[list[str], dict[str, str]]:
 def _extensions() -> list:
     if Pybind11Extension is None:
         return []
-    sources = sorted(str(p) for p in (ROOT / "csrc").glob("*.cpp"))
+    # setuptools wants sources relative to the project root.
+    sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.cpp"))
     if not sources:
         return []
     return [

@@ -120,6 +120,8 @@ def load_benchmark_texts(root: str | Path) -> list[BenchmarkText]:
                     row = json.loads(line)
                     pairs = list(reader(row))
                 except (json.JSONDecodeError, KeyError, TypeError) as e:
-                    raise BenchmarkError(f"{path}:{i + 1}: cannot read benchmark item: {e!r}") from e
+                    raise BenchmarkError(
+                        f"{path}:{i + 1}: cannot read benchmark item: {e!r}"
+                    ) from e
                 texts.extend(BenchmarkText(name, i, field, text) for field, text in pairs if text)
     return texts

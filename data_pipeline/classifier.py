@@ -28,7 +28,9 @@ from pathlib import Path
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
-_TOKEN = re.compile(r"\\[A-Za-z]+|[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff]|[^\W_]+|[^\w\s]", re.UNICODE)
+_TOKEN = re.compile(
+    r"\\[A-Za-z]+|[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff]|[^\W_]+|[^\w\s]", re.UNICODE
+)
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff]")
 POSITIVE, NEGATIVE = "__label__math", "__label__other"
 
@@ -73,7 +75,9 @@ def train_classifier(positives: Iterable[str], negatives: Iterable[str], out_pat
     n_pos = len(lines)
     lines += [f"{NEGATIVE} {fasttext_text(t, cfg.max_words)}" for t in negatives]
     if n_pos == 0 or len(lines) == n_pos:
-        raise ValueError(f"classifier training needs positives and negatives (got {n_pos} and {len(lines) - n_pos})")
+        raise ValueError(
+            f"classifier training needs positives and negatives (got {n_pos} and {len(lines) - n_pos})"
+        )
     random.Random(cfg.seed).shuffle(lines)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,7 +92,9 @@ def train_classifier(positives: Iterable[str], negatives: Iterable[str], out_pat
     proc = subprocess.run([sys.executable, "-m", "dsm_engine.data_pipeline._ft_train", json.dumps(args)],
                           env=env, capture_output=True, text=True)  # fmt: skip
     if proc.returncode != 0 or not tmp.is_file():
-        raise RuntimeError(f"fastText training failed on {train_file}: {proc.stderr.strip()[-2000:]}")
+        raise RuntimeError(
+            f"fastText training failed on {train_file}: {proc.stderr.strip()[-2000:]}"
+        )
     os.replace(tmp, out_path)
     train_file.unlink()
     return out_path
@@ -131,7 +137,9 @@ class MathScorer(PipelineStep):
             yield doc
 
 
-def select_top(scores: Iterable[tuple[str, float, int]], threshold: float = 0.5, token_budget: int = 0) -> list[str]:
+def select_top(
+    scores: Iterable[tuple[str, float, int]], threshold: float = 0.5, token_budget: int = 0
+) -> list[str]:
     """Ids to keep from ``(id, score, n_tokens)`` rows, best first.
 
     Rank by score (descending, ties by id); keep rows with score >= ``threshold``; with a

@@ -21,8 +21,20 @@ from pathlib import Path
 from dsm_engine.data_pipeline.benchmark_texts import BenchmarkText
 from dsm_engine.data_pipeline.decont_text import normalized_words
 
-_FULLWIDTH = {c: chr(ord(c) + 0xFEE0) for c in "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"}
-_CJK_PUNCT = {"，": ",", "？": "?", "。": ".", "：": ":", "（": "(", "）": ")", ",": "，", "?": "？"}
+_FULLWIDTH = {
+    c: chr(ord(c) + 0xFEE0)
+    for c in "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+}
+_CJK_PUNCT = {
+    "，": ",",
+    "？": "?",
+    "。": ".",
+    "：": ":",
+    "（": "(",
+    "）": ")",
+    ",": "，",
+    "?": "？",
+}
 DISGUISES = ("as_is", "upper", "quotes", "spacing", "fullwidth", "dollars", "cjk_punct")
 
 

@@ -258,5 +258,7 @@ def main(argv: list[str]) -> int:
         f"{count('documents_contaminated')} contaminated, {count('segments_removed')} lines "
         f"removed, {count('documents_dropped_empty')} dropped as empty"
     )
-    print(f"clean documents: {Path(args.out) / 'documents'}; removal log: {Path(args.out) / 'removed'}")
+    print(
+        f"clean documents: {Path(args.out) / 'documents'}; removal log: {Path(args.out) / 'removed'}"
+    )
     return 0

@@ -67,11 +67,16 @@ def write_domain_report(report: dict, out_dir: Path) -> None:
         "| domain | pages | collected | fraction |",
         "|---|---:|---:|---:|",
     ]
-    lines += [f"| {d['domain']} | {d['pages']} | {d['collected']} | {d['fraction']:.1%} |" for d in report["math_domains"]]
+    lines += [
+        f"| {d['domain']} | {d['pages']} | {d['collected']} | {d['fraction']:.1%} |"
+        for d in report["math_domains"]
+    ]
     (out_dir / "domain_report.md").write_text("\n".join(lines) + "\n")
 
 
-def propose_paths(rows: Iterable[PageRow], domains: Iterable[str], depth: int = 2, min_pages: int = 2) -> list[dict]:
+def propose_paths(
+    rows: Iterable[PageRow], domains: Iterable[str], depth: int = 2, min_pages: int = 2
+) -> list[dict]:
     """Candidate URL path prefixes in ``domains`` (holding >= ``min_pages`` pages) with page
     counts, most collected first."""
     wanted = set(domains)
@@ -96,7 +101,10 @@ def write_path_candidates(cands: list[dict], out_dir: Path) -> None:
     """``path_candidates.tsv`` and ``annotations_template.txt`` (uncomment lines to annotate)."""
     out_dir = Path(out_dir)
     rows = ["prefix\tpages\tcollected\tuncollected\tfraction"]
-    rows += [f"{c['prefix']}\t{c['pages']}\t{c['collected']}\t{c['uncollected']}\t{c['fraction']}" for c in cands]
+    rows += [
+        f"{c['prefix']}\t{c['pages']}\t{c['collected']}\t{c['uncollected']}\t{c['fraction']}"
+        for c in cands
+    ]
     (out_dir / "path_candidates.tsv").write_text("\n".join(rows) + "\n")
     template = [
         "# URL paths proposed for annotation. Remove the '# ' before each path that holds math;",

@@ -52,7 +52,9 @@ def _serial_executor_class():
     return SerialExecutor
 
 
-def run_stage(name: str, pipeline: list, *, tasks: int, logging_dir: Path, cfg: ExecutorConfig) -> None:
+def run_stage(
+    name: str, pipeline: list, *, tasks: int, logging_dir: Path, cfg: ExecutorConfig
+) -> None:
     """Run ``pipeline`` as ``tasks`` tasks; return once all are complete, else raise naming the stage."""
     logging_dir = Path(logging_dir)
     if cfg.kind == "local":
@@ -80,13 +82,17 @@ def run_stage(name: str, pipeline: list, *, tasks: int, logging_dir: Path, cfg: 
             from datatrove.executor import RayPipelineExecutor
         except ImportError as e:
             raise ImportError("--executor ray needs Ray: pip install 'ray[default]'") from e
-        ex = RayPipelineExecutor(pipeline, tasks=tasks, workers=cfg.workers, logging_dir=str(logging_dir))
+        ex = RayPipelineExecutor(
+            pipeline, tasks=tasks, workers=cfg.workers, logging_dir=str(logging_dir)
+        )
         ex.run()
     else:
         raise ValueError(f"executor.kind must be local, slurm or ray, not {cfg.kind!r}")
     missing = ex.get_incomplete_ranks()
     if missing:
-        raise RuntimeError(f"stage {name}: tasks {missing} did not complete; see {logging_dir}/logs")
+        raise RuntimeError(
+            f"stage {name}: tasks {missing} did not complete; see {logging_dir}/logs"
+        )
 
 
 def stage_stats(logging_dir: Path) -> dict[str, dict[str, float]]:
@@ -102,4 +108,10 @@ def stage_stats(logging_dir: Path) -> dict[str, dict[str, float]]:
 
 def stat(stats: dict[str, dict[str, float]], step_name: str, key: str) -> int:
     """One counter of the step called ``step_name`` (datatrove stores "type: name"; 0 if absent)."""
-    return int(sum(v.get(key, 0) for k, v in stats.items() if k == step_name or k.endswith(": " + step_name)))
+    return int(
+        sum(
+            v.get(key, 0)
+            for k, v in stats.items()
+            if k == step_name or k.endswith(": " + step_name)
+        )
+    )

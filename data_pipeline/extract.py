@@ -28,20 +28,109 @@ from .mathml import is_display, local_name, mathml_to_latex
 
 _TEX_TAG = "dsm-tex"  # placeholder element holding an already delimited formula
 _DROP_TAGS = frozenset(
-    "script style noscript nav footer aside form menu iframe svg button select option input "
-    "textarea template head object embed canvas audio video map dialog".split()
+    [
+        "script",
+        "style",
+        "noscript",
+        "nav",
+        "footer",
+        "aside",
+        "form",
+        "menu",
+        "iframe",
+        "svg",
+        "button",
+        "select",
+        "option",
+        "input",
+        "textarea",
+        "template",
+        "head",
+        "object",
+        "embed",
+        "canvas",
+        "audio",
+        "video",
+        "map",
+        "dialog",
+    ]
 )
 _BLOCK_TAGS = frozenset(
-    "p div section article main h1 h2 h3 h4 h5 h6 li ul ol table tr thead tbody tfoot blockquote "
-    "pre dl dt dd figure figcaption address hr center details summary body html header".split()
+    [
+        "p",
+        "div",
+        "section",
+        "article",
+        "main",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "li",
+        "ul",
+        "ol",
+        "table",
+        "tr",
+        "thead",
+        "tbody",
+        "tfoot",
+        "blockquote",
+        "pre",
+        "dl",
+        "dt",
+        "dd",
+        "figure",
+        "figcaption",
+        "address",
+        "hr",
+        "center",
+        "details",
+        "summary",
+        "body",
+        "html",
+        "header",
+    ]
 )
 _CELL_TAGS = frozenset(["td", "th"])
 _BOILER_TOKENS = frozenset(
-    "nav navbar navigation menu menubar sidebar footer breadcrumb breadcrumbs cookie cookies "
-    "banner share sharing social advert advertisement ads ad popup modal related widget "
-    "widgets subscribe newsletter toolbar pagination skiplink masthead".split()
+    [
+        "nav",
+        "navbar",
+        "navigation",
+        "menu",
+        "menubar",
+        "sidebar",
+        "footer",
+        "breadcrumb",
+        "breadcrumbs",
+        "cookie",
+        "cookies",
+        "banner",
+        "share",
+        "sharing",
+        "social",
+        "advert",
+        "advertisement",
+        "ads",
+        "ad",
+        "popup",
+        "modal",
+        "related",
+        "widget",
+        "widgets",
+        "subscribe",
+        "newsletter",
+        "toolbar",
+        "pagination",
+        "skiplink",
+        "masthead",
+    ]
 )
-_BOILER_ROLES = frozenset("navigation banner contentinfo complementary search menu menubar".split())
+_BOILER_ROLES = frozenset(
+    ["navigation", "banner", "contentinfo", "complementary", "search", "menu", "menubar"]
+)
 _MATHJAX_RENDERED = re.compile(r"^(MathJax(_\w+)?|MJX\w*|mjx-\w+)$")
 _LATEX_COMMAND = re.compile(r"\\[A-Za-z]+|[\^_]\{|\^\d")
 _LATEX_IMG_HINT = re.compile(r"latex|mathtex|codecogs|\btex\b|equation|formula", re.IGNORECASE)
@@ -152,7 +241,9 @@ def _drop_boilerplate(root: etree._Element) -> None:
         # an element that holds most of the page is the page, whatever its class says
         if tag not in _DROP_TAGS and len(el.text_content()) > 0.6 * total:
             continue
-        if tag == "header" and any(local_name(a) in ("article", "main") for a in el.iterancestors()):
+        if tag == "header" and any(
+            local_name(a) in ("article", "main") for a in el.iterancestors()
+        ):
             continue  # an article's own header holds its title
         el.getparent().remove(el) if el.tail is None else el.drop_tree()
 
@@ -216,7 +307,9 @@ def extract_text(html: str, *, max_link_density: float = 0.5) -> Extraction:
     if not html.strip():
         return Extraction("", 0)
     # huge_tree: keep content nested deeper than 256 levels (libxml2 still stops at ~2048)
-    parser = lxml.html.HTMLParser(remove_comments=True, remove_pis=True, recover=True, huge_tree=True)
+    parser = lxml.html.HTMLParser(
+        remove_comments=True, remove_pis=True, recover=True, huge_tree=True
+    )
     try:
         root = lxml.html.document_fromstring(html, parser=parser)
     except (etree.ParserError, ValueError):
@@ -250,9 +343,7 @@ def _serialize_walk(root: etree._Element, max_link_density: float) -> str:
             out.add(el.text, in_link, False, math=True)
             stack.append((el, in_link, pre, True))
             continue
-        if tag == "br":
-            out.newline()
-        elif tag in _BLOCK_TAGS:
+        if tag == "br" or tag in _BLOCK_TAGS:
             out.newline()
         child_link = in_link or tag == "a"
         child_pre = pre or tag in ("pre", "code")

@@ -39,7 +39,9 @@ def _load(path: str):
     return fasttext.load_model(path)
 
 
-def predict_language(text: str, model_path: str | Path | None = None, max_chars: int = 10_000) -> tuple[str, float]:
+def predict_language(
+    text: str, model_path: str | Path | None = None, max_chars: int = 10_000
+) -> tuple[str, float]:
     """``(iso code, probability)`` of the main language of ``text`` (formulas ignored).
 
     Only the first ``max_chars`` characters are read: the language of a page is settled long

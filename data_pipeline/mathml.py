@@ -35,7 +35,31 @@ _SYMBOLS = {
     "\u2063": "", "\u00a0": " ",
 }  # fmt: skip
 _FUNCTIONS = frozenset(
-    "sin cos tan cot sec csc arcsin arccos arctan sinh cosh tanh log ln exp lim max min sup inf det gcd deg".split()
+    [
+        "sin",
+        "cos",
+        "tan",
+        "cot",
+        "sec",
+        "csc",
+        "arcsin",
+        "arccos",
+        "arctan",
+        "sinh",
+        "cosh",
+        "tanh",
+        "log",
+        "ln",
+        "exp",
+        "lim",
+        "max",
+        "min",
+        "sup",
+        "inf",
+        "det",
+        "gcd",
+        "deg",
+    ]
 )
 _ACCENTS = {"¯": r"\overline", "‾": r"\overline", "^": r"\hat", "ˆ": r"\hat", "~": r"\tilde",
             "˜": r"\tilde", "→": r"\vec", "⃗": r"\vec", "˙": r"\dot", "¨": r"\ddot"}  # fmt: skip
@@ -54,11 +78,9 @@ def local_name(el: etree._Element) -> str:
 def tex_annotation(math: etree._Element) -> str | None:
     """The TeX source stored in a ``<math>``'s ``<annotation>``, or None when there is none."""
     for el in math.iter():
-        if local_name(el) == "annotation":
-            if (el.get("encoding") or "").strip().lower() in TEX_ENCODINGS:
-                text = (el.text or "").strip()
-                if text:
-                    return text
+        encoding = (el.get("encoding") or "").strip().lower()
+        if local_name(el) == "annotation" and encoding in TEX_ENCODINGS and (el.text or "").strip():
+            return el.text.strip()
     return None
 
 
@@ -139,7 +161,13 @@ def _convert(el: etree._Element) -> str:
             if i:
                 body += seps[min(i - 1, len(seps) - 1)] if seps else ""
             body += part
-        return r"\left" + _FENCES.get(open_, open_ or ".") + body + r"\right" + _FENCES.get(close, close or ".")
+        return (
+            r"\left"
+            + _FENCES.get(open_, open_ or ".")
+            + body
+            + r"\right"
+            + _FENCES.get(close, close or ".")
+        )
     if name == "mtable":
         rows = [" & ".join(_convert(cell) for cell in _children(row)) for row in kids]
         return r"\begin{matrix}" + r" \\ ".join(rows) + r"\end{matrix}"

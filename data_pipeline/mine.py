@@ -115,6 +115,7 @@ def _read_seed(path: str) -> list[str]:
 
 def sample_negatives(pool: Path, n: int, salt: str, exclude: set[str]) -> list[str]:
     """``n`` pool texts chosen uniformly by a salted hash of their id (reproducible)."""
+
     def key(doc: dict) -> str:
         return hashlib.sha1(f"{salt}:{doc['id']}".encode()).hexdigest()
 
@@ -135,7 +136,13 @@ class _Progress:
     def __init__(self, total: int, enabled: bool):
         self.enabled = enabled
         if enabled:
-            from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import (
+                BarColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
             self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                                 TextColumn("{task.completed}/{task.total} iterations"), TimeElapsedColumn())  # fmt: skip
@@ -168,10 +175,14 @@ def _check_config(cfg: MineConfig, out: Path) -> None:
     if saved.is_file():
         import yaml
 
-        before = {k: v for k, v in (yaml.safe_load(saved.read_text()) or {}).items() if k != "executor"}
+        before = {
+            k: v for k, v in (yaml.safe_load(saved.read_text()) or {}).items() if k != "executor"
+        }
         diff = sorted(k for k in set(before) | set(mine) if before.get(k) != mine.get(k))
         if diff:
-            raise ValueError(f"{saved}: {out} was mined with another config (differs in {', '.join(diff)}); use a new --out")
+            raise ValueError(
+                f"{saved}: {out} was mined with another config (differs in {', '.join(diff)}); use a new --out"
+            )
         return
     save_config(cfg, saved)
 
@@ -181,7 +192,9 @@ def _iteration(cfg: MineConfig, k: int, pool: Path, out: Path, tasks: int, seed_
     """Run (or finish) iteration ``k``; return its summary (also written to ``iter_k/stats.json``)."""
     it = out / f"iter_{k}"
     it.mkdir(parents=True, exist_ok=True)
-    added = [row for j in range(1, k) for row in _read_jsonl(out / f"iter_{j}" / "seed_added.jsonl")]
+    added = [
+        row for j in range(1, k) for row in _read_jsonl(out / f"iter_{j}" / "seed_added.jsonl")
+    ]
     positive_ids = {row["id"] for row in added}
     positives = seed_texts + [row["text"] for row in added]
     n_neg = max(1, round(len(positives) * cfg.classifier.negatives_per_positive))
@@ -193,7 +206,9 @@ def _iteration(cfg: MineConfig, k: int, pool: Path, out: Path, tasks: int, seed_
     prog.stage(f"iteration {k}: score pool")
     scorer = [RankFileReader(str(pool / "docs")), MathScorer(str(model), cfg.classifier.max_words),
               JsonlWriter(str(it / "scores"), output_filename=RANK_FILE, adapter=_score_row)]  # fmt: skip
-    run_stage(f"score-{k}", scorer, tasks=tasks, logging_dir=it / "logs" / "score", cfg=cfg.executor)
+    run_stage(
+        f"score-{k}", scorer, tasks=tasks, logging_dir=it / "logs" / "score", cfg=cfg.executor
+    )
     rows = [r for p in sorted((it / "scores").glob("*.jsonl.gz")) for r in _read_jsonl(p)]
     prog.stage(f"iteration {k}: rank and keep")
     collected = select_top(((r["id"], r["score"], r["n_tokens"]) for r in rows),
@@ -238,10 +253,19 @@ def _write_mined(cfg: MineConfig, k: int, pool: Path, out: Path, tasks: int) -> 
     pipeline = [RankFileReader(str(pool / "docs")), IdFilter(str(it / "collected_ids.txt")),
                 MathScorer(str(it / "classifier.bin"), cfg.classifier.max_words),
                 JsonlWriter(str(out / "mined"), output_filename=RANK_FILE)]  # fmt: skip
-    run_stage("write-mined", pipeline, tasks=tasks, logging_dir=out / "logs" / f"mined_{k}", cfg=cfg.executor)
+    run_stage(
+        "write-mined",
+        pipeline,
+        tasks=tasks,
+        logging_dir=out / "logs" / f"mined_{k}",
+        cfg=cfg.executor,
+    )
     docs = [d for p in sorted((out / "mined").glob("*.jsonl.gz")) for d in _read_jsonl(p)]
     docs.sort(key=lambda d: (-d["metadata"]["math_score"], d["id"]))
-    _atomic_write(out / "mined.jsonl", "".join(json.dumps(d, sort_keys=True, ensure_ascii=False) + "\n" for d in docs))
+    _atomic_write(
+        out / "mined.jsonl",
+        "".join(json.dumps(d, sort_keys=True, ensure_ascii=False) + "\n" for d in docs),
+    )
     return len(docs)
 
 
@@ -301,9 +325,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--iterations", type=int)
     parser.add_argument("--executor", choices=["local", "slurm", "ray"])
     parser.add_argument("--annotations", help="file of annotated math URL paths (one per line)")
-    parser.add_argument("--auto-annotate", type=float, help="accept proposed paths with this collected fraction")
+    parser.add_argument(
+        "--auto-annotate", type=float, help="accept proposed paths with this collected fraction"
+    )
     parser.add_argument("--threshold", type=float, help="keep pages with P(math) >= this")
-    parser.add_argument("--token-budget", type=int, help="keep at most this many tokens (best first)")
+    parser.add_argument(
+        "--token-budget", type=int, help="keep at most this many tokens (best first)"
+    )
     parser.add_argument("--no-progress", action="store_true")
     try:
         config, overrides, rest = split_config_args(argv)
@@ -312,7 +340,11 @@ def main(argv: list[str]) -> int:
                  "executor.kind": args.executor, "annotations": args.annotations,
                  "auto_annotate": args.auto_annotate, "classifier.threshold": args.threshold,
                  "classifier.token_budget": args.token_budget}  # fmt: skip
-        overrides += [f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in flags.items() if v is not None]
+        overrides += [
+            f"{k}={json.dumps(v) if isinstance(v, str) else v}"
+            for k, v in flags.items()
+            if v is not None
+        ]
         cfg = load_config(MineConfig, config, overrides)
         for name in ("warc", "seed", "out"):
             if not getattr(cfg, name):

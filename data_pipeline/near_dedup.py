@@ -24,7 +24,9 @@ from datatrove.utils.word_tokenizers import WordTokenizer
 
 from .urls import url_dedup_key
 
-_WORD = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\W_]+|\\[A-Za-z]+", re.UNICODE)
+_WORD = re.compile(
+    r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\W_]+|\\[A-Za-z]+", re.UNICODE
+)
 _SENT = re.compile(r"(?<=[.!?。！？])\s+|\n+")
 
 

@@ -27,7 +27,11 @@ import os
 from pathlib import Path
 
 from datatrove.data import Document, DocumentsPipeline
-from datatrove.pipeline.dedup.exact_dedup import ExactDedupFilter, ExactDedupSignature, ExactFindDedups
+from datatrove.pipeline.dedup.exact_dedup import (
+    ExactDedupFilter,
+    ExactDedupSignature,
+    ExactFindDedups,
+)
 from datatrove.pipeline.dedup.minhash import (
     MinhashDedupBuckets,
     MinhashDedupCluster,
@@ -52,7 +56,12 @@ class RankFileReader(JsonlReader):
 
     name = "📖 rank file"
 
-    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+    def __init__(self, data_folder: str):
+        super().__init__(data_folder, add_file_path=False)  # paths differ between runs: keep out
+
+    def run(
+        self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1
+    ) -> DocumentsPipeline:
         name = f"{rank:05d}.jsonl.gz"
         if not self.data_folder.exists(name):
             return
@@ -86,7 +95,12 @@ def split_glob(pattern: str) -> tuple[str, str, list[str]]:
     if not files:
         raise FileNotFoundError(f"--warc {pattern}: no WARC file matches")
     parts = Path(pattern).parts
-    fixed = [p for p in parts[: next((i for i, p in enumerate(parts) if glob.has_magic(p)), len(parts) - 1)]]
+    fixed = [
+        p
+        for p in parts[
+            : next((i for i, p in enumerate(parts) if glob.has_magic(p)), len(parts) - 1)
+        ]
+    ]
     folder = str(Path(*fixed)) if fixed else "."
     return folder, str(Path(pattern).relative_to(folder)), files
 
@@ -151,12 +165,20 @@ def pool_funnel(logs: Path) -> dict:
         "near_dedup_kept": stat(mf, MinhashDedupFilter.name, "forwarded"),
         "skipped": {
             key: stat(ex, reader, key)
-            for key in ("skipped_non_html", "skipped_status", "empty_page", "bad_encoding",
-                        "warc_corrupt_record", "warc_truncated_record")
+            for key in (
+                "skipped_non_html",
+                "skipped_status",
+                "empty_page",
+                "bad_encoding",
+                "warc_corrupt_record",
+                "warc_truncated_record",
+            )
         }  # fmt: skip
-        | {"empty_after_extraction": stat(ex, extractor, "empty_after_extraction"),
-           "extract_error": stat(ex, extractor, "extract_error"),
-           "language_dropped": stat(ex, LanguageFilter.name, "dropped")},  # fmt: skip
+        | {
+            "empty_after_extraction": stat(ex, extractor, "empty_after_extraction"),
+            "extract_error": stat(ex, extractor, "extract_error"),
+            "language_dropped": stat(ex, LanguageFilter.name, "dropped"),
+        },  # fmt: skip
         "truncated_pages": stat(ex, reader, "page_truncated"),
         "encoding_detected": stat(ex, reader, "encoding_detected"),
     }

@@ -31,8 +31,35 @@ TOPICS = {
     "music": "guitar chorus album melody drummer concert vinyl rhythm lyrics studio acoustic band",
     "pets": "puppy kitten leash vet grooming treats aquarium parrot litter collar adoption walk",
 }
-_FILLER = "the a our this every their with after before during while because although".split()
-_VERBS = "makes keeps brings shows needs loves finds changes offers covers starts leaves".split()
+_FILLER = [
+    "the",
+    "a",
+    "our",
+    "this",
+    "every",
+    "their",
+    "with",
+    "after",
+    "before",
+    "during",
+    "while",
+    "because",
+    "although",
+]
+_VERBS = [
+    "makes",
+    "keeps",
+    "brings",
+    "shows",
+    "needs",
+    "loves",
+    "finds",
+    "changes",
+    "offers",
+    "covers",
+    "starts",
+    "leaves",
+]
 
 
 @dataclass
@@ -83,7 +110,9 @@ def concat(*parts: Formula | str) -> Formula:
             op = {"*": r"\times", "x": r"\times"}.get(p, p)
             latex.append(op)
             mo = {"*": "×", "x": "×", r"\cdot": "·", r"\le": "≤", r"\pi": "π"}.get(p, p)
-            mathml.append(_num(mo) if re.fullmatch(r"[\d.]+|[a-z]", mo) else f"<mo>{html.escape(mo)}</mo>")
+            mathml.append(
+                _num(mo) if re.fullmatch(r"[\d.]+|[a-z]", mo) else f"<mo>{html.escape(mo)}</mo>"
+            )
     return Formula(" ".join(latex), "<mrow>" + "".join(mathml) + "</mrow>")
 
 
@@ -99,7 +128,7 @@ def _calc_formula(expr: str, result: str) -> Formula:
 
 def _math_style_problem(rng: random.Random) -> tuple[str, list[Formula]]:
     """A MATH-style problem with solution: text with ``{}`` slots and the formulas for them."""
-    a, b, c = rng.randint(2, 9), rng.randint(2, 9), rng.randint(10, 99)
+    a, b = rng.randint(2, 9), rng.randint(2, 9)
     kind = rng.randrange(4)
     if kind == 0:
         return (
@@ -113,7 +142,7 @@ def _math_style_problem(rng: random.Random) -> tuple[str, list[Formula]]:
         )  # fmt: skip
     if kind == 2:
         return (
-            f"Evaluate {{}}. Adding the fractions over a common denominator gives {{}}.",
+            "Evaluate {}. Adding the fractions over a common denominator gives {}.",
             [concat(frac("1", str(a)), "+", frac("1", str(b))), frac(str(a + b), str(a * b))],
         )
     return (
@@ -139,12 +168,17 @@ def _render(f: Formula, style: str, display: bool = False) -> str:
         return f'<math display="{"block" if display else "inline"}">{f.mathml}</math>'
     if style == "alt":
         q = html.escape(f.latex, quote=True)
-        return f'<img class="latex" src="https://s0.wp.com/latex.php?latex={q}" alt="{q}" title="{q}">'
+        return (
+            f'<img class="latex" src="https://s0.wp.com/latex.php?latex={q}" alt="{q}" title="{q}">'
+        )
     return f"$${tex}$$" if display else f"${tex}$"
 
 
 def _boilerplate(rng: random.Random, domain: str, body: str, title: str) -> str:
-    links = " ".join(f'<li><a href="https://{domain}/{w}/">{w.title()}</a></li>' for w in rng.sample(_FILLER + _VERBS, 6))
+    links = " ".join(
+        f'<li><a href="https://{domain}/{w}/">{w.title()}</a></li>'
+        for w in rng.sample(_FILLER + _VERBS, 6)
+    )
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         '<script>window.dataLayer=[];function gtag(){dataLayer.push(arguments);}</script>'
@@ -158,7 +192,9 @@ def _boilerplate(rng: random.Random, domain: str, body: str, title: str) -> str:
     )  # fmt: skip
 
 
-def _math_page(rng: random.Random, style: str, question: str | None, answer: str | None) -> tuple[str, str, list[str]]:
+def _math_page(
+    rng: random.Random, style: str, question: str | None, answer: str | None
+) -> tuple[str, str, list[str]]:
     """(title, body html, planted latex) of one math page."""
     paras, planted = [], []
     if question is not None:
@@ -180,7 +216,9 @@ def _math_page(rng: random.Random, style: str, question: str | None, answer: str
         out = html.escape(parts[0])
         for i, f in enumerate(formulas):
             planted.append(f.latex)
-            out += _render(f, style, display=(i == len(formulas) - 1 and rng.random() < 0.4)) + html.escape(parts[i + 1])
+            out += _render(
+                f, style, display=(i == len(formulas) - 1 and rng.random() < 0.4)
+            ) + html.escape(parts[i + 1])
         paras.append(f"<p>{out}</p>")
     title = (question or "Worked example")[:60]
     return title, "".join(paras), planted
@@ -198,18 +236,54 @@ _TEMPLATES = (
     "You can find more about the {n} in our guide to {n2} and {n3}.",
     "He said it {v} the {n} better than any {n2} he had tried.",
 )
-_ADJ = "beautiful quiet busy cheap fresh old famous cozy bright lovely simple rainy friendly tiny".split()
-_PAST = "visited tried cooked found watched planted bought cleaned painted booked enjoyed".split()
-_MONTHS = "January March May July September November".split()
+_ADJ = [
+    "beautiful",
+    "quiet",
+    "busy",
+    "cheap",
+    "fresh",
+    "old",
+    "famous",
+    "cozy",
+    "bright",
+    "lovely",
+    "simple",
+    "rainy",
+    "friendly",
+    "tiny",
+]
+_PAST = [
+    "visited",
+    "tried",
+    "cooked",
+    "found",
+    "watched",
+    "planted",
+    "bought",
+    "cleaned",
+    "painted",
+    "booked",
+    "enjoyed",
+]
+_MONTHS = ["January", "March", "May", "July", "September", "November"]
 
 
 def _prose(rng: random.Random, topic: str, n_sentences: int) -> str:
     nouns = TOPICS[topic].split()
     out = []
     for _ in range(n_sentences):
-        out.append(rng.choice(_TEMPLATES).format(
-            n=rng.choice(nouns), n2=rng.choice(nouns), n3=rng.choice(nouns), v=rng.choice(_VERBS),
-            vp=rng.choice(_PAST), a=rng.choice(_ADJ), a2=rng.choice(_ADJ), month=rng.choice(_MONTHS)))
+        out.append(
+            rng.choice(_TEMPLATES).format(
+                n=rng.choice(nouns),
+                n2=rng.choice(nouns),
+                n3=rng.choice(nouns),
+                v=rng.choice(_VERBS),
+                vp=rng.choice(_PAST),
+                a=rng.choice(_ADJ),
+                a2=rng.choice(_ADJ),
+                month=rng.choice(_MONTHS),
+            )
+        )
     return " ".join(out)
 
 
@@ -222,7 +296,14 @@ def _gsm8k(path: Path | None) -> list[dict]:
 
 def default_gsm8k_train() -> Path:
     """``../shared/data/benchmarks/gsm8k/train.jsonl`` beside the checkout."""
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data" / "benchmarks" / "gsm8k" / "train.jsonl"
+    return (
+        Path(__file__).resolve().parents[1].parent
+        / "shared"
+        / "data"
+        / "benchmarks"
+        / "gsm8k"
+        / "train.jsonl"
+    )
 
 
 def _record_id(url: str, date: str, body: bytes) -> str:
@@ -236,7 +317,9 @@ def _record_id(url: str, date: str, body: bytes) -> str:
 def _http_record(writer, url: str, body: bytes, ctype: str, date: str, status: str = "200 OK"):
     from warcio.statusandheaders import StatusAndHeaders
 
-    headers = StatusAndHeaders(status, [("Content-Type", ctype), ("Content-Length", str(len(body)))], protocol="HTTP/1.1")
+    headers = StatusAndHeaders(
+        status, [("Content-Type", ctype), ("Content-Length", str(len(body)))], protocol="HTTP/1.1"
+    )
     rec = writer.create_warc_record(url, "response", payload=io.BytesIO(body), http_headers=headers,
                                     warc_headers_dict={"WARC-Date": date, "WARC-Record-ID": _record_id(url, date, body)})  # fmt: skip
     writer.write_record(rec)
@@ -256,7 +339,7 @@ def write_synthetic_warc(
 ) -> list[SyntheticPage]:
     """Write a gzipped WARC of synthetic pages to ``path``; return the manifest (one per record).
 
-    ``n_math`` math pages on math domains (styles cycle through ``STYLES``; half carry a GSM8K
+    ``n_math`` math pages on math domains (styles cycle through ``STYLES``; each carries a GSM8K
     train question from ``gsm8k_path`` starting at row ``gsm8k_offset``, default: the shared
     copy), ``n_mixed_math`` math pages under ``learn-hub.example.net/math/`` beside non-math
     pages on the same domain, ``n_nonmath`` prose pages, then ``n_url_duplicates`` refetches
@@ -270,33 +353,58 @@ def write_synthetic_warc(
     pages: list[tuple[SyntheticPage, str]] = []
     for i in range(n_math + n_mixed_math):
         style = STYLES[i % len(STYLES)]
-        row = gsm[i] if i < len(gsm) and i % 2 == 0 else None
-        title, body, planted = _math_page(rng, style, row and row["question"], row and row["answer"])
+        row = gsm[i] if i < len(gsm) else None
+        title, body, planted = _math_page(
+            rng, style, row and row["question"], row and row["answer"]
+        )
         if i < n_math:
             domain = MATH_DOMAINS[i % len(MATH_DOMAINS)]
             url = f"https://{domain}/questions/{1000 + i}/{re.sub(r'[^a-z]+', '-', title.lower())[:30]}"
         else:
             domain = MIXED_DOMAIN
             url = f"https://{domain}/math/lesson-{i}.html"
-        pages.append((SyntheticPage(url, "math", style, domain, planted), _boilerplate(rng, domain, body, title)))
+        pages.append(
+            (
+                SyntheticPage(url, "math", style, domain, planted),
+                _boilerplate(rng, domain, body, title),
+            )
+        )
     for i in range(n_nonmath):
         topic = sorted(TOPICS)[i % len(TOPICS)]
         domain = MIXED_DOMAIN if i % 10 == 0 else f"{topic}-{i % 5}.example.com"
         url = f"https://{domain}/{topic}/post-{i}"
-        body = "".join(f"<p>{_prose(rng, topic, rng.randint(4, 8))}</p>" for _ in range(rng.randint(2, 4)))
+        body = "".join(
+            f"<p>{_prose(rng, topic, rng.randint(4, 8))}</p>" for _ in range(rng.randint(2, 4))
+        )
         title = f"{topic.title()} notes {i}"
-        pages.append((SyntheticPage(url, "nonmath", "", domain), _boilerplate(rng, domain, body, title)))
+        pages.append(
+            (SyntheticPage(url, "nonmath", "", domain), _boilerplate(rng, domain, body, title))
+        )
     originals = list(pages)
     for j in range(n_url_duplicates):
         page, doc = originals[(j * 7) % len(originals)]
         parts = page.url.split("/", 3)
         url = f"{parts[0]}//WWW.{parts[2].upper()}/{parts[3]}/?utm_source=feed#comments"
-        pages.append((SyntheticPage(url, page.kind, page.style, page.domain, page.latex, duplicate_of=page.url), doc))
+        pages.append(
+            (
+                SyntheticPage(
+                    url, page.kind, page.style, page.domain, page.latex, duplicate_of=page.url
+                ),
+                doc,
+            )
+        )
     for j in range(n_near_duplicates):
         page, doc = originals[(j * 11 + 3) % len(originals)]
         url = page.url.rstrip("/") + "-copy"
         near = doc.replace("</article>", "<p>Thanks for reading.</p></article>", 1)
-        pages.append((SyntheticPage(url, page.kind, page.style, page.domain, page.latex, near_duplicate_of=page.url), near))
+        pages.append(
+            (
+                SyntheticPage(
+                    url, page.kind, page.style, page.domain, page.latex, near_duplicate_of=page.url
+                ),
+                near,
+            )
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as fh:
@@ -304,7 +412,13 @@ def write_synthetic_warc(
         for k, (page, doc) in enumerate(pages):
             date = f"2024-01-{1 + k % 28:02d}T12:00:00Z"
             _http_record(writer, page.url, doc.encode("utf-8"), "text/html; charset=utf-8", date)
-        _http_record(writer, "https://algebra-tutor.example.com/logo.png", b"\x89PNG\r\n\x1a\n" + bytes(64), "image/png", "2024-01-01T00:00:00Z")
+        _http_record(
+            writer,
+            "https://algebra-tutor.example.com/logo.png",
+            b"\x89PNG\r\n\x1a\n" + bytes(64),
+            "image/png",
+            "2024-01-01T00:00:00Z",
+        )
     return [p for p, _ in pages]
 
 
@@ -324,12 +438,19 @@ def write_seed_jsonl(path: str | Path, *, n: int = 200, seed: int = 1, gsm8k_pat
         for i in range(n):
             parts = []
             if i < len(gsm) and i % 2 == 0:
-                answer = re.sub(r"<<([^=>]+)=([^>]+)>>", lambda m: "$" + _calc_formula(m[1], m[2]).latex + "$ ", gsm[i]["answer"])
+                answer = re.sub(
+                    r"<<([^=>]+)=([^>]+)>>",
+                    lambda m: "$" + _calc_formula(m[1], m[2]).latex + "$ ",
+                    gsm[i]["answer"],
+                )
                 parts += [gsm[i]["question"], answer.replace("####", "The answer is")]
             for _ in range(rng.randint(1, 3)):
                 template, formulas = _math_style_problem(rng)
                 pieces = template.split("{}")
-                parts.append(pieces[0] + "".join(f"${fm.latex}$" + pieces[j + 1] for j, fm in enumerate(formulas)))
+                parts.append(
+                    pieces[0]
+                    + "".join(f"${fm.latex}$" + pieces[j + 1] for j, fm in enumerate(formulas))
+                )
             f.write(json.dumps({"id": f"seed-{i}", "text": "\n".join(parts)}) + "\n")
     return n
 
@@ -364,19 +485,27 @@ def write_robustness_warc(path: str | Path, *, huge_mb: int = 50) -> dict[str, s
 
     members.append(member(cases["good"], page.format("Good page: the sum $1+2=3$ holds.").encode()))
     members.append(member(cases["empty"], b""))
-    russian = page.format("Это страница на русском языке о погоде и природе. " * 20).encode("cp1251")
+    russian = page.format("Это страница на русском языке о погоде и природе. " * 20).encode(
+        "cp1251"
+    )
     members.append(member(cases["unknown_encoding"], russian, "text/html; charset=x-klingon-8"))
     noise_rng = random.Random(0)
     noise = bytes(noise_rng.getrandbits(8) for _ in range(4096))
     members.append(member(cases["binary"], noise, "text/html; charset=x-unknown"))
     paragraph = "<p>" + "A very long page about nothing in particular. " * 40 + "</p>\n"
-    huge = ("<html><body>" + paragraph * (huge_mb * 1_000_000 // len(paragraph) + 1) + "</body></html>").encode()
+    huge = (
+        "<html><body>" + paragraph * (huge_mb * 1_000_000 // len(paragraph) + 1) + "</body></html>"
+    ).encode()
     members.append(member(cases["huge"], huge))
-    corrupt = bytearray(member(cases["corrupt"], page.format("this record is damaged " * 50).encode()))
+    corrupt = bytearray(
+        member(cases["corrupt"], page.format("this record is damaged " * 50).encode())
+    )
     mid = len(corrupt) // 2
     corrupt[mid : mid + 16] = bytes(16)  # zeroed deflate bytes: the member no longer inflates
     members.append(bytes(corrupt))
-    members.append(member(cases["after_corrupt"], page.format("Read after the damaged record.").encode()))
+    members.append(
+        member(cases["after_corrupt"], page.format("Read after the damaged record.").encode())
+    )
     truncated = member(cases["truncated"], page.format("cut short " * 200).encode())
     members.append(truncated[: len(truncated) // 2])
     Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -86,7 +86,9 @@ def path_prefixes(url: str, depth: int = 2) -> list[str]:
     location = url_location(url)
     domain, _, path = location.partition("/")
     segments = [s for s in path.split("/") if s][:-1] if path else []
-    return [domain + "/" + "/".join(segments[:i]) + "/" for i in range(1, min(depth, len(segments)) + 1)]
+    return [
+        domain + "/" + "/".join(segments[:i]) + "/" for i in range(1, min(depth, len(segments)) + 1)
+    ]
 
 
 def matches_prefix(url: str, prefixes: list[str] | tuple[str, ...] | frozenset[str]) -> bool:
@@ -98,9 +100,9 @@ def matches_prefix(url: str, prefixes: list[str] | tuple[str, ...] | frozenset[s
         if "/" not in prefix.rstrip("/"):  # a bare domain annotates the whole domain
             if domain == prefix.rstrip("/"):
                 return True
-        elif location.lower().startswith(prefix if prefix.endswith("/") else prefix + "/"):
-            return True
-        elif location.lower() == prefix.rstrip("/"):
+        elif location.lower().startswith(
+            prefix if prefix.endswith("/") else prefix + "/"
+        ) or location.lower() == prefix.rstrip("/"):
             return True
     return False
 

@@ -26,7 +26,9 @@ from datatrove.utils.logging import logger
 from .urls import normalize_url, url_domain
 
 _HTML_TYPES = ("text/html", "application/xhtml+xml")
-_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
+_META_CHARSET = re.compile(
+    rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.IGNORECASE
+)
 _HEADER_CHARSET = re.compile(r"charset\s*=\s*[\"']?([A-Za-z0-9_.:-]+)", re.IGNORECASE)
 # declared charsets that pages get wrong in a predictable way: decode with the superset
 _SUPERSETS = {"gb2312": "gb18030", "gbk": "gb18030", "iso-8859-1": "cp1252", "latin-1": "cp1252",
@@ -145,7 +147,9 @@ class WarcPageReader(BaseDiskReader):
                 with self.track_time():
                     data = self._process(record, url)
                 ri += 1
-                if data is not None and (doc := self.get_document_from_dict(data, filepath, f"{record_start}")):
+                if data is not None and (
+                    doc := self.get_document_from_dict(data, filepath, f"{record_start}")
+                ):
                     yield doc
             end = iterator.offset
             if end < fh.size if hasattr(fh, "size") else False:
@@ -155,9 +159,13 @@ class WarcPageReader(BaseDiskReader):
             return None
         except (Exception, zlib.error) as e:  # noqa: BLE001 - warcio raises many kinds on bad bytes
             # after a record is read to its end, warcio's offset points at the next (failing) one
-            record_start = max(record_start, getattr(iterator, "offset", record_start) or record_start)
+            record_start = max(
+                record_start, getattr(iterator, "offset", record_start) or record_start
+            )
             self.stat_update("warc_corrupt_record")
-            logger.warning(f"corrupt WARC record in {filepath} at byte {record_start} (url={url}): {e!r}")
+            logger.warning(
+                f"corrupt WARC record in {filepath} at byte {record_start} (url={url}): {e!r}"
+            )
             return _next_member(fh, record_start + 1, magic)
 
     def _process(self, record, url: str | None) -> dict | None:
@@ -180,10 +188,10 @@ class WarcPageReader(BaseDiskReader):
             self.stat_update("skipped_non_html")
             return None
         body = record.content_stream().read(self.max_page_bytes + 1)
-        if not is_wet and ctype not in _HTML_TYPES:
-            if ctype or not body.lstrip()[:200].lower().startswith((b"<!doctype html", b"<html")):
-                self.stat_update("skipped_non_html")
-                return None
+        sniffed_html = body.lstrip()[:200].lower().startswith((b"<!doctype html", b"<html"))
+        if not is_wet and ctype not in _HTML_TYPES and (ctype or not sniffed_html):
+            self.stat_update("skipped_non_html")
+            return None
         if len(body) > self.max_page_bytes:
             body = body[: self.max_page_bytes]
             self.stat_update("page_truncated")

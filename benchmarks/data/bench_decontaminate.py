@@ -43,12 +43,14 @@ def machine_info() -> dict:
         ).stdout.strip()
     except OSError:
         commit = ""
+    from importlib import metadata
+
     versions = {}
-    for mod in ("dsm_engine", "datatrove", "tokenizers", "lxml", "fasttext", "pybind11"):
+    for dist in ("dsm-engine", "datatrove", "tokenizers", "lxml", "fasttext-numpy2", "pybind11"):
         try:
-            versions[mod] = getattr(__import__(mod), "__version__", "?")
-        except ImportError:
-            versions[mod] = "absent"
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = "absent"
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cpu": cpu,
@@ -206,7 +208,8 @@ def to_markdown(result: dict) -> str:
         f"C++ is **{d['speedup']}x** faster than the plain-Python matcher on the same corpus "
         f"({d['corpus_mb']} MB, {d['planted_documents']} documents with a planted benchmark text); "
         f"results identical: {d['identical']}; planted documents missed: {d['planted_documents_missed']}; "
-        f"C++ throughput {d['cpp_mb_per_s']} MB/s.",
+        f"C++ throughput {d['cpp_mb_per_s']} MB/s (Python normalisation included). C++ time is "
+        "the best of 3 runs, Python's one run; both single-threaded on a shared machine.",
         f"Index: {d['index_keys']:,} keys from {d['benchmark_texts']:,} benchmark texts; build "
         f"{d['index_build_s']['cpp']} s (C++) vs {d['index_build_s']['python']} s (Python).",
         "",

@@ -289,14 +289,18 @@ def load_hf_weights(models, get: Callable[[str], Tensor], cfg: ModelConfig) -> N
             dst.copy_(src)
 
 
-def _local_canonical(models) -> dict[str, Tensor]:
-    """This rank's tensors under canonical names (still TP shards)."""
+def _local_canonical(models, grads: bool = False) -> dict[str, Tensor]:
+    """This rank's tensors (or their gradients) under canonical names (still TP shards)."""
     from dsm_engine.models.build import layer_offset
 
     out: dict[str, Tensor] = {}
     for model in _chunks(models):
         offset = layer_offset(model)
-        for key, t in model.state_dict().items():
+        if grads:
+            items = [(k, _grad_of(p)) for k, p in model.named_parameters()]
+        else:
+            items = list(model.state_dict().items())
+        for key, t in items:
             name = _model_to_canonical_name(key, offset)
             if name is not None and not (
                 name == "output_layer.weight" and model.share_embeddings_and_output_weights
@@ -305,13 +309,20 @@ def _local_canonical(models) -> dict[str, Tensor]:
     return out
 
 
+def _grad_of(p: torch.nn.Parameter) -> Tensor:
+    # megatron's DDP accumulates into main_grad; plain modules into grad
+    g = getattr(p, "main_grad", None)
+    g = p.grad if g is None else g
+    return torch.zeros_like(p) if g is None else g
+
+
 @torch.no_grad()
-def gather_canonical(models) -> dict[str, Tensor]:
-    """The full canonical state dict, gathered over TP and PP, on every rank of the group."""
+def gather_canonical(models, grads: bool = False) -> dict[str, Tensor]:
+    """The full canonical state dict (or gradients), gathered over TP and PP, on every rank."""
     from megatron.core import parallel_state as ps
 
     _, tp_size, tp_group = _tp_info()
-    local = _local_canonical(models)
+    local = _local_canonical(models, grads)
     full: dict[str, Tensor] = {}
     for name, t in local.items():
         if tp_size > 1 and _tp_dim(name) is not None:
@@ -449,10 +460,11 @@ def dsm_to_hf_main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     from dsm_engine.models.build import build_model_chunks
     from dsm_engine.models.checkpoint import load_checkpoint, read_meta, resolve_checkpoint
+    from dsm_engine.models.config import model_config
     from dsm_engine.models.parallel import ParallelConfig, destroy_parallel, initialize_parallel
 
     step_dir = resolve_checkpoint(args.ckpt)
-    cfg = ModelConfig(**read_meta(step_dir)["model_config"])
+    cfg = model_config(read_meta(step_dir)["model_config"])
     ctx = initialize_parallel(ParallelConfig())
     try:
         models = build_model_chunks(cfg, ctx, init_weights=False)

@@ -12,15 +12,22 @@ dsm-engine special-cases the CPU. With CUDA present it does nothing. Each patch 
    transformers) never reaches it, so nothing that worked before changes.
 2. ``torch.cuda.synchronize`` -> no-op. p2p communication and the async checkpoint writer wait
    for the GPU stream; CPU kernels are already complete when they return.
-3. ``torch`` as seen by ``megatron.core.pipeline_parallel.schedules`` -> a view of torch whose
-   tensor factories map ``device="cuda"`` to the CPU. The schedules count tokens in a tensor
-   created with a literal ``device="cuda"`` (not via ``current_device``), so patch 1 misses it;
-   the view is local to that module.
+3. ``torch`` as seen by the megatron modules in :data:`LITERAL_CUDA_MODULES` -> a view of torch
+   whose tensor factories map ``device="cuda"`` to the CPU. These modules create small
+   bookkeeping tensors with a literal ``device="cuda"`` (not via ``current_device``), which
+   patch 1 cannot reach: the pipeline schedules' token counter, the optimizers' loss-scale /
+   found-inf flags, grad-norm clipping buffers, the DDP buffer warm-up tensor, the broadcast
+   helper for data, the local multi-tensor grad-norm fallback, and the checkpoint saver's metadata-reuse flag. The view is set only on
+   those modules. (``Tensor.cuda()`` calls remain: they sit on paths we do not use on CPU -
+   optimizer CPU offload, fully-parallel checkpoint loading, ``broadcast_data``.)
 4. megatron's CUDA RNG tracker -> :class:`CpuRNGStatesTracker`. The tracker keeps separate
    random streams for tensor-parallel regions (weight init of split layers, dropout) by saving
    and restoring the CUDA generator; on CPU the same bookkeeping is done with the CPU generator.
    The class replaces ``CudaRNGStatesTracker`` in ``megatron.core.tensor_parallel.random`` so
    ``initialize_rng_tracker`` (also with ``force_reset``) and ``get_all_rng_states`` keep working.
+5. ``clip_grad_by_total_norm_fp32`` as used by ``megatron.core.optimizer.optimizer`` -> the same
+   scaling without its assertion that every gradient is a ``torch.cuda.FloatTensor`` (the
+   arithmetic is device-agnostic; only the type check names CUDA).
 """
 
 from __future__ import annotations
@@ -33,6 +40,17 @@ from typing import Any
 import torch
 
 _INSTALLED = False
+
+LITERAL_CUDA_MODULES = (
+    "megatron.core.pipeline_parallel.schedules",
+    "megatron.core.optimizer.optimizer",
+    "megatron.core.optimizer.clip_grads",
+    "megatron.core.optimizer.grad_scaler",
+    "megatron.core.distributed.param_and_grad_buffer",
+    "megatron.core.tensor_parallel.data",
+    "megatron.core.dist_checkpointing.strategies.state_dict_saver",
+    "megatron.core.utils",
+)
 
 
 def _cpu_current_device() -> torch.device:
@@ -54,7 +72,7 @@ def _map_cuda(device: Any) -> Any:
 class _CpuTorchView:
     """``torch`` with tensor factories that place ``device="cuda"`` tensors on the CPU."""
 
-    _FACTORIES = ("zeros", "ones", "empty", "full", "tensor", "arange")
+    _FACTORIES = ("zeros", "ones", "empty", "full", "tensor", "arange", "empty_like", "zeros_like")
 
     def __init__(self, real: Any) -> None:
         self._real = real
@@ -116,6 +134,18 @@ def _make_cpu_tracker_class() -> type:
     return CpuRNGStatesTracker
 
 
+def _clip_grad_by_total_norm(
+    parameters: Any, max_norm: float, total_norm: float, use_decoupled_grad: bool = False
+) -> None:
+    if isinstance(parameters, torch.Tensor):
+        parameters = [parameters]
+    attr = "decoupled_grad" if use_decoupled_grad else "grad"
+    grads = [getattr(p, attr).detach() for p in parameters if getattr(p, attr, None) is not None]
+    clip_coeff = max_norm / (total_norm + 1.0e-6)
+    if clip_coeff < 1.0 and grads:
+        torch._foreach_mul_(grads, clip_coeff)
+
+
 def install_cpu_bridge() -> bool:
     """Install the patches above when CUDA is absent. Idempotent; returns whether active."""
     global _INSTALLED
@@ -123,19 +153,24 @@ def install_cpu_bridge() -> bool:
         return False
     if _INSTALLED:
         return True
-    from megatron.core.pipeline_parallel import schedules
+    import importlib
+
     from megatron.core.tensor_parallel import random as mrandom
 
     torch.cuda.current_device = _cpu_current_device  # patch 1
     torch.cuda.synchronize = _no_synchronize  # patch 2
-    if not isinstance(schedules.torch, _CpuTorchView):  # patch 3
-        schedules.torch = _CpuTorchView(torch)
+    for name in LITERAL_CUDA_MODULES:  # patch 3
+        module = importlib.import_module(name)
+        if not isinstance(module.torch, _CpuTorchView):
+            module.torch = _CpuTorchView(torch)
     tracker_cls = _make_cpu_tracker_class()  # patch 4
     mrandom.CudaRNGStatesTracker = tracker_cls
     if mrandom._CUDA_RNG_STATE_TRACKER is not None and not isinstance(
         mrandom._CUDA_RNG_STATE_TRACKER, tracker_cls
     ):
         mrandom.initialize_rng_tracker(force_reset=True)
+    moptimizer = importlib.import_module("megatron.core.optimizer.optimizer")
+    moptimizer.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm  # patch 5
     _INSTALLED = True
     return True
 

@@ -72,6 +72,8 @@ class ParallelContext:
 
 
 _CONTEXT: ParallelContext | None = None
+# set when a context we created was torn down with keep_process_group=True
+_OWNED_GROUP = [False]
 
 
 def _free_port() -> int:
@@ -96,7 +98,7 @@ def initialize_parallel(cfg: ParallelConfig | None = None, *, seed: int = 1234) 
     if _CONTEXT is not None:
         if _CONTEXT.config == cfg:
             return _CONTEXT
-        destroy_parallel()
+        destroy_parallel(keep_process_group=True)
 
     from megatron.core import parallel_state, tensor_parallel
 
@@ -123,6 +125,8 @@ def initialize_parallel(cfg: ParallelConfig | None = None, *, seed: int = 1234) 
                 rank=0,
                 world_size=1,
             )
+        owns = True
+    elif _OWNED_GROUP[0]:
         owns = True
     world = dist.get_world_size()
     if world % (cfg.tp * cfg.pp):
@@ -162,13 +166,19 @@ def initialize_parallel(cfg: ParallelConfig | None = None, *, seed: int = 1234) 
     return _CONTEXT
 
 
-def destroy_parallel() -> None:
-    """Tear down megatron-core's parallel state (and the process group if we created it)."""
+def destroy_parallel(*, keep_process_group: bool = False) -> None:
+    """Tear down megatron-core's parallel state, and the process group if we created it
+    (unless ``keep_process_group``, e.g. to re-initialise with another layout)."""
     global _CONTEXT
     from megatron.core import parallel_state
 
     ctx, _CONTEXT = _CONTEXT, None
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
-    if ctx is not None and ctx.owns_process_group and dist.is_initialized():
+    if keep_process_group:
+        if ctx is not None and ctx.owns_process_group:
+            _OWNED_GROUP[0] = True
+        return
+    if (ctx is not None and ctx.owns_process_group or _OWNED_GROUP[0]) and dist.is_initialized():
+        _OWNED_GROUP[0] = False
         dist.destroy_process_group()

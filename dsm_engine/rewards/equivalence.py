@@ -56,7 +56,7 @@ class EquivalenceConfig:
     max_depth: answers nested deeper than this ({[( levels) skip the symbolic tier.
     """
 
-    timeout_s: float = 3.0
+    timeout_s: float = 5.0
     num_workers: int = 1
     memory_limit_mb: int = 2048
     max_chars: int = 400
@@ -238,7 +238,9 @@ class _Worker:
     """One math-verify worker subprocess (``python -m dsm_engine.rewards._symbolic``)."""
 
     def __init__(self, config: EquivalenceConfig) -> None:
-        inner = max(1, int(config.timeout_s // 3))
+        # math-verify's own signal limits (whole seconds) end most slow checks without a
+        # respawn; the parent's hard limit catches what signals cannot interrupt
+        inner = max(1, int(config.timeout_s / 2))
         env = dict(os.environ)
         # the worker must import this very checkout, whatever the caller's sys.path holds
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
@@ -319,6 +321,14 @@ class SymbolicChecker:
         self._cache_size = cache_size
         self.timeouts = 0  # checks that hit the hard limit
         self.checks = 0  # checks sent to a worker
+
+    def start(self) -> None:
+        """Start all workers now and wait until they are warm (otherwise: on first use)."""
+        with self._lock:
+            while len(self._workers) < self.config.num_workers:
+                self._workers.append(_Worker(self.config))
+            for worker in self._workers:
+                worker.wait_ready()
 
     def _skip(self, pred: str, gold: str) -> bool:
         cfg = self.config

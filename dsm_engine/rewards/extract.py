@@ -85,83 +85,64 @@ def to_halfwidth(text: str) -> str:
     return "".join(out)
 
 
-def _match_braces(text: str, open_index: int) -> int:
-    """Index of the ``}`` closing the ``{`` at ``open_index``, or -1 when unbalanced."""
-    depth = 0
-    i = open_index
+_BOX_SCAN_RE = re.compile(r"\\boxed|\\fbox|\\.|[{}]", re.DOTALL)
+
+
+def _scan_boxes(text: str) -> list[tuple[int, int, str]]:
+    """Every well-formed box as ``(start, end, content)``, in order of closing.
+
+    One pass with a brace stack (linear even on megabytes of ``{`` or ``\\boxed{``): escaped
+    braces ``\\{``/``\\}`` do not count; boxes still open at the end of the text (an output
+    cut off mid-answer) are dropped. ``\\boxed 5`` (argument without braces) is accepted.
+    """
+    boxes: list[tuple[int, int, str]] = []
+    stack: list[tuple[int, int]] = []  # (content start, box start) or (-1, -1) for a group
     n = len(text)
-    while i < n:
-        ch = text[i]
-        if ch == "\\":
-            i += 2  # an escaped brace \{ or \} does not count
-            continue
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
-    return -1
-
-
-def _boxed_content_at(text: str, start: int, command: str) -> str | None:
-    """Content of the box command starting at ``start``: ``\\boxed{..}`` or ``\\boxed 5``."""
-    i = start + len(command)
-    # \boxed{...}: skip spaces before the brace
-    j = i
-    while j < len(text) and text[j] == " ":
-        j += 1
-    if j < len(text) and text[j] == "{":
-        end = _match_braces(text, j)
-        return None if end < 0 else text[j + 1 : end]
-    # "\boxed 5" form: the argument runs to the next space, '$' or end of text
-    if i < len(text) and text[i] == " ":
-        k = i + 1
-        while k < len(text) and text[k] not in " $\n":
-            k += 1
-        arg = text[i + 1 : k]
-        return arg or None
-    return None
+    position = 0
+    while True:
+        match = _BOX_SCAN_RE.search(text, position)
+        if match is None:
+            return boxes
+        token, start = match.group(0), match.start()
+        position = match.end()
+        if token in BOX_COMMANDS:
+            j = position
+            while j < n and text[j] == " ":
+                j += 1
+            if j < n and text[j] == "{":
+                stack.append((j + 1, start))
+                position = j + 1
+            elif position < n and text[position] == " " and j < n:
+                k = j
+                while k < n and text[k] not in " $\n":
+                    k += 1
+                boxes.append((start, k, text[j:k]))
+                position = k
+        elif token == "{":
+            stack.append((-1, -1))
+        elif token == "}" and stack:
+            content_start, box_start = stack.pop()
+            if content_start >= 0:
+                boxes.append((box_start, position, text[content_start:start]))
 
 
 def find_all_boxed(text: str) -> list[str]:
-    """Contents of every well-formed ``\\boxed``/``\\fbox`` in ``text``, in order."""
-    found: list[tuple[int, int, str]] = []
-    for command in BOX_COMMANDS:
-        start = text.find(command)
-        while start >= 0:
-            content = _boxed_content_at(text, start, command)
-            if content is not None:
-                found.append((start, start + len(command) + len(content) + 2, content))
-            start = text.find(command, start + len(command))
-    found.sort(key=lambda item: item[0])
-    # A box inside a box (\boxed{\boxed{1}}) is reported once, as the outer content.
+    """Contents of every well-formed ``\\boxed``/``\\fbox`` in ``text``, in order; a box
+    inside another box is reported once, as part of the outer content."""
     result: list[str] = []
     last_end = -1
-    for start, end, content in found:
-        if start < last_end:
-            continue
-        result.append(content)
-        last_end = end
+    for start, end, content in sorted(_scan_boxes(text)):
+        if start >= last_end:
+            result.append(content)
+            last_end = end
     return result
 
 
 def find_last_boxed(text: str) -> str | None:
-    """Content of the last well-formed ``\\boxed{..}``/``\\fbox{..}`` (nested braces kept)."""
-    best_start = -1
-    best: str | None = None
-    for command in BOX_COMMANDS:
-        start = text.rfind(command)
-        # walk backwards past malformed boxes (e.g. an output cut off mid-box)
-        while start >= 0:
-            content = _boxed_content_at(text, start, command)
-            if content is not None:
-                if start > best_start:
-                    best_start, best = start, content
-                break
-            start = text.rfind(command, 0, start)
-    return best
+    """Content of the last well-formed ``\\boxed{..}``/``\\fbox{..}`` (nested braces kept;
+    of nested boxes, the innermost)."""
+    boxes = _scan_boxes(text)
+    return max(boxes)[2] if boxes else None
 
 
 def _after_answer_phrase(text: str) -> str | None:
@@ -273,6 +254,7 @@ def extract_number_answer(text: str) -> str | None:
 
 
 _LETTERS = "ABCDEFGH"
+_CHOICE_NOISE_RE = re.compile(r"\\(?:text|mathrm|textbf)|[\s,;、()\[\]{}$]")
 
 
 def _letters_in(text: str, valid: str) -> str:
@@ -295,10 +277,15 @@ def extract_choice(text: str, num_options: int = 4) -> str | None:
     """Chosen option letters of a multiple-choice answer, sorted (``"AC"``), or None."""
     valid = _LETTERS[:num_options]
     for candidate in (find_last_boxed(text), _after_answer_phrase(text)):
-        if candidate:
-            letters = _letters_in(candidate.replace("\\text", " "), valid)
-            if letters:
-                return letters
+        if not candidate:
+            continue
+        # a bare letter list ("AC", "A, C", "(B)", "\text{(D)}") names every letter in it
+        bare = _CHOICE_NOISE_RE.sub("", to_halfwidth(candidate)).rstrip(".")
+        if bare and all(ch in valid for ch in bare):
+            return "".join(sorted(set(bare)))
+        letters = _letters_in(candidate.replace("\\text", " "), valid)
+        if letters:
+            return letters
     # fallback: the letters of the last line that names any
     for line in reversed(text.strip().splitlines()):
         letters = _letters_in(line, valid)

@@ -159,7 +159,7 @@ class VerifierConfig:
     kind: str = "auto"
     correct_reward: float = 1.0
     wrong_reward: float = 0.0
-    timeout_s: float = 3.0
+    timeout_s: float = 5.0
     num_workers: int = 1
 
 

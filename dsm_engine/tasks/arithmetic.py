@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 COT_TEMPLATE = "Please reason step by step, and put your final answer within \\boxed{}."
-PROMPT_TEMPLATE = "Question: {question}\n" + COT_TEMPLATE.replace("{}", "{{}}") + "\nAnswer:"
+# The tiny task's prompt: the CoT instruction is left out to keep sequences short on CPU
+# (the worked solutions still end in \boxed{}, which is what the verifier reads).
+PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
 
 SPLITS = ("pretrain", "train", "heldout")
 # Percent of the (op, a, b) space each split owns, by hash bucket.
@@ -51,9 +53,14 @@ class Problem:
     a: int
     b: int
 
-    def solution(self) -> str:
-        """A worked solution ending in the boxed answer (the format rewards check)."""
-        return f" {self.a} {self.op} {self.b} = {self.answer}. The answer is \\boxed{{{self.answer}}}."
+    def solution(self, op: str | None = None) -> str:
+        """A worked solution ending in the boxed answer (the format rewards check).
+
+        ``op`` writes the solution with another operation (a wrong solution, as noisy
+        pretraining text has them)."""
+        op = op or self.op
+        value = _apply(op, self.a, self.b)
+        return f" {self.a} {op} {self.b} = {value}. The answer is \\boxed{{{value}}}."
 
     def prompt(self) -> str:
         return PROMPT_TEMPLATE.format(question=self.question)
@@ -78,16 +85,20 @@ def split_of(template: int, a: int, b: int) -> str:
     raise AssertionError("buckets cover 0..99")
 
 
+# The operation a careless solution uses instead (noisy pretraining text).
+CONFUSED_OP = {"+": "-", "-": "+", "*": "+"}
+
+
 def _operands(op: str, rng: random.Random, max_operand: int) -> tuple[int, int]:
     if op == "*":
-        return rng.randint(2, 9), rng.randint(2, 9)
+        return rng.randint(2, min(9, max_operand)), rng.randint(2, min(9, max_operand))
     a, b = rng.randint(1, max_operand), rng.randint(1, max_operand)
     if op == "-" and b > a:  # answers stay non-negative
         a, b = b, a
     return a, b
 
 
-def iter_problems(split: str, seed: int, max_operand: int = 50) -> Iterator[Problem]:
+def iter_problems(split: str, seed: int, max_operand: int = 9) -> Iterator[Problem]:
     """Endless word problems of ``split`` drawn with ``seed`` (operands in 1..max_operand)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -103,24 +114,33 @@ def iter_problems(split: str, seed: int, max_operand: int = 50) -> Iterator[Prob
         yield Problem(question, _apply(op, a, b), t, op, a, b)
 
 
-def make_problems(split: str, n: int, seed: int = 0, max_operand: int = 50) -> list[Problem]:
-    """``n`` distinct problems (by question text) of ``split``."""
+def make_problems(split: str, n: int, seed: int = 0, max_operand: int = 9) -> list[Problem]:
+    """``n`` distinct problems (by question text) of ``split``; fewer if the split runs out."""
     out: dict[str, Problem] = {}
+    stale = 0
     for p in iter_problems(split, seed, max_operand):
+        stale = stale + 1 if p.question in out else 0
         out.setdefault(p.question, p)
-        if len(out) >= n:
+        if len(out) >= n or stale > 10_000:  # the split holds fewer distinct problems
             break
     return list(out.values())
 
 
 def pretraining_texts(
-    n: int, seed: int = 0, max_operand: int = 50, word_fraction: float = 0.5
+    n: int,
+    seed: int = 0,
+    max_operand: int = 9,
+    word_fraction: float = 0.5,
+    wrong_op_rate: float = 0.4,
 ) -> list[str]:
     """``n`` pretraining documents: worked word problems (pretrain split) and bare equations.
 
-    A ``word_fraction`` of documents is a prompt in the RL format followed by its worked
-    solution; the rest are runs of four bare equations over all operands. No word problem of
-    the train or held-out splits appears.
+    A ``word_fraction`` of documents is a prompt in the RL format followed by a worked
+    solution; a ``wrong_op_rate`` share of those solutions is careless (it uses the confusable
+    operation of ``CONFUSED_OP``), so the pretrained model knows the arithmetic but answers
+    word problems only sometimes right: the room that RL with a verifier reward closes. The
+    rest are runs of four bare (correct) equations over all operands. No word problem of the
+    train or held-out splits appears.
     """
     rng = random.Random(f"pretrain-text:{seed}")
     problems = iter_problems("pretrain", seed, max_operand)
@@ -128,7 +148,8 @@ def pretraining_texts(
     for _ in range(n):
         if rng.random() < word_fraction:
             p = next(problems)
-            docs.append(p.prompt() + p.solution())
+            op = CONFUSED_OP[p.op] if rng.random() < wrong_op_rate else p.op
+            docs.append(p.prompt() + p.solution(op))
         else:
             eqs = []
             for _ in range(4):

@@ -49,13 +49,28 @@ def both(texts):
 
 # --------------------------------------------------------------------------- normalisation
 def test_normalisation_folds_case_punctuation_width_and_splits_cjk():
-    assert normalized_words("Janet’s ducks") == normalized_words("JANET'S  ducks") == [
-        "janet",
-        "s",
-        "ducks",
-    ]
+    assert (
+        normalized_words("Janet’s ducks")
+        == normalized_words("JANET'S  ducks")
+        == [
+            "janet",
+            "s",
+            "ducks",
+        ]
+    )
     assert normalized_words("$\\frac{1}{2}$ ＡＢＣ１２") == ["frac", "1", "2", "abc12"]
-    assert normalized_words("妈咪买了3盒茶叶，一盒") == ["妈", "咪", "买", "了", "3", "盒", "茶", "叶", "一", "盒"]
+    assert normalized_words("妈咪买了3盒茶叶，一盒") == [
+        "妈",
+        "咪",
+        "买",
+        "了",
+        "3",
+        "盒",
+        "茶",
+        "叶",
+        "一",
+        "盒",
+    ]
     assert normalized_words("x² café") == ["x2", "café"]
 
 
@@ -87,7 +102,9 @@ def test_ten_gram_anywhere_removes_its_line_only(backend):
 
 @pytest.mark.parametrize("backend", ["cpp", "python"])
 def test_short_texts_match_exactly_and_under_three_words_never(backend):
-    index = build_index(_texts(("a", "Compute $\\cos 315^\\circ$."), ("b", "Evaluate x"), ("b", "42")), backend)
+    index = build_index(
+        _texts(("a", "Compute $\\cos 315^\\circ$."), ("b", "Evaluate x"), ("b", "42")), backend
+    )
     hits = index.query(["so compute cos 315 circ now", "compute cos 315", "evaluate x", "42"])
     assert [[m.segment for m in doc] for doc in hits] == [[0], [], [], []]
     assert hits[0][0].ngram == "compute cos 315 circ"
@@ -157,7 +174,9 @@ def test_every_planted_benchmark_text_is_removed_and_nothing_else(
     assert sum(1 for p in corpus.planted if p) > 400 and corpus.near_misses > 150
     planted_benchmarks = {t.benchmark for t in corpus.planted_texts if t is not None}
     assert {"gsm8k", "math", "cmath", "mgsm_zh", "agieval-gaokao-mathqa"} <= planted_benchmarks
-    short = [t for t in corpus.planted_texts if t is not None and len(normalized_words(t.text)) < 10]
+    short = [
+        t for t in corpus.planted_texts if t is not None and len(normalized_words(t.text)) < 10
+    ]
     assert short, "some planted texts are 3-9 word benchmark texts"
     results = full_cpp_index.query(corpus.docs)
     for doc_id, (matches, planted, source) in enumerate(

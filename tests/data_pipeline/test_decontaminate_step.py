@@ -15,15 +15,17 @@ from dsm_engine.data_pipeline.ngram_index import build_index
 
 @pytest.fixture(scope="module")
 def gsm8k_q(shared_data):
-    rows = [json.loads(x) for x in open(shared_data / "benchmarks/gsm8k/test.jsonl", encoding="utf-8")]
+    lines = (shared_data / "benchmarks/gsm8k/test.jsonl").read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(x) for x in lines]
     return rows[0]["question"], rows[1]["answer"]
 
 
 @pytest.fixture(scope="module")
 def cmath_q(shared_data):
-    return json.loads(open(shared_data / "benchmarks/cmath/test.jsonl", encoding="utf-8").readline())[
-        "question"
-    ]
+    first = (
+        (shared_data / "benchmarks/cmath/test.jsonl").read_text(encoding="utf-8").splitlines()[0]
+    )
+    return json.loads(first)["question"]
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +33,15 @@ def small_benchmarks(tmp_path_factory, shared_data):
     """A benchmarks folder in the shared layout with the first 20 items of each file."""
     root = tmp_path_factory.mktemp("benchmarks")
     src = shared_data / "benchmarks"
-    for f in list(src.glob("*/test.jsonl")) + list(src.glob("agieval/*.jsonl")) + [src / "mgsm_zh/mgsm_zh.jsonl"]:
+    for f in (
+        list(src.glob("*/test.jsonl"))
+        + list(src.glob("agieval/*.jsonl"))
+        + [src / "mgsm_zh/mgsm_zh.jsonl"]
+    ):
         dest = root / f.relative_to(src)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text("".join(open(f, encoding="utf-8").readlines()[:20]), encoding="utf-8")
+        lines = f.read_text(encoding="utf-8").splitlines(keepends=True)
+        dest.write_text("".join(lines[:20]), encoding="utf-8")
     return root
 
 
@@ -74,13 +81,23 @@ def test_benchmark_loader_errors_name_the_folder_and_line(tmp_path):
         load_benchmark_texts(tmp_path)
 
 
-def test_step_removes_lines_logs_them_and_drops_emptied_documents(tmp_path, index, gsm8k_q, cmath_q):
+def test_step_removes_lines_logs_them_and_drops_emptied_documents(
+    tmp_path, index, gsm8k_q, cmath_q
+):
     question, answer = gsm8k_q
     docs = [
-        Document(text=f"Intro to ducks.\n{question.upper()}\nOutro.", id="d0", metadata={"url": "http://a/0"}),
+        Document(
+            text=f"Intro to ducks.\n{question.upper()}\nOutro.",
+            id="d0",
+            metadata={"url": "http://a/0"},
+        ),
         Document(text="Nothing to see here.\nJust text.", id="d1", metadata={"url": "http://a/1"}),
         Document(text=answer.replace("<<", "").replace(">>", " "), id="d2", metadata={}),
-        Document(text=f"题目：\n{cmath_q.replace('，', ',')}\n谢谢", id="d3", metadata={"url": "http://a/3"}),
+        Document(
+            text=f"题目：\n{cmath_q.replace('，', ',')}\n谢谢",
+            id="d3",
+            metadata={"url": "http://a/3"},
+        ),
     ]
     step = Decontaminator(removal_log=str(tmp_path / "removed"), index=index, batch_size=3)
     out = {d.id: d for d in step.run(iter(docs), rank=2)}
@@ -140,7 +157,12 @@ def test_cli_reads_datatrove_writer_output_and_writes_clean_documents(
     _write_jsonl(
         src / "00000.jsonl.gz",
         [
-            {"text": f"a\n{question}\nb", "id": "p0", "media": [], "metadata": {"url": "http://x/0"}},
+            {
+                "text": f"a\n{question}\nb",
+                "id": "p0",
+                "media": [],
+                "metadata": {"url": "http://x/0"},
+            },
             {"text": "clean page", "id": "p1", "media": [], "metadata": {"url": "http://x/1"}},
         ],
         gz=True,
@@ -148,14 +170,19 @@ def test_cli_reads_datatrove_writer_output_and_writes_clean_documents(
     _write_jsonl(src / "00001.jsonl", [{"text": question, "id": "p2", "metadata": {}}])
     (src / "notes.txt").write_text("not an input file")
     out = tmp_path / "out"
-    assert main(["--input", str(src), "--out", str(out), "--benchmarks", str(small_benchmarks)]) == 0
+    assert (
+        main(["--input", str(src), "--out", str(out), "--benchmarks", str(small_benchmarks)]) == 0
+    )
 
     docs = []
     for f in sorted((out / "documents").glob("*.jsonl.gz")):
-        docs += [json.loads(x) for x in gzip.open(f, "rt", encoding="utf-8")]
+        with gzip.open(f, "rt", encoding="utf-8") as fh:
+            docs += [json.loads(x) for x in fh]
     assert {d["id"]: d["text"] for d in docs} == {"p0": "a\nb", "p1": "clean page"}
     assert next(d for d in docs if d["id"] == "p0")["metadata"]["url"] == "http://x/0"
-    removed = [json.loads(x) for f in (out / "removed").glob("*.jsonl") for x in f.read_text().splitlines()]
+    removed = [
+        json.loads(x) for f in (out / "removed").glob("*.jsonl") for x in f.read_text().splitlines()
+    ]
     assert sorted(r["id"] for r in removed) == ["p0", "p2"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["documents_in"] == 3 and summary["documents_dropped_empty"] == 1

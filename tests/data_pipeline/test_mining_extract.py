@@ -19,7 +19,9 @@ def mathml(xml: str) -> str:
 
 
 def test_frac_in_dollars_survives_verbatim():
-    text = extract_text(page(r"<p>We get $\frac{a}{b}$ and $$\frac{1}{2}$$ and \(x^2\) and \[y_1\].</p>")).text
+    text = extract_text(
+        page(r"<p>We get $\frac{a}{b}$ and $$\frac{1}{2}$$ and \(x^2\) and \[y_1\].</p>")
+    ).text
     assert r"$\frac{a}{b}$" in text
     assert r"$$\frac{1}{2}$$" in text
     assert r"\(x^2\)" in text and r"\[y_1\]" in text
@@ -49,7 +51,9 @@ def test_katex_keeps_annotation_once_and_drops_rendered_copy():
 
 
 def test_mathml_without_annotation_is_converted():
-    html = page("<p>So <math><mfrac><mrow><mi>x</mi><mo>+</mo><mn>1</mn></mrow><mn>2</mn></mfrac></math> holds.</p>")
+    html = page(
+        "<p>So <math><mfrac><mrow><mi>x</mi><mo>+</mo><mn>1</mn></mrow><mn>2</mn></mfrac></math> holds.</p>"
+    )
     assert r"$\frac{x+1}{2}$" in extract_text(html).text
 
 
@@ -61,7 +65,12 @@ def test_mathml_elements_map_to_latex():
     assert mathml("<msqrt><mn>2</mn></msqrt>") == r"\sqrt{2}"
     assert mathml("<mroot><mi>x</mi><mn>3</mn></mroot>") == r"\sqrt[3]{x}"
     assert mathml("<mfenced><mi>a</mi><mi>b</mi></mfenced>") == r"\left(a,b\right)"
-    assert mathml("<munderover><mo>∑</mo><mrow><mi>i</mi><mo>=</mo><mn>1</mn></mrow><mi>n</mi></munderover>") == r"\sum_{i=1}^{n}"
+    assert (
+        mathml(
+            "<munderover><mo>∑</mo><mrow><mi>i</mi><mo>=</mo><mn>1</mn></mrow><mi>n</mi></munderover>"
+        )
+        == r"\sum_{i=1}^{n}"
+    )
     assert mathml("<mover><mi>x</mi><mo>¯</mo></mover>") == r"\overline{x}"
     assert mathml("<mrow><mi>α</mi><mo>≤</mo><mi>π</mi></mrow>") == r"\alpha\le\pi"
     assert mathml("<mrow><mi>sin</mi><mi>x</mi></mrow>") == r"\sin x"
@@ -97,9 +106,16 @@ def test_empty_and_garbage_html_give_empty_text():
     assert extract_text("").text == ""
     assert extract_text("   ").text == ""
     assert extract_text("<html><body></body></html>").text == ""
-    assert extract_text('<?xml version="1.0" encoding="utf-8"?><html><body><p>ok</p></body></html>').text == "ok"
+    assert (
+        extract_text(
+            '<?xml version="1.0" encoding="utf-8"?><html><body><p>ok</p></body></html>'
+        ).text
+        == "ok"
+    )
 
 
 def test_deeply_nested_page_does_not_overflow_the_stack():
-    html = "<html><body>" + "<div>" * 1500 + "<p>deep $x^2$</p>" + "</div>" * 1500 + "</body></html>"
+    html = (
+        "<html><body>" + "<div>" * 1500 + "<p>deep $x^2$</p>" + "</div>" * 1500 + "</body></html>"
+    )
     assert "deep $x^2$" in extract_text(html).text

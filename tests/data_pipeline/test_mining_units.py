@@ -5,7 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from dsm_engine.data_pipeline.classifier import ClassifierConfig, math_score, select_top, train_classifier
+from dsm_engine.data_pipeline.classifier import (
+    ClassifierConfig,
+    math_score,
+    select_top,
+    train_classifier,
+)
 from dsm_engine.data_pipeline.domains import (
     PageRow,
     domain_report,
@@ -29,7 +34,9 @@ def test_url_spellings_of_one_page_normalise_to_one_key():
         "http://example.com/a/%62?x=1&y=2",
     ]:
         assert normalize_url(spelling) == key
-    assert normalize_url("http://example.com/a/index.html") == normalize_url("http://example.com/a/")
+    assert normalize_url("http://example.com/a/index.html") == normalize_url(
+        "http://example.com/a/"
+    )
     assert normalize_url("http://example.com/a?x=1") != normalize_url("http://example.com/a?x=2")
     assert url_domain("https://WWW.Math.Example.org/x") == "math.example.org"
 
@@ -47,7 +54,12 @@ def test_robustness_cases_are_counted_and_never_crash(tmp_path):
     cases = write_robustness_warc(tmp_path / "robust.warc.gz", huge_mb=50)
     reader = WarcPageReader(str(tmp_path), glob_pattern="robust.warc.gz", max_page_bytes=1_000_000)
     docs = {d.metadata["url"]: d for d in reader.run()}
-    assert set(docs) == {cases["good"], cases["unknown_encoding"], cases["huge"], cases["after_corrupt"]}
+    assert set(docs) == {
+        cases["good"],
+        cases["unknown_encoding"],
+        cases["huge"],
+        cases["after_corrupt"],
+    }
     assert len(docs[cases["huge"]].text) == 1_000_000  # truncated, not dropped
     assert "страница" in docs[cases["unknown_encoding"]].text  # decoded by detection
     counts = {k: v.n for k, v in reader.stats.stats.items()}
@@ -57,7 +69,9 @@ def test_robustness_cases_are_counted_and_never_crash(tmp_path):
     assert counts["warc_corrupt_record"] == 1
     assert counts["warc_truncated_record"] == 1
     doc = docs[cases["good"]]
-    assert doc.metadata["domain"] == "robust.example.org" and doc.metadata["date"].startswith("2024-02-01")
+    assert doc.metadata["domain"] == "robust.example.org" and doc.metadata["date"].startswith(
+        "2024-02-01"
+    )
     # and the extractor copes with every page the reader let through
     assert len(list(MathHtmlExtractor().run(iter(docs.values())))) == 4
 
@@ -77,8 +91,13 @@ def test_language_id_on_real_pages(shared_data):
     assert predict_language(docs["http://01spb.ru/company/"].text)[0] == "ru"
     lang = LanguageFilter()
     kept = {d.metadata["url"] for d in lang.run(iter(docs.values()))}
-    assert "https://soldaini.net/facts/" in kept and "http://0755krk.com/76104/list_4_1.html" in kept
-    assert "http://01spb.ru/company/" not in kept and "http://0900-hovenier.nl/gelderland/oosterbeek/" not in kept
+    assert (
+        "https://soldaini.net/facts/" in kept and "http://0755krk.com/76104/list_4_1.html" in kept
+    )
+    assert (
+        "http://01spb.ru/company/" not in kept
+        and "http://0900-hovenier.nl/gelderland/oosterbeek/" not in kept
+    )
     assert predict_language("Solve $x^2 = 4$ for the positive value of x, then add one.")[0] == "en"
 
 
@@ -108,17 +127,33 @@ def test_select_top_ranks_by_score_and_respects_threshold_and_budget():
 
 
 def test_domain_report_paths_and_seed_additions(tmp_path):
-    rows = [PageRow(f"m{i}", f"https://mathsite.org/q/{i}", "mathsite.org", i < 8) for i in range(10)]
-    rows += [PageRow(f"b{i}", f"https://blog.net/{'math' if i < 3 else 'food'}/{i}", "blog.net", i < 2) for i in range(12)]
+    rows = [
+        PageRow(f"m{i}", f"https://mathsite.org/q/{i}", "mathsite.org", i < 8) for i in range(10)
+    ]
+    rows += [
+        PageRow(f"b{i}", f"https://blog.net/{'math' if i < 3 else 'food'}/{i}", "blog.net", i < 2)
+        for i in range(12)
+    ]
     rows += [PageRow(f"n{i}", f"https://news.com/x/{i}", "news.com", i == 0) for i in range(20)]
     report = domain_report(rows, threshold=0.10)
-    assert [d["domain"] for d in report["math_domains"]] == ["mathsite.org", "blog.net"]  # news.com: 5%
+    assert [d["domain"] for d in report["math_domains"]] == [
+        "mathsite.org",
+        "blog.net",
+    ]  # news.com: 5%
     assert report["math_domains"][1]["fraction"] == round(2 / 12, 4)
     cands = {c["prefix"]: c for c in propose_paths(rows, ["mathsite.org", "blog.net"])}
-    assert cands["blog.net/math/"] == {"prefix": "blog.net/math/", "pages": 3, "collected": 2, "uncollected": 1, "fraction": round(2 / 3, 4)}
+    assert cands["blog.net/math/"] == {
+        "prefix": "blog.net/math/",
+        "pages": 3,
+        "collected": 2,
+        "uncollected": 1,
+        "fraction": round(2 / 3, 4),
+    }
     assert cands["mathsite.org/q/"]["uncollected"] == 2
     ann = tmp_path / "annotations.txt"
-    ann.write_text("# reviewed by hand\nblog.net/math/\nhttps://www.mathsite.org/q/   # all questions\n")
+    ann.write_text(
+        "# reviewed by hand\nblog.net/math/\nhttps://www.mathsite.org/q/   # all questions\n"
+    )
     prefixes = read_annotations(ann)
     assert prefixes == ["blog.net/math/", "mathsite.org/q/"]
     assert seed_additions(rows, prefixes) == ["b2", "m8", "m9"]

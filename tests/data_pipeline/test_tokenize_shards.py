@@ -35,12 +35,19 @@ def _load(prefix):
 
 def test_shards_load_through_indexed_dataset_and_decode_back(tmp_path, neox_tokenizer_path):
     src = tmp_path / "docs.jsonl"
-    _write(src, [{"text": t, "id": str(i)} for i, t in enumerate(TEXTS)] + [{"text": "", "id": "e"}])
+    _write(
+        src, [{"text": t, "id": str(i)} for i, t in enumerate(TEXTS)] + [{"text": "", "id": "e"}]
+    )
     stats = tokenize_jsonl(src, neox_tokenizer_path, tmp_path / "out" / "shard", progress=False)
 
     tok = load_tokenizer(neox_tokenizer_path)
     eod = tok.token_to_id("<|endoftext|>")
-    assert (stats.documents, stats.skipped_empty, stats.eod_id, stats.dtype) == (4, 1, eod, "uint16")
+    assert (stats.documents, stats.skipped_empty, stats.eod_id, stats.dtype) == (
+        4,
+        1,
+        eod,
+        "uint16",
+    )
     ds = _load(tmp_path / "out" / "shard")
     assert len(ds) == 4 and list(ds.document_indices) == [0, 1, 2, 3, 4]
     assert ds[0].dtype == np.uint16
@@ -61,12 +68,16 @@ def test_gz_files_folders_and_no_eod(tmp_path, neox_tokenizer_path):
     (folder / "README.txt").write_text("not input")
     extra = tmp_path / "c.jsonl"
     _write(extra, [{"body": TEXTS[3]}])
-    stats = tokenize_jsonl([folder], neox_tokenizer_path, tmp_path / "s", append_eod=False, progress=False)
+    stats = tokenize_jsonl(
+        [folder], neox_tokenizer_path, tmp_path / "s", append_eod=False, progress=False
+    )
     tok = load_tokenizer(neox_tokenizer_path)
     ds = _load(tmp_path / "s")
     assert [tok.decode(ds[i].tolist()) for i in range(len(ds))] == TEXTS[:3]
     assert stats.eod_id is None and stats.tokens == int(ds.sequence_lengths.sum())
-    stats = tokenize_jsonl(extra, neox_tokenizer_path, tmp_path / "t", text_key="body", progress=False)
+    stats = tokenize_jsonl(
+        extra, neox_tokenizer_path, tmp_path / "t", text_key="body", progress=False
+    )
     assert stats.documents == 1
 
 
@@ -107,15 +118,36 @@ def test_bad_input_errors_name_the_file(tmp_path, neox_tokenizer_path, capsys):
     with pytest.raises(FileNotFoundError, match="no-tokenizer.json"):
         tokenize_jsonl(good, tmp_path / "no-tokenizer.json", tmp_path / "s", progress=False)
     with pytest.raises(ValueError, match="end-of-document"):
-        tokenize_jsonl(good, neox_tokenizer_path, tmp_path / "s", eod_token="<nope>", progress=False)
-    assert main(["--input", str(missing), "--tokenizer", str(neox_tokenizer_path), "--out", str(tmp_path / "s")]) == 2
+        tokenize_jsonl(
+            good, neox_tokenizer_path, tmp_path / "s", eod_token="<nope>", progress=False
+        )
+    assert (
+        main(
+            [
+                "--input",
+                str(missing),
+                "--tokenizer",
+                str(neox_tokenizer_path),
+                "--out",
+                str(tmp_path / "s"),
+            ]
+        )
+        == 2
+    )
     assert "missing.jsonl" in capsys.readouterr().err
 
 
 def test_cli_writes_bin_and_idx(tmp_path, neox_tokenizer_path, capsys):
     src = tmp_path / "docs.jsonl"
     _write(src, [{"text": t} for t in TEXTS])
-    argv = ["--input", str(src), "--tokenizer", str(neox_tokenizer_path), "--out", str(tmp_path / "cli")]
+    argv = [
+        "--input",
+        str(src),
+        "--tokenizer",
+        str(neox_tokenizer_path),
+        "--out",
+        str(tmp_path / "cli"),
+    ]
     assert main(argv + ["--append-eod", "--no-progress"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["documents"] == 4 and report["eod_id"] is not None

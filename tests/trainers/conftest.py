@@ -40,11 +40,11 @@ def write_indexed(prefix: Path, texts: list[str], tokenizer_path: Path) -> Path:
 def corpus(tmp_path_factory, shared_data, neox_tokenizer_path) -> dict[str, Path]:
     """Two GSM8K shards: ``qa`` (question + worked answer) and ``answers`` (answers only)."""
     root = tmp_path_factory.mktemp("corpus")
-    rows = _gsm8k(shared_data, 400)
+    rows = _gsm8k(shared_data, 240)
     qa = write_indexed(
-        root / "qa", [r["question"] + "\n" + r["answer"] for r in rows[:200]], neox_tokenizer_path
+        root / "qa", [r["question"] + "\n" + r["answer"] for r in rows[:160]], neox_tokenizer_path
     )
-    ans = write_indexed(root / "answers", [r["answer"] for r in rows[200:]], neox_tokenizer_path)
+    ans = write_indexed(root / "answers", [r["answer"] for r in rows[160:]], neox_tokenizer_path)
     return {"qa": qa, "answers": ans, "root": root}
 
 
