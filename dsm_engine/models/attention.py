@@ -80,7 +80,9 @@ class SDPAttention(MegatronModule):
         self.groups = divide(config.num_query_groups, tp)
         head_dim = config.kv_channels
         self.softmax_scale = softmax_scale if softmax_scale is not None else 1 / math.sqrt(head_dim)
-        self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
+        self.dropout_p = (
+            config.attention_dropout if attention_dropout is None else attention_dropout
+        )
 
     def forward(
         self,

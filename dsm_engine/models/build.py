@@ -200,9 +200,13 @@ def build_model(
     config = to_transformer_config(model_cfg, pcfg)
     config.perform_initialization = init_weights
     if pre_process is None:
-        pre_process = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
+        pre_process = parallel_state.is_pipeline_first_stage(
+            ignore_virtual=False, vp_stage=vp_stage
+        )
     if post_process is None:
-        post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
+        post_process = parallel_state.is_pipeline_last_stage(
+            ignore_virtual=False, vp_stage=vp_stage
+        )
     model = DsmGPTModel(
         config=config,
         transformer_layer_spec=block_spec(config, vp_stage),
@@ -218,7 +222,9 @@ def build_model(
         vp_stage=vp_stage,
         model_cfg=model_cfg,
     )
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
+    device = (
+        torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
+    )
     if device is not None:
         model.to(device)
     return model

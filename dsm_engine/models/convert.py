@@ -91,7 +91,11 @@ def model_config_from_hf(hf_or_dir, **overrides) -> ModelConfig:
     """A :class:`ModelConfig` from a ``LlamaConfig`` or a Hugging Face model folder."""
     from transformers import AutoConfig
 
-    hf = AutoConfig.from_pretrained(str(hf_or_dir)) if isinstance(hf_or_dir, (str, Path)) else hf_or_dir
+    hf = (
+        AutoConfig.from_pretrained(str(hf_or_dir))
+        if isinstance(hf_or_dir, (str, Path))
+        else hf_or_dir
+    )
     if getattr(hf, "model_type", "llama") != "llama":
         raise ConfigError(f"config.json: model_type '{hf.model_type}' is not a Llama architecture")
     for flag in ("attention_bias", "mlp_bias"):
@@ -124,8 +128,14 @@ def model_config_from_hf(hf_or_dir, **overrides) -> ModelConfig:
 # ----------------------------------------------------------------------------- HF <-> canonical
 
 
-def hf_to_canonical(get: Callable[[str], Tensor], cfg: ModelConfig, layers: Iterable[int] | None = None,
-                    *, embedding: bool = True, head: bool = True) -> dict[str, Tensor]:
+def hf_to_canonical(
+    get: Callable[[str], Tensor],
+    cfg: ModelConfig,
+    layers: Iterable[int] | None = None,
+    *,
+    embedding: bool = True,
+    head: bool = True,
+) -> dict[str, Tensor]:
     """Canonical (full, global-index) megatron tensors for the given layers and ends.
 
     ``get(name)`` returns an HF tensor by name and raises ``KeyError`` naming it if absent.
@@ -249,8 +259,10 @@ def _chunks(models) -> list[torch.nn.Module]:
 def _tp_info() -> tuple[int, int, object]:
     from megatron.core import parallel_state as ps
 
-    return ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size(), (
-        ps.get_tensor_model_parallel_group()
+    return (
+        ps.get_tensor_model_parallel_rank(),
+        ps.get_tensor_model_parallel_world_size(),
+        (ps.get_tensor_model_parallel_group()),
     )
 
 
@@ -339,7 +351,9 @@ def gather_canonical(models, grads: bool = False) -> dict[str, Tensor]:
     ranks = dist.get_process_group_ranks(pp_group)
     out: dict[str, Tensor] = {}
     for stage in range(pp_size):
-        meta = [[(n, tuple(t.shape), t.dtype) for n, t in full.items()] if stage == pp_rank else None]
+        meta = [
+            [(n, tuple(t.shape), t.dtype) for n, t in full.items()] if stage == pp_rank else None
+        ]
         dist.broadcast_object_list(meta, src=ranks[stage], group=pp_group)
         for name, shape, dtype in meta[0]:
             if stage == pp_rank:
@@ -351,7 +365,9 @@ def gather_canonical(models, grads: bool = False) -> dict[str, Tensor]:
     return out
 
 
-def export_hf_state_dict(models, cfg: ModelConfig | None = None, parallel_ctx=None) -> dict[str, Tensor]:
+def export_hf_state_dict(
+    models, cfg: ModelConfig | None = None, parallel_ctx=None
+) -> dict[str, Tensor]:
     """The whole model as a HF ``LlamaForCausalLM`` state dict, on every TP/PP rank.
 
     Collective over the TP and PP groups (every rank must call it). Tensors stay on the model's

@@ -43,6 +43,15 @@ class RewardGPTModel(DsmGPTModel):
                     torch.nn.init.normal_(self.score_head.weight, std=self.config.init_method_std)
             torch.nn.init.zeros_(self.score_head.bias)
 
+    def sharded_state_dict(self, *args, **kwargs):
+        # megatron's LanguageModule expects an output layer on the last stage; the score head
+        # is an ordinary (replicated) child, which the generic path handles.
+        post, self.post_process = self.post_process, False
+        try:
+            return super().sharded_state_dict(*args, **kwargs)
+        finally:
+            self.post_process = post
+
     def _postprocess(self, hidden_states, *args, **kwargs):
         if not self.post_process:
             return hidden_states

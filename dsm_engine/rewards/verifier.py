@@ -117,14 +117,17 @@ def grade_batch(
     return grades
 
 
-def verify(output: str, gold: str, kind: str = "math") -> float:
+def verify(
+    output: str, gold: str, kind: str = "math", checker: SymbolicChecker | None = None
+) -> float:
     """Reward of one output: 1.0 when its final answer equals ``gold``, else 0.0.
 
     kind: ``gsm8k`` (``#### n``/boxed/last number), ``math`` (last ``\\boxed{}``), ``number``
     (CMATH/MGSM), ``choice`` (letters), ``cloze`` (``;``-separated blanks) or ``auto``.
-    Never raises on model text; hostile answers score 0.0 within the checker's time limit.
+    Never raises on model text; hostile answers score 0.0 within the checker's time limit
+    (``checker``: default, the process-wide one of ``get_checker``).
     """
-    return 1.0 if grade_batch([output], [gold], kind)[0].correct else 0.0
+    return 1.0 if grade_batch([output], [gold], kind, checker=checker)[0].correct else 0.0
 
 
 @runtime_checkable

@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
-
-HERE = Path(__file__).resolve().parent
-
-
-def worker_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", TOKENIZERS_PARALLELISM="false")
-    env.pop("RANK", None)
-    return env
-
-
-PYTHON = sys.executable
 
 
 @pytest.fixture(scope="session")

@@ -139,7 +139,9 @@ def main() -> None:
                         (got["logits"] - ref[name]["logits"]).abs().max()
                     )
                 if got["loss"] is not None:
-                    results[f"{key}/loss_rel_vs_tp1"] = rel(float(got["loss"]), float(ref[name]["loss"]))
+                    results[f"{key}/loss_rel_vs_tp1"] = rel(
+                        float(got["loss"]), float(ref[name]["loss"])
+                    )
                 results[f"{key}/gradnorm_rel_vs_tp1"] = rel(
                     grad_norm(got["grads"]), grad_norm(ref[name]["grads"])
                 )
@@ -152,9 +154,9 @@ def main() -> None:
                     (got["logits"] - hf_logits[name]).abs().max()
                 )
             exported = export_hf_state_dict(model, cfg)
-            results[f"{key}/export_bit_identical"] = sorted(exported) == sorted(reader.keys()) and all(
-                torch.equal(exported[k], reader(k)) for k in exported
-            )
+            results[f"{key}/export_bit_identical"] = sorted(exported) == sorted(
+                reader.keys()
+            ) and all(torch.equal(exported[k], reader(k)) for k in exported)
             if layout == "tp2" and name == "tiny":
                 save_checkpoint(args.ckpt, 3, model, extra={"step": 3, "rank": ctx.rank})
             if layout == "pp2" and name == "tiny":

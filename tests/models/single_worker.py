@@ -72,8 +72,9 @@ def checks(hf_dir: Path, work: Path, out: Path) -> None:
     assert hf_to_dsm_main(["--hf", str(hf_dir), "--out", str(work / "dsm")]) == 0
     assert dsm_to_hf_main(["--ckpt", str(work / "dsm"), "--out", str(work / "hf_back")]) == 0
     a, b = HFReader(hf_dir), HFReader(work / "hf_back")
-    res["cli_roundtrip_same_keys"] = sorted(a.keys()) == sorted(b.keys())
-    res["cli_roundtrip_bit_identical"] = all(torch.equal(a(k), b(k)) for k in a.keys())
+    names = a.keys()
+    res["cli_roundtrip_same_keys"] = sorted(names) == sorted(b.keys())
+    res["cli_roundtrip_bit_identical"] = all(torch.equal(a(k), b(k)) for k in names)
     res["cli_tokenizer_copied"] = (work / "hf_back" / "tokenizer.json").is_file()
     back = LlamaForCausalLM.from_pretrained(str(work / "hf_back"), dtype=torch.float32).eval()
     with torch.no_grad():
@@ -138,9 +139,7 @@ def _optimizer_roundtrip(root: Path) -> dict:
     ddp2, opt2 = make()
     extra = load_checkpoint(root, ddp2, optimizer=opt2)
     train_step(ddp2, opt2)
-    diff = max(
-        float((ddp2.module.state_dict()[k] - v).abs().max()) for k, v in after_two.items()
-    )
+    diff = max(float((ddp2.module.state_dict()[k] - v).abs().max()) for k, v in after_two.items())
     return {"optimizer_resume_maxdiff": diff, "optimizer_resume_step": extra["step"]}
 
 

@@ -9,8 +9,7 @@ import subprocess
 import time
 
 import pytest
-
-from .conftest import HERE, PYTHON, worker_env
+from _models_helpers import HERE, PYTHON, worker_env
 
 
 @pytest.mark.slow

@@ -28,7 +28,9 @@ def test_model_config_overrides_and_unknown_preset():
 
 def test_heads_not_divisible_by_tp_names_the_field():
     with pytest.raises(ConfigError, match=r"num_attention_heads=4 .*tp=3"):
-        check_parallel_fit(model_config("tiny", vocab_size=384, ffn_hidden_size=192), ParallelConfig(tp=3))
+        check_parallel_fit(
+            model_config("tiny", vocab_size=384, ffn_hidden_size=192), ParallelConfig(tp=3)
+        )
     with pytest.raises(ConfigError, match="num_query_groups=2"):
         check_parallel_fit(model_config("tiny-gqa"), ParallelConfig(tp=4))
     with pytest.raises(ConfigError, match="num_layers=2"):
@@ -54,7 +56,9 @@ def test_qkv_split_follows_megatron_group_layout():
     cfg = model_config("tiny-gqa")  # 4 heads, 2 groups, head_dim 16
     d, h = cfg.head_dim, cfg.hidden_size
     rows = [torch.full((d, h), float(i)) for i in range(8)]  # g0: q0 q1 k v | g1: q2 q3 k v
-    hf = canonical_to_hf({"decoder.layers.0.self_attention.linear_qkv.weight": torch.cat(rows)}, cfg)
+    hf = canonical_to_hf(
+        {"decoder.layers.0.self_attention.linear_qkv.weight": torch.cat(rows)}, cfg
+    )
     q = hf["model.layers.0.self_attn.q_proj.weight"].reshape(4, d, h)[:, 0, 0]
     k = hf["model.layers.0.self_attn.k_proj.weight"].reshape(2, d, h)[:, 0, 0]
     assert q.tolist() == [0, 1, 4, 5] and k.tolist() == [2, 6]
@@ -106,3 +110,14 @@ def test_hidden_states_times_lm_head_give_the_logits(tiny_model):
         logits = model_logits(tiny_model, ids)  # [b, s, V]
     assert hidden.shape == (10, 2, 64)
     torch.testing.assert_close((hidden @ lm_head_weight(tiny_model).T).transpose(0, 1), logits)
+
+
+def test_model_yaml_configs_equal_the_presets():
+    from pathlib import Path
+
+    from dsm_engine.config import load_config
+    from dsm_engine.models.config import ModelConfig
+
+    root = Path(__file__).resolve().parents[2] / "configs" / "models"
+    for name in ("deepseekmath-7b", "tiny"):
+        assert load_config(ModelConfig, root / f"{name}.yaml") == MODEL_PRESETS[name]

@@ -6,8 +6,7 @@ import json
 import subprocess
 
 import pytest
-
-from .conftest import HERE, PYTHON, worker_env
+from _models_helpers import HERE, PYTHON, worker_env
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,141 @@
+"""Typed config of ``dsm train grpo``: the shared run sections plus GRPO's own.
+
+YAML layout (every key optional; ``key=value`` overrides any of them)::
+
+    model: {preset: tiny}            # the policy architecture (shared with the other trainers)
+    parallel: {tp: 1, pp: 1}
+    optim / schedule / checkpoint / logging   # as in pretraining; train.seed seeds everything
+    grpo: {group_size, prompts_per_step, steps, mu, beta, clip_eps_low, ...}
+    rollout: {backend, temperature, top_p, max_new_tokens}
+    data: {path, template, tokenizer, ...}
+    reward: {name, kind, ...}
+    reference: {offload_to_cpu}
+    eval: {path, every, num_prompts}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from dsm_engine.config import ConfigError
+from dsm_engine.trainers.config import RunConfig
+
+COT_TEMPLATE = (
+    "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+)
+
+
+@dataclass
+class GRPOAlgoConfig:
+    """The algorithm (paper §4.1, Algorithm 1).
+
+    steps: GRPO steps in all (across iterations). iterations: outer loops; each sets
+    π_ref ← π_θ and runs ``steps // iterations`` steps (the last takes the remainder).
+    prompts_per_step × group_size responses per step (the paper: 16 × 64 = 1,024).
+    mu: policy updates per rollout batch (the paper: 1). micro_batch_size: responses per
+    forward/backward. loss_agg: see ``dsm_engine.kernels.grpo_loss``.
+    old_logp: ``recompute`` runs the policy before the updates; ``rollout`` reuses the
+    sampler's log-probs as π_old (valid only when mu = 1 and the sampler holds the current
+    weights, i.e. exactly on-policy; the mismatch is then not measured).
+    tis_cap: truncated importance sampling: the policy-gradient term of each token is weighted
+    by ``min(π_old / π_sampler, tis_cap)`` (None: off).
+    """
+
+    steps: int = 100
+    iterations: int = 1
+    prompts_per_step: int = 16
+    group_size: int = 64
+    mu: int = 1
+    micro_batch_size: int = 64
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.2
+    beta: float = 0.04
+    loss_agg: Literal[
+        "seq-mean-token-mean", "token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"
+    ] = "seq-mean-token-mean"
+    old_logp: Literal["recompute", "rollout"] = "recompute"
+    tis_cap: float | None = None
+    impl: Literal["auto", "triton", "torch"] = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "iterations", "prompts_per_step", "group_size", "mu"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"grpo.{name} must be >= 1, got {getattr(self, name)}")
+        if self.micro_batch_size < 1:
+            raise ConfigError(f"grpo.micro_batch_size must be >= 1, got {self.micro_batch_size}")
+        if self.iterations > self.steps:
+            raise ConfigError(f"grpo.iterations={self.iterations} > grpo.steps={self.steps}")
+        if self.beta < 0:
+            raise ConfigError(f"grpo.beta must be >= 0, got {self.beta}")
+        if self.old_logp == "rollout" and self.mu != 1:
+            raise ConfigError("grpo.old_logp=rollout is only exact with grpo.mu=1")
+        if self.tis_cap is not None and self.tis_cap <= 0:
+            raise ConfigError(f"grpo.tis_cap must be > 0, got {self.tis_cap}")
+
+
+@dataclass
+class RolloutConfig:
+    """Sampling. backend: ``hf`` (transformers generate) or ``vllm`` (GPU, optional)."""
+
+    backend: Literal["hf", "vllm"] = "hf"
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 1024
+    max_batch_rows: int = 256
+
+
+@dataclass
+class PromptDataConfig:
+    """Prompts from JSON Lines. ``template`` is formatted with ``question=`` (the default is
+    the paper's chain-of-thought instruction); ``answer_field`` holds the gold answer.
+    ``tokenizer``: a tokenizer.json file or a Hugging Face tokenizer folder."""
+
+    path: str = ""
+    tokenizer: str = ""
+    question_field: str = "question"
+    answer_field: str = "answer"
+    template: str = COT_TEMPLATE
+    add_bos: bool = True
+    max_prompt_tokens: int = 512
+    seed: int = 1234
+
+
+@dataclass
+class RewardConfig:
+    """Reward: ``name`` as registered with ``dsm_engine.rewards.build_reward_fn``
+    (``verifier``: rule-based); the verifier's answer ``kind`` and time limit."""
+
+    name: str = "verifier"
+    kind: str = "auto"
+    timeout_s: float = 3.0
+
+
+@dataclass
+class ReferenceConfig:
+    """The frozen reference policy; ``offload_to_cpu`` keeps it in CPU memory between uses."""
+
+    offload_to_cpu: bool = False
+
+
+@dataclass
+class EvalConfig:
+    """Held-out greedy exact-match accuracy every ``every`` steps (0: never) on the first
+    ``num_prompts`` rows of ``path`` (JSON Lines, same fields as ``data``)."""
+
+    path: str = ""
+    every: int = 0
+    num_prompts: int = 200
+    max_new_tokens: int = 64
+
+
+@dataclass
+class GRPOConfig(RunConfig):
+    """``dsm train grpo``: GRPO (outcome supervision) on a megatron-core policy."""
+
+    grpo: GRPOAlgoConfig = field(default_factory=GRPOAlgoConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    data: PromptDataConfig = field(default_factory=PromptDataConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)

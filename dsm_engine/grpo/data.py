@@ -1,0 +1,124 @@
+"""GRPO prompts: JSON Lines questions with gold answers, in a seeded order with no iterator state.
+
+The order is a fresh permutation of the rows per epoch, drawn from ``seed + epoch``; the data
+position is just the number of prompts consumed so far, so a checkpoint stores one integer and
+``batch(position, k)`` returns the same prompts on every rank and after every resume.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dsm_engine.config import ConfigError
+from dsm_engine.grpo.config import PromptDataConfig
+
+_BOS = ("<bos>", "<s>", "<｜begin▁of▁sentence｜>", "<|begin_of_text|>")
+_EOS = ("<eos>", "</s>", "<｜end▁of▁sentence｜>", "<|endoftext|>", "<|eot_id|>")
+
+
+@dataclass
+class Prompt:
+    """One question: its text, gold answer and prompt token ids (template applied)."""
+
+    text: str
+    gold: str
+    token_ids: list[int]
+
+
+class TextCodec:
+    """A ``tokenizers.Tokenizer`` with the special ids GRPO needs (bos optional, eos required)."""
+
+    def __init__(self, path: str | Path) -> None:
+        from tokenizers import Tokenizer
+
+        path = Path(path)
+        if path.is_dir():
+            path = path / "tokenizer.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"data.tokenizer: {path} is not a tokenizer.json file")
+        self.tokenizer = Tokenizer.from_file(str(path))
+        self.bos_id = self._first_id(_BOS)
+        self.eos_id = self._first_id(_EOS)
+        if self.eos_id is None:
+            raise ConfigError(f"data.tokenizer: {path} has none of the end tokens {_EOS}")
+        self.pad_id = self._first_id(("<pad>", "<|pad|>")) or self.eos_id
+        self.vocab_size = self.tokenizer.get_vocab_size()
+
+    def _first_id(self, names: tuple[str, ...]) -> int | None:
+        for name in names:
+            tid = self.tokenizer.token_to_id(name)
+            if tid is not None:
+                return tid
+        return None
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def read_jsonl(path: str | Path, fields: tuple[str, ...], where: str) -> list[dict[str, Any]]:
+    """Rows of a JSON Lines file that must hold ``fields``; errors name ``where`` and the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{where}: {path} does not exist")
+    rows = []
+    with path.open() as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: {path}:{i} is not valid JSON: {e}") from None
+            for name in fields:
+                if name not in row:
+                    raise ValueError(f"{where}: {path}:{i} has no field '{name}'")
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"{where}: {path} holds no rows")
+    return rows
+
+
+class PromptDataset:
+    """Questions of ``cfg.path`` rendered with ``cfg.template`` and tokenised by ``codec``."""
+
+    def __init__(self, cfg: PromptDataConfig, codec: TextCodec, *, path: str | None = None):
+        self.cfg = cfg
+        self.codec = codec
+        where = "data.path" if path is None else "eval.path"
+        rows = read_jsonl(path or cfg.path, (cfg.question_field, cfg.answer_field), where)
+        if "{question}" not in cfg.template:
+            raise ConfigError(f"data.template must contain '{{question}}': {cfg.template!r}")
+        self._orders: dict[int, list[int]] = {}
+        self.prompts: list[Prompt] = []
+        for row in rows:
+            text = cfg.template.format(question=row[cfg.question_field])
+            ids = codec.encode(text)
+            if cfg.add_bos and codec.bos_id is not None:
+                ids = [codec.bos_id, *ids]
+            ids = ids[-cfg.max_prompt_tokens :]  # keep the end: the question's last words
+            self.prompts.append(Prompt(text, str(row[cfg.answer_field]), ids))
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def _order(self, epoch: int) -> list[int]:
+        if epoch not in self._orders:
+            g = torch.Generator().manual_seed(self.cfg.seed + epoch)
+            self._orders = {epoch: torch.randperm(len(self.prompts), generator=g).tolist()}
+        return self._orders[epoch]
+
+    def batch(self, position: int, k: int) -> list[Prompt]:
+        """The ``k`` prompts that follow the first ``position`` of the seeded stream."""
+        out = []
+        n = len(self.prompts)
+        for p in range(position, position + k):
+            out.append(self.prompts[self._order(p // n)[p % n]])
+        return out
