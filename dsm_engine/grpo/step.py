@@ -117,6 +117,69 @@ class UpdateResult:
     metrics: dict[str, float]
 
 
+def accumulate_grads(
+    model: torch.nn.Module,
+    batch: GRPOBatch,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    cfg: GRPOAlgoConfig,
+    *,
+    temperature: float,
+    max_len: int | None = None,
+    tp_group=None,
+) -> tuple[float, dict[str, float]]:
+    """Backpropagate the GRPO loss of ``batch`` into ``model``'s ``.grad``, microbatch by
+    microbatch; returns the batch loss and the loss kernel's metrics over all tokens.
+
+    Microbatch losses are weighted so that their sum is the loss of the whole batch under
+    ``cfg.loss_agg`` (a row share for the seq-mean forms, a token share for ``token-mean``).
+    ``advantages`` is ``(B,)`` or ``(B, T)``.
+    """
+    from dsm_engine.models.build import lm_head_weight
+
+    b = len(batch)
+    total_tokens = float(batch.mask.sum().clamp(min=1))
+    total_loss, count = 0.0, 0.0
+    sums: dict[str, float] = {}
+    rmin, rmax = float("inf"), float("-inf")
+    for sl in _microbatches(b, cfg.micro_batch_size):
+        mb = batch.rows(sl)
+        n = float(mb.mask.sum())
+        share = n / total_tokens if cfg.loss_agg == "token-mean" else (sl.stop - sl.start) / b
+        hidden = _hidden(model, mb.tokens)
+        loss, m = fused_linear_grpo_loss(
+            hidden,
+            lm_head_weight(model),
+            mb.targets,
+            old_logp[sl],
+            ref_logp[sl],
+            mb.mask,
+            advantages=advantages[sl],
+            clip_eps_low=cfg.clip_eps_low,
+            clip_eps_high=cfg.clip_eps_high,
+            beta=cfg.beta,
+            loss_agg=cfg.loss_agg,
+            max_len=max_len,
+            temperature=temperature,
+            tp_group=tp_group,
+            impl=cfg.impl,
+        )
+        (loss * share).backward()
+        total_loss += float(loss.detach()) * share
+        count += n
+        for k in ("kl_mean", "clip_frac_low", "clip_frac_high", "ratio_mean"):
+            sums[k] = sums.get(k, 0.0) + float(m[k]) * n
+        sums["nonfinite"] = sums.get("nonfinite", 0.0) + float(m["nonfinite"])
+        if n:
+            rmin, rmax = min(rmin, float(m["ratio_min"])), max(rmax, float(m["ratio_max"]))
+    metrics = {k: v / max(count, 1.0) for k, v in sums.items() if k != "nonfinite"}
+    metrics["nonfinite"] = sums.get("nonfinite", 0.0)
+    metrics["ratio_min"] = rmin if count else 0.0
+    metrics["ratio_max"] = rmax if count else 0.0
+    return total_loss, metrics
+
+
 def grpo_updates(
     model: torch.nn.Module,
     optimizer,
@@ -132,68 +195,26 @@ def grpo_updates(
     tp_group=None,
     finalize_grads: Callable[[], None] | None = None,
 ) -> UpdateResult:
-    """Run ``cfg.mu`` optimizer steps on ``batch`` with ``fused_linear_grpo_loss``.
-
-    Each step accumulates microbatch gradients weighted so that their sum is the loss of the
-    whole batch under ``cfg.loss_agg`` (a row share for the seq-mean forms, a token share for
-    ``token-mean``). ``advantages`` is ``(B,)`` or ``(B, T)``. ``finalize_grads`` (megatron
-    DDP) runs before each optimizer step.
-    """
-    from dsm_engine.models.build import lm_head_weight
-
+    """Run ``cfg.mu`` optimizer steps on ``batch`` (see :func:`accumulate_grads`);
+    ``finalize_grads`` (megatron DDP) runs before each optimizer step."""
     model.train()
-    b = len(batch)
-    total_tokens = float(batch.mask.sum().clamp(min=1))
-    losses, norms = [], []
-    sums: dict[str, float] = {}
-    count = 0.0
-    rmin, rmax = float("inf"), float("-inf")
+    losses, norms, all_metrics = [], [], []
     for _ in range(cfg.mu):
         zero_grad()
-        step_loss = 0.0
-        for sl in _microbatches(b, cfg.micro_batch_size):
-            mb = batch.rows(sl)
-            share = (
-                float(mb.mask.sum()) / total_tokens
-                if cfg.loss_agg == "token-mean"
-                else (sl.stop - sl.start) / b
-            )
-            hidden = _hidden(model, mb.tokens)
-            loss, m = fused_linear_grpo_loss(
-                hidden,
-                lm_head_weight(model),
-                mb.targets,
-                old_logp[sl],
-                ref_logp[sl],
-                mb.mask,
-                advantages=advantages[sl],
-                clip_eps_low=cfg.clip_eps_low,
-                clip_eps_high=cfg.clip_eps_high,
-                beta=cfg.beta,
-                loss_agg=cfg.loss_agg,
-                max_len=max_len,
-                temperature=temperature,
-                tp_group=tp_group,
-                impl=cfg.impl,
-            )
-            (loss * share).backward()
-            step_loss += float(loss) * share
-            n = float(mb.mask.sum())
-            count += n
-            for k in ("kl_mean", "clip_frac_low", "clip_frac_high", "ratio_mean", "nonfinite"):
-                sums[k] = sums.get(k, 0.0) + float(m[k]) * (n if k != "nonfinite" else 1.0)
-            if n:
-                rmin, rmax = min(rmin, float(m["ratio_min"])), max(rmax, float(m["ratio_max"]))
+        loss, metrics = accumulate_grads(
+            model, batch, old_logp, ref_logp, advantages, cfg,
+            temperature=temperature, max_len=max_len, tp_group=tp_group,
+        )
         if finalize_grads is not None:
             finalize_grads()
         _, grad_norm, _ = optimizer.step()
-        losses.append(step_loss)
+        losses.append(loss)
         norms.append(float(grad_norm) if grad_norm is not None else float("nan"))
-    metrics = {k: v / max(count, 1.0) for k, v in sums.items() if k != "nonfinite"}
-    metrics["nonfinite"] = sums.get("nonfinite", 0.0)
-    metrics["ratio_min"] = rmin if count else 0.0
-    metrics["ratio_max"] = rmax if count else 0.0
-    return UpdateResult(sum(losses) / len(losses), sum(norms) / len(norms), metrics)
+        all_metrics.append(metrics)
+    merged = {k: sum(m[k] for m in all_metrics) / len(all_metrics) for k in all_metrics[0]}
+    merged["ratio_min"] = min(m["ratio_min"] for m in all_metrics)
+    merged["ratio_max"] = max(m["ratio_max"] for m in all_metrics)
+    return UpdateResult(sum(losses) / len(losses), sum(norms) / len(norms), merged)
 
 
 def advantages_of(rewards: torch.Tensor, group_size: int, impl: str = "auto") -> torch.Tensor:

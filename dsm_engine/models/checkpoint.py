@@ -18,7 +18,9 @@ stored by global shape, so a checkpoint saved at one TP/PP layout loads at anoth
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -100,6 +102,65 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _write_buckets_in_process(transform_list, use_msc, rank, write_buckets, results_queue) -> None:
+    """Write every bucket in this process and report like megatron's forked writers do."""
+    import queue
+
+    from megatron.core.dist_checkpointing.strategies.filesystem_async import (
+        FileSystemWriterAsync,
+    )
+
+    results: dict[int, Any] = {}
+    for i, bucket in enumerate(write_buckets):
+        local, count = queue.Queue(), queue.Queue()
+        count.put(i)
+        FileSystemWriterAsync.write_preloaded_data(
+            transform_list, i, bucket, local, count, use_fsync=True
+        )
+        idx, out = local.get()
+        if isinstance(out, Exception):
+            results_queue.put(out)
+            return
+        results[idx] = out
+    results_queue.put(results)
+
+
+@contextlib.contextmanager
+def _in_process_writer():
+    """Make dist_checkpointing's torch_dist writer write in the calling process.
+
+    Its default writer forks helper processes (and spawns a multiprocessing manager) per save;
+    forking a process that holds gloo / OpenMP threads can deadlock the child, and a save is
+    synchronous here anyway. Scoped to one ``save`` call.
+    """
+    import queue
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async as fsa
+    from megatron.core.dist_checkpointing.strategies import torch as dctorch
+
+    base = fsa.FileSystemWriterAsync
+
+    class InProcessWriter(base):  # type: ignore[misc, valid-type]
+        def get_save_function_and_args(self):
+            fn, stage, args = super().get_save_function_and_args()
+            if fn is None:
+                return fn, stage, args
+            transforms = [self.transforms] if hasattr(self, "transforms") else []
+            return (
+                functools.partial(_write_buckets_in_process, transforms, self.use_msc),
+                stage,
+                args,
+            )
+
+    saved_queue, saved_writer = fsa._results_queue, dctorch.FileSystemWriterAsync
+    fsa._results_queue = queue.Queue()
+    dctorch.FileSystemWriterAsync = InProcessWriter
+    try:
+        yield
+    finally:
+        fsa._results_queue, dctorch.FileSystemWriterAsync = saved_queue, saved_writer
+
+
 def save_checkpoint(
     root: str | Path,
     step: int,
@@ -127,7 +188,8 @@ def save_checkpoint(
     state = {"model": _sharded_model_state(model)}
     if optimizer is not None:
         state["optimizer"] = optimizer.sharded_state_dict(state["model"])
-    dist_checkpointing.save(state, str(tmp))
+    with _in_process_writer():
+        dist_checkpointing.save(state, str(tmp))
     (tmp / "extra").mkdir(exist_ok=True)
     torch.save(extra or {}, tmp / "extra" / f"rank_{_rank():05d}.pt")
     _barrier()

@@ -55,12 +55,15 @@ def step_ends_from_text(text: str, char_ends: Sequence[int], delimiter: str) -> 
             break
         last_char = hit + len(delimiter) - 1
         start = hit + len(delimiter)
-        if not text[seg_start:hit].strip():
-            continue  # an empty step: the delimiter joins the step before it
         while tok < n and char_ends[tok] <= last_char:
             tok += 1
         if tok >= n:
             break
+        if not text[seg_start:hit].strip():
+            if out:  # an empty step: its delimiter joins the step before it
+                out[-1] = tok
+                seg_start = start
+            continue
         if not out or out[-1] != tok:
             out.append(tok)
         seg_start = start
@@ -96,6 +99,8 @@ def find_step_ends_by_id(token_ids: Sequence[int], delimiter_ids: set[int]) -> l
             if open_step:
                 out.append(i)
                 open_step = False
+            elif out:  # an empty step: its delimiter joins the step before it
+                out[-1] = i
         else:
             open_step = True
     if n and (open_step or out):

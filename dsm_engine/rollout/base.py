@@ -28,6 +28,8 @@ class SamplingParams:
     max_new_tokens: response length cap (the paper: 1,024 tokens in all).
     stop_token_ids: tokens that end a response (kept as its last token).
     seed: sampling seed (the same seed and weights give the same samples on CPU).
+    greedy: take the most likely token instead of sampling (evaluation); log-probs are still
+        those of ``softmax(logits / temperature)``.
     """
 
     temperature: float = 1.0
@@ -35,6 +37,7 @@ class SamplingParams:
     max_new_tokens: int = 64
     stop_token_ids: list[int] = field(default_factory=list)
     seed: int = 0
+    greedy: bool = False
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:

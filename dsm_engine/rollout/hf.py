@@ -110,13 +110,13 @@ class HFRolloutEngine(RolloutEngine):
             attn[i, width - len(r) :] = 1
         recorder = _LogprobRecorder(params.temperature)
         processors = [recorder]
-        if params.top_p < 1.0:
+        if params.top_p < 1.0 and not params.greedy:
             processors.append(TopPLogitsWarper(params.top_p))
         stop = list(params.stop_token_ids)
         seqs = self.model.generate(
             input_ids=ids.to(self.device),
             attention_mask=attn.to(self.device),
-            do_sample=True,
+            do_sample=not params.greedy,
             temperature=1.0,  # applied by the recorder, before top-p
             top_p=1.0,
             top_k=0,

@@ -212,3 +212,28 @@ def load_tokenizer(path: str | Path):
     return PreTrainedTokenizerFast(
         tokenizer_file=str(path), pad_token="<pad>", bos_token="<bos>", eos_token="<eos>"
     )
+
+
+def write_pretraining_corpus(
+    texts: list[str], tokenizer_path: str | Path, prefix: str | Path
+) -> tuple[Path, int]:
+    """Tokenise ``texts`` (``<bos> text <eos>`` each) into a megatron indexed dataset.
+
+    Writes ``prefix.bin``/``prefix.idx`` (what ``dsm train pretrain``'s ``data.paths`` read);
+    returns the prefix and the ``<eos>`` id (the documents' end-of-document token).
+    """
+    import numpy as np
+    import torch
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_path))
+    bos, eos = tok.token_to_id("<bos>"), tok.token_to_id("<eos>")
+    prefix = Path(prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    builder = IndexedDatasetBuilder(str(prefix) + ".bin", dtype=np.int32)
+    for enc in tok.encode_batch(texts, add_special_tokens=False):
+        ids = [bos, *enc.ids, eos]
+        builder.add_document(torch.tensor(ids, dtype=torch.int32), [len(ids)])
+    builder.finalize(str(prefix) + ".idx")
+    return prefix, eos

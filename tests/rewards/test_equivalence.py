@@ -59,7 +59,9 @@ def test_parse_number_is_exact_and_bounded():
     assert parse_number("x+1") is None
 
 
-@pytest.mark.parametrize("form", ["0.5", r"\frac{1}{2}", "1/2", r"\dfrac12", r"\tfrac{1}{2}", "0.50", r"$\frac12$"])
+@pytest.mark.parametrize(
+    "form", ["0.5", r"\frac{1}{2}", "1/2", r"\dfrac12", r"\tfrac{1}{2}", "0.50", r"$\frac12$"]
+)
 def test_equivalent_forms_of_one_half(form, checker):
     for other in ["0.5", r"\frac{1}{2}", "1/2", r"\dfrac12"]:
         assert is_equivalent(form, other, checker=checker), (form, other)
@@ -127,7 +129,7 @@ def strict_checker():
 
 @pytest.mark.parametrize("hostile", HOSTILE, ids=range(len(HOSTILE)))
 def test_hostile_answers_score_zero_within_the_time_limit(hostile, strict_checker):
-    limit = strict_checker.config.timeout_s + 1.0  # + slack for a loaded CI machine
+    limit = strict_checker.config.timeout_s + 3.0  # + kill/respawn slack on a loaded machine
     start = time.monotonic()
     output = r"The answer is $\boxed{" + hostile + "}$"
     assert verify(output, "1", kind="math", checker=strict_checker) == 0.0
@@ -188,7 +190,9 @@ def test_a_check_past_the_hard_limit_kills_the_worker_and_the_checker_recovers()
 def test_batch_checks_run_on_several_workers_and_keep_order():
     pool = SymbolicChecker(EquivalenceConfig(num_workers=2))
     try:
-        pairs = [(f"x+{i}", f"{i}+x") for i in range(6)] + [(f"x+{i}", f"{i + 1}+x") for i in range(6)]
+        pairs = [(f"x+{i}", f"{i}+x") for i in range(6)] + [
+            (f"x+{i}", f"{i + 1}+x") for i in range(6)
+        ]
         assert pool.check(pairs) == [True] * 6 + [False] * 6
         assert len(pool.worker_pids) == 2
     finally:

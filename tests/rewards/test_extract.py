@@ -75,7 +75,14 @@ def test_number_answer_formats(text, expected):
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("十八", 18), ("两千零五", 2005), ("三万五千", 35000), ("一百零一", 101), ("九", 9), ("十", 10)],
+    [
+        ("十八", 18),
+        ("两千零五", 2005),
+        ("三万五千", 35000),
+        ("一百零一", 101),
+        ("九", 9),
+        ("十", 10),
+    ],
 )
 def test_chinese_numerals(text, value):
     assert chinese_to_number(text) == value

@@ -121,7 +121,9 @@ def test_verify_returns_float_rewards_per_kind():
 def test_verifier_reward_implements_the_batch_reward_interface():
     reward = build_reward_fn("verifier", kind="gsm8k", correct_reward=1.0, wrong_reward=-0.5)
     assert isinstance(reward, RewardFn) and isinstance(reward, RewardModel)
-    scores = reward.score(["q1", "q2", "q3"], ["#### 3", "\\boxed{4}", "no idea"], ["3", "#### 5", "1"])
+    scores = reward.score(
+        ["q1", "q2", "q3"], ["#### 3", "\\boxed{4}", "no idea"], ["3", "#### 5", "1"]
+    )
     assert scores == [1.0, -0.5, -0.5]
     assert [g.pred for g in reward.last_grades] == ["3", "4", None]
     with pytest.raises(ValueError, match="differ"):

@@ -1,0 +1,16 @@
+"""Evaluation harness: GSM8K, MATH, CMATH, AGIEval Gaokao math and MGSM-zh, greedy and
+self-consistency scoring (``dsm eval``; see ``dsm_engine.eval.cli``)."""
+
+from dsm_engine.eval.benchmarks import BENCHMARKS, Example, load_benchmark
+from dsm_engine.eval.prompts import build_prompt
+from dsm_engine.eval.scoring import majority_vote, pass_at_k, summarize
+
+__all__ = [
+    "BENCHMARKS",
+    "Example",
+    "build_prompt",
+    "load_benchmark",
+    "majority_vote",
+    "pass_at_k",
+    "summarize",
+]

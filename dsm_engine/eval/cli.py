@@ -1,0 +1,185 @@
+"""``dsm eval``: generate on the benchmarks, grade, and write samples + a summary table.
+
+Outputs under ``--out``: ``samples_<bench>.jsonl`` (one record per question, appended as
+questions finish, so a killed run resumes where it stopped), ``settings.json``,
+``summary.json`` and ``summary.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from dsm_engine.eval.benchmarks import BENCHMARKS, Example, load_benchmark
+from dsm_engine.eval.generation import (
+    GenerationConfig,
+    Generator,
+    load_generator,
+    resolve_model_dir,
+)
+from dsm_engine.eval.prompts import build_prompt, stop_strings
+from dsm_engine.eval.report import (
+    append_records,
+    read_records,
+    render_markdown,
+    repair_tail,
+    write_summary,
+)
+from dsm_engine.eval.scoring import majority_vote, summarize
+from dsm_engine.rewards.verifier import grade_batch
+
+__all__ = ["main", "parse_args", "run_eval"]
+
+# settings that change results: a resumed run must use the same ones
+_RESULT_SETTINGS = ("model", "shots", "samples", "temperature", "top_p", "max_new_tokens", "seed")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="dsm eval", description=__doc__.split("\n")[0])
+    ap.add_argument("--model", required=True, help="Hugging Face folder or dsm checkpoint")
+    ap.add_argument("--bench", default="gsm8k,math", help=f"comma list of: {','.join(BENCHMARKS)}")
+    ap.add_argument("--shots", type=int, default=0, help="few-shot exemplars per prompt")
+    ap.add_argument("--samples", type=int, default=1, help="N samples per question (1 = greedy)")
+    ap.add_argument("--vote", choices=["majority"], default="majority", help="how N samples vote")
+    ap.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (N > 1)")
+    ap.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (N > 1)")
+    ap.add_argument("--backend", choices=["hf", "vllm"], default="hf")
+    ap.add_argument("--limit", type=int, default=None, help="first M questions of each benchmark")
+    ap.add_argument("--out", default="eval_out", help="output folder (resumed if it exists)")
+    ap.add_argument("--data-dir", default=None, help="benchmarks folder (default: shared/data)")
+    ap.add_argument("--max-new-tokens", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=8, help="prompts per generate call")
+    ap.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default: auto)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    for name in ("shots", "max_new_tokens"):
+        if getattr(args, name) < 0:
+            ap.error(f"--{name.replace('_', '-')} must be >= 0")
+    if args.samples < 1 or args.batch_size < 1 or (args.limit is not None and args.limit < 1):
+        ap.error("--samples, --batch-size and --limit must be >= 1")
+    args.benches = [b.strip() for b in args.bench.split(",") if b.strip()]
+    unknown = [b for b in args.benches if b not in BENCHMARKS]
+    if unknown or not args.benches:
+        ap.error(f"--bench: unknown {unknown}; choose from {','.join(BENCHMARKS)}")
+    return args
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    sampled = args.samples > 1
+    return {
+        "model": str(Path(args.model).resolve()),
+        "shots": args.shots,
+        "samples": args.samples,
+        "vote": args.vote,
+        "temperature": args.temperature if sampled else 0.0,
+        "top_p": args.top_p if sampled else 1.0,
+        "max_new_tokens": args.max_new_tokens,
+        "seed": args.seed,
+        "backend": args.backend,
+    }
+
+
+def _check_resume(out: Path, settings: dict[str, Any]) -> None:
+    path = out / "settings.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        changed = [k for k in _RESULT_SETTINGS if old.get(k) != settings.get(k)]
+        if changed:
+            raise SystemExit(
+                f"dsm eval: {out} holds a run with other settings ({', '.join(changed)}); "
+                "use another --out to start a new run"
+            )
+    path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def _records(
+    examples: list[Example], prompts: list[str], outputs: list[list[str]], samples: int
+) -> list[dict]:
+    flat_outputs = [o for outs in outputs for o in outs]
+    flat_golds = [e.gold for e, outs in zip(examples, outputs) for _ in outs]
+    flat_kinds = [e.kind for e, outs in zip(examples, outputs) for _ in outs]
+    grades = iter(grade_batch(flat_outputs, flat_golds, flat_kinds))
+    records = []
+    for example, prompt, outs in zip(examples, prompts, outputs):
+        gs = [next(grades) for _ in outs]
+        record: dict[str, Any] = {"id": example.id, "prompt": prompt, "gold": example.gold}
+        if samples == 1:
+            record.update(output=outs[0], answer=gs[0].pred, correct=gs[0].correct)
+        else:
+            answers = [g.pred for g in gs]
+            winner, votes = majority_vote(answers, symbolic=example.kind in ("math", "cloze"))
+            record.update(
+                outputs=outs,
+                answers=answers,
+                corrects=[g.correct for g in gs],
+                maj_answer=None if winner is None else answers[winner],
+                maj_votes=votes,
+                maj_correct=winner is not None and gs[winner].correct,
+            )
+        records.append(record)
+    return records
+
+
+def run_eval(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Evaluate ``args.model`` on ``args.benches``; returns metrics per benchmark."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = _settings(args)
+    _check_resume(out, settings)
+    data = {b: load_benchmark(b, args.data_dir, args.limit) for b in args.benches}
+    gen_config = GenerationConfig(
+        max_new_tokens=args.max_new_tokens,
+        temperature=settings["temperature"],
+        top_p=settings["top_p"],
+        num_samples=args.samples,
+        seed=args.seed,
+    )
+    generator: Generator | None = None
+    results: dict[str, dict[str, float]] = {}
+    chunk = args.batch_size * 4  # questions per append: little work lost when killed
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
+    ) as progress:
+        for bench, examples in data.items():
+            path = out / f"samples_{bench}.jsonl"
+            repair_tail(path)
+            done = {r["id"] for r in read_records(path)}
+            pending = [e for e in examples if e.id not in done]
+            task = progress.add_task(
+                bench, total=len(examples), completed=len(examples) - len(pending)
+            )
+            for start in range(0, len(pending), chunk):
+                batch = pending[start : start + chunk]
+                if generator is None:
+                    model_dir = resolve_model_dir(args.model, out)
+                    generator = load_generator(args.backend, model_dir, args.batch_size, args.dtype)
+                prompts = [build_prompt(e, args.shots, args.data_dir) for e in batch]
+                gen_config.stop = tuple(stop_strings(batch[0]))
+                outputs = generator.generate(
+                    prompts, gen_config, on_batch=lambda n, t=task: progress.advance(t, n)
+                )
+                append_records(path, _records(batch, prompts, outputs, args.samples))
+            wanted = {e.id for e in examples}
+            records = [r for r in read_records(path) if r["id"] in wanted]
+            results[bench] = summarize(records, args.samples)
+    write_summary(out, results, Path(args.model).name, settings)
+    return results
+
+
+def main(argv: list[str]) -> int:
+    """``dsm eval --model DIR --bench gsm8k,math [...]``; see ``--help``."""
+    args = parse_args(argv)
+    results = run_eval(args)
+    print(render_markdown(results, Path(args.model).name))
+    print(f"wrote {Path(args.out) / 'summary.md'} and samples_<bench>.jsonl")
+    return 0

@@ -1,0 +1,287 @@
+"""The GRPO loop (paper §4.1, Algorithm 1) on megatron-core models.
+
+    for iteration k:                      π_ref ← π_θ
+      for each step:
+        sample prompts; π_old ← π_θ       (the sampler gets the current weights)
+        sample G responses per prompt; score them with the reward
+        advantages = group-normalised rewards
+        old log-probs (recomputed, or the sampler's when μ = 1 and exactly on-policy),
+        reference log-probs (frozen model)
+        μ updates of the clipped, k3-KL-penalised objective (fused_linear_grpo_loss)
+        sync weights into the sampler (in memory)
+
+Checkpoints hold the policy + optimizer (``checkpoints/``), the reference (``reference/``),
+the step, the data position, the iteration and every rank's RNG states.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from dsm_engine.config import ConfigError
+from dsm_engine.grpo.config import GRPOConfig
+from dsm_engine.grpo.data import PromptDataset, TextCodec
+from dsm_engine.grpo.sampling import (
+    evaluate_greedy,
+    is_sampler_rank,
+    rollout_and_score,
+    sync_weights,
+)
+from dsm_engine.grpo.step import (
+    advantages_of,
+    grpo_updates,
+    mismatch_metrics,
+    sequence_logprobs,
+    token_advantages,
+)
+from dsm_engine.rollout.base import SamplingParams, build_rollout_engine
+
+StepHook = Callable[[int, dict[str, float]], None]
+REFERENCE_DIR = "reference"
+
+
+def iteration_of(step: int, cfg: GRPOConfig) -> int:
+    """The outer iteration that GRPO step ``step`` (0-based) belongs to."""
+    per = cfg.grpo.steps // cfg.grpo.iterations
+    return min(step // per, cfg.grpo.iterations - 1)
+
+
+@torch.no_grad()
+def copy_weights(dst: torch.nn.Module, src: torch.nn.Module) -> None:
+    """π_ref ← π_θ: copy every parameter of ``src`` into ``dst`` (same layout)."""
+    from dsm_engine.models.build import _unwrap
+
+    d, s = _unwrap(dst).state_dict(), _unwrap(src).state_dict()
+    for k, v in s.items():
+        if torch.is_tensor(v) and k in d and torch.is_tensor(d[k]):
+            d[k].copy_(v)
+
+
+def _dp_mean(values: dict[str, float], group) -> dict[str, float]:
+    if dist.get_world_size(group) == 1:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(t, group=group)
+    t /= dist.get_world_size(group)
+    return dict(zip(keys, t.tolist()))
+
+
+def _rollout_metrics(ro, group_size: int) -> dict[str, float]:
+    b = ro.batch
+    r = b.rewards.view(-1, group_size)
+    lens = b.response_len.float()
+    return {
+        "reward_mean": float(b.rewards.mean()),
+        "reward_std": float(b.rewards.std(unbiased=False)),
+        "accuracy": sum(ro.correct) / len(ro.correct),
+        "zero_var_group_frac": float((r.std(dim=1, unbiased=False) == 0).float().mean()),
+        "response_len_mean": float(lens.mean()),
+        "response_len_max": float(lens.max()),
+        "truncated_frac": float((~b.finished).float().mean()),
+    }
+
+
+def run_grpo(cfg: GRPOConfig, *, on_step_end: StepHook | None = None) -> list[dict[str, float]]:
+    """Train (or resume) per ``cfg``; returns the metrics of every step this call ran."""
+    from dsm_engine.models.build import build_model
+    from dsm_engine.models.checkpoint import load_checkpoint, save_checkpoint
+    from dsm_engine.models.convert import hf_config
+    from dsm_engine.models.parallel import initialize_parallel
+    from dsm_engine.rewards import build_reward_fn
+    from dsm_engine.trainers.loop import rng_states, set_rng_states
+    from dsm_engine.trainers.metrics import MetricsLogger
+    from dsm_engine.trainers.optim import wrap_and_build_optimizer
+    from dsm_engine.trainers.run_dir import prepare_run_dir
+    from dsm_engine.trainers.schedules import apply_lr, lr_at
+
+    g, model_cfg = cfg.grpo, cfg.model_config()
+    if cfg.parallel.pp != 1 or cfg.parallel.virtual_pp:
+        raise ConfigError("parallel.pp: the GRPO trainer runs pp=1 (use tp and data parallel)")
+    codec = TextCodec(cfg.data.tokenizer)
+    if codec.vocab_size > model_cfg.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size={model_cfg.vocab_size} is smaller than the tokenizer's "
+            f"{codec.vocab_size} tokens ({cfg.data.tokenizer})"
+        )
+    dataset = PromptDataset(cfg.data, codec)
+    eval_set = PromptDataset(cfg.data, codec, path=cfg.eval.path) if cfg.eval.every else None
+
+    ctx = initialize_parallel(cfg.parallel, seed=cfg.train.seed)
+    if g.prompts_per_step % ctx.dp_size:
+        raise ConfigError(
+            f"grpo.prompts_per_step={g.prompts_per_step} is not divisible by the "
+            f"data-parallel size {ctx.dp_size}"
+        )
+    local_prompts = g.prompts_per_step // ctx.dp_size
+    run = prepare_run_dir(cfg.run_dir, cfg, overwrite=cfg.overwrite, resume=cfg.resume)
+
+    policy = build_model(model_cfg, ctx)
+    reference = build_model(model_cfg, ctx, init_weights=False)
+    reference.requires_grad_(False).eval()
+    bf16 = model_cfg.params_dtype == "bfloat16"
+    chunks, opt, zero_grad = wrap_and_build_optimizer([policy], cfg.optim, bf16=bf16)
+    policy = chunks[0]
+    finalize = None
+    if cfg.optim.backend == "megatron":
+        from megatron.core.distributed import finalize_model_grads
+
+        finalize = lambda: finalize_model_grads(chunks)  # noqa: E731
+
+    step, position = 0, 0
+    if run.resume_from is not None:
+        extra = load_checkpoint(run.resume_from, policy, optimizer=opt)
+        step, position = int(extra["step"]), int(extra["position"])
+        load_checkpoint(run.path / REFERENCE_DIR, reference, step=step)
+        set_rng_states(extra["rng"])
+    else:
+        if cfg.checkpoint.load:
+            load_checkpoint(cfg.checkpoint.load, policy)
+        copy_weights(reference, policy)
+
+    engine = None
+    if is_sampler_rank():
+        engine = build_rollout_engine(
+            cfg.rollout.backend,
+            hf_config(model_cfg),
+            pad_token_id=codec.pad_id,
+            max_batch_rows=cfg.rollout.max_batch_rows,
+        )
+    reward_fn = build_reward_fn(cfg.reward.name, kind=cfg.reward.kind, timeout_s=cfg.reward.timeout_s)
+    tp_group = ctx.tp_group if ctx.tp_size > 1 else None
+    # Rows are padded to a multiple of 16 tokens: a few distinct shapes, so the compiled
+    # fusions of the model (torch.compile) are not rebuilt for every new response length.
+    multiple_of = math.lcm(16, ctx.tp_size if cfg.parallel.sequence_parallel else 1)
+    temp = cfg.rollout.temperature
+    device = ctx.device
+
+    def offload(model: torch.nn.Module, where: torch.device) -> None:
+        if cfg.reference.offload_to_cpu and device.type != "cpu":
+            model.to(where)
+
+    offload(reference, torch.device("cpu"))
+    sync_weights(policy, engine, model_cfg)
+
+    def evaluate() -> float:
+        assert eval_set is not None
+        return evaluate_greedy(
+            engine,
+            reward_fn,
+            codec,
+            eval_set.prompts[: cfg.eval.num_prompts],
+            max_new_tokens=cfg.eval.max_new_tokens,
+            temperature=temp,
+        )
+
+    history: list[dict[str, float]] = []
+    log = MetricsLogger(
+        run.path,
+        total_steps=g.steps,
+        start_step=step,
+        enabled=ctx.rank == 0,
+        tensorboard=cfg.logging.tensorboard,
+        progress=cfg.logging.progress,
+        description="grpo",
+        show=("reward_mean", "kl_mean", "eval_accuracy", "tokens_per_s"),
+    )
+    with log:
+        if eval_set is not None and step == 0:
+            log.log(0, {"eval_accuracy": evaluate()})
+        while step < g.steps:
+            if step > 0 and iteration_of(step, cfg) != iteration_of(step - 1, cfg):
+                copy_weights(reference, policy)  # a new iteration: π_ref ← π_θ
+            tic = time.perf_counter()
+            lr = lr_at(cfg.schedule, step, g.steps)
+            apply_lr(opt, lr)
+            prompts = dataset.batch(position, g.prompts_per_step)
+            mine = prompts[ctx.dp_rank * local_prompts : (ctx.dp_rank + 1) * local_prompts]
+            params = SamplingParams(
+                temperature=temp,
+                top_p=cfg.rollout.top_p,
+                max_new_tokens=cfg.rollout.max_new_tokens,
+                stop_token_ids=[codec.eos_id],
+                seed=cfg.train.seed * 100_003 + step * 1_009 + ctx.dp_rank,
+            )
+            ro = rollout_and_score(
+                engine, reward_fn, codec, mine, g.group_size, params, multiple_of=multiple_of
+            )
+            batch = ro.batch.to(device)
+
+            t0 = time.perf_counter()
+            offload(reference, device)
+            ref_logp, _ = sequence_logprobs(
+                reference, batch.tokens, batch.targets, temperature=temp, tp_group=tp_group,
+                micro_batch_size=g.micro_batch_size, impl=g.impl,
+            )
+            offload(reference, torch.device("cpu"))
+            t1 = time.perf_counter()
+            metrics: dict[str, float] = {}
+            if g.old_logp == "recompute":
+                old_logp, ent = sequence_logprobs(
+                    policy, batch.tokens, batch.targets, temperature=temp, tp_group=tp_group,
+                    micro_batch_size=g.micro_batch_size, return_entropy=True, impl=g.impl,
+                )
+                metrics.update(mismatch_metrics(old_logp, batch.sampler_logp, batch.mask))
+                metrics["entropy"] = float(ent[batch.mask].mean())
+            else:
+                old_logp = batch.sampler_logp
+            t2 = time.perf_counter()
+
+            adv = advantages_of(batch.rewards, g.group_size, impl=g.impl)
+            adv_tok, tis = token_advantages(
+                adv, old_logp, batch.sampler_logp, batch.mask, g.tis_cap
+            )
+            upd = grpo_updates(
+                policy, opt, zero_grad, batch, old_logp, ref_logp, adv_tok, g,
+                temperature=temp, max_len=cfg.rollout.max_new_tokens, tp_group=tp_group,
+                finalize_grads=finalize,
+            )
+            t3 = time.perf_counter()
+            sync_s = sync_weights(policy, engine, model_cfg)
+            step += 1
+            position += g.prompts_per_step
+            secs = time.perf_counter() - tic
+            tokens = float((batch.tokens != codec.pad_id).sum() + batch.mask.sum())
+
+            metrics.update(_rollout_metrics(ro, g.group_size))
+            metrics.update(tis)
+            metrics.update(upd.metrics)
+            metrics.update(
+                loss=upd.loss,
+                grad_norm=upd.grad_norm,
+                lr=lr,
+                iteration=float(iteration_of(step - 1, cfg)),
+                time_rollout_s=ro.rollout_s,
+                time_reward_s=ro.reward_s,
+                time_reference_s=t1 - t0,
+                time_old_s=t2 - t1,
+                time_update_s=t3 - t2,
+                time_sync_s=sync_s,
+                step_time_s=secs,
+                tokens_per_s=tokens / secs,
+            )
+            metrics = _dp_mean(metrics, ctx.dp_group)
+            if eval_set is not None and (step % cfg.eval.every == 0 or step == g.steps):
+                metrics["eval_accuracy"] = evaluate()
+            log.log(step, metrics)
+            history.append(metrics)
+            if step % cfg.checkpoint.every == 0 or step == g.steps:
+                extra: dict[str, Any] = {
+                    "step": step,
+                    "position": position,
+                    "iteration": iteration_of(step - 1, cfg),
+                    "rng": rng_states(),
+                }
+                offload(reference, device)
+                save_checkpoint(run.path / REFERENCE_DIR, step, reference)
+                offload(reference, torch.device("cpu"))
+                save_checkpoint(run.checkpoints, step, policy, optimizer=opt, extra=extra)
+            if on_step_end is not None:
+                on_step_end(step, metrics)
+    return history
