@@ -41,14 +41,14 @@ class Budget:
     grpo_steps: int = 10
     grpo_prompts_per_step: int = 8
     grpo_group_size: int = 8
-    grpo_max_new_tokens: int = 24
+    grpo_max_new_tokens: int = 32
     grpo_lr: float = 5e-4
     grpo_eval_every: int = 0  # held-out accuracy inside the GRPO run every N steps (0: off)
     grpo_eval_prompts: int = 32
     train_problems: int = 2000
     # evaluation before / after GRPO
     heldout_problems: int = 100
-    heldout_max_new_tokens: int = 24
+    heldout_max_new_tokens: int = 32
     gsm8k_limit: int = 8
     gsm8k_max_new_tokens: int = 32
 
@@ -76,7 +76,7 @@ PRESETS: dict[int, Budget] = {
         arithmetic_docs=6_000,
         mined_weight=0.1,
         model=dict(_MODEL),
-        pretrain_steps=60,
+        pretrain_steps=100,
         pretrain_batch=32,
         grpo_steps=6,
         grpo_prompts_per_step=8,

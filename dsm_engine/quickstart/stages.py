@@ -148,7 +148,9 @@ def stage_data(ctx: Context) -> dict[str, Any]:
     cfg.classifier.bucket = b.classifier_bucket
     mined = mine_corpus(cfg, progress=ctx.progress)
     if not mined.funnel.get("kept"):
-        raise QuickstartError(f"the math classifier kept no page; see {d / 'mine'}/iter_*/stats.json")
+        raise QuickstartError(
+            f"the math classifier kept no page; see {d / 'mine'}/iter_*/stats.json"
+        )
     with _spinner(ctx, "decontaminating against the shipped benchmarks"):
         counters = decontaminate_jsonl(
             mined.mined, d / "decontaminated", ctx.data_dir / "benchmarks"

@@ -55,7 +55,9 @@ def parse_example(row: dict[str, Any], kind: Kind, where: str) -> RMExample:
     else:
         ends, labels = row.get("step_ends"), row.get("step_labels")
         if not isinstance(ends, list) or not isinstance(labels, list) or len(ends) != len(labels):
-            raise ValueError(f"{where}: PRM rows need 'step_ends' and 'step_labels' of equal length")
+            raise ValueError(
+                f"{where}: PRM rows need 'step_ends' and 'step_labels' of equal length"
+            )
         n = len(ex.response_ids)
         if any(not 0 <= int(e) < n for e in ends) or list(ends) != sorted(set(ends)):
             raise ValueError(f"{where}: 'step_ends' must rise within [0, {n})")
@@ -114,7 +116,9 @@ def truncate(ex: RMExample, max_len: int) -> RMExample | None:
     return RMExample(p, r, ex.label, ex.step_ends, ex.step_labels)
 
 
-def collate(examples: Sequence[RMExample], kind: Kind, seq_len: int, pad_id: int = 0) -> dict[str, torch.Tensor]:
+def collate(
+    examples: Sequence[RMExample], kind: Kind, seq_len: int, pad_id: int = 0
+) -> dict[str, torch.Tensor]:
     """Right-padded tensors of a microbatch.
 
     tokens: ``(b, seq_len)`` int64; positions: ``(b, S)`` int64 row positions to score
@@ -130,7 +134,9 @@ def collate(examples: Sequence[RMExample], kind: Kind, seq_len: int, pad_id: int
     for i, ex in enumerate(examples):
         row = ex.prompt_ids + ex.response_ids
         if len(row) > seq_len:
-            raise ValueError(f"example {i} has {len(row)} tokens > seq_len {seq_len}; truncate first")
+            raise ValueError(
+                f"example {i} has {len(row)} tokens > seq_len {seq_len}; truncate first"
+            )
         tokens[i, : len(row)] = torch.tensor(row)
         lp = len(ex.prompt_ids)
         if kind == "orm":

@@ -53,7 +53,9 @@ def split_rows(tokens: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor):
 
 
 def pad_steps(
-    step_scores: Sequence[Sequence[float]], step_ends: Sequence[Sequence[int]], offsets: Sequence[int]
+    step_scores: Sequence[Sequence[float]],
+    step_ends: Sequence[Sequence[int]],
+    offsets: Sequence[int],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(B, S)`` rewards, ends shifted by ``offsets[b]``, and the validity mask."""
     b = len(step_scores)

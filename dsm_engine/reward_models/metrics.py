@@ -41,7 +41,9 @@ def auc(scores: Sequence[float], labels: Sequence[float]) -> float:
     sorted_s = s[order]
     ranks = torch.empty_like(s)
     # average 1-based rank over each run of equal scores
-    uniq, inverse, counts = torch.unique_consecutive(sorted_s, return_inverse=True, return_counts=True)
+    uniq, inverse, counts = torch.unique_consecutive(
+        sorted_s, return_inverse=True, return_counts=True
+    )
     ends = torch.cumsum(counts, 0).double()
     avg = ends - (counts.double() - 1) / 2
     ranks[order] = avg[inverse]

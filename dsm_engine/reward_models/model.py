@@ -165,11 +165,19 @@ def load_backbone(step_dir: str | Path, model: torch.nn.Module) -> None:
     state = {"chunk0": {k: v for k, v in sharded.items() if k not in skip}}
     available = dist_checkpointing.load_tensors_metadata(str(step_dir))
     for v in state["chunk0"].values():
-        if isinstance(v, ShardedTensor) and f"chunk0.{v.key}" not in available and v.key not in available:
-            raise CheckpointError(f"{step_dir}: backbone tensor '{v.key}' missing from the checkpoint")
+        if (
+            isinstance(v, ShardedTensor)
+            and f"chunk0.{v.key}" not in available
+            and v.key not in available
+        ):
+            raise CheckpointError(
+                f"{step_dir}: backbone tensor '{v.key}' missing from the checkpoint"
+            )
     loaded = dist_checkpointing.load({"model": state}, str(step_dir))
     missing, unexpected = m.load_state_dict(loaded["model"]["chunk0"], strict=False)
-    missing = [k for k in missing if not k.startswith(HEAD + ".") and not k.endswith("_extra_state")]
+    missing = [
+        k for k in missing if not k.startswith(HEAD + ".") and not k.endswith("_extra_state")
+    ]
     if missing or unexpected:
         raise CheckpointError(
             f"{step_dir}: backbone mismatch (missing {missing[:5]}, unexpected {unexpected[:5]})"

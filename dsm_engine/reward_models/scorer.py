@@ -86,11 +86,15 @@ class ORMReward:
     def __init__(self, scorer: TokenScorer, codec: Codec) -> None:
         self.scorer, self.codec = scorer, codec
 
-    def score_tokens(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]]) -> list[float]:
+    def score_tokens(
+        self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]]
+    ) -> list[float]:
         rows = [list(p) + list(r) for p, r in zip(prompt_ids, response_ids)]
         return [s[0] for s in self.scorer.scores_at(rows, [[len(r) - 1] for r in rows])]
 
-    def score(self, prompts: Sequence[str], outputs: Sequence[str], golds: Sequence[str]) -> list[float]:
+    def score(
+        self, prompts: Sequence[str], outputs: Sequence[str], golds: Sequence[str]
+    ) -> list[float]:
         pairs = list(_rows(self.codec, prompts, outputs))
         # An empty response is scored at the prompt's last token: it still gets a reward.
         return self.score_tokens([p for p, _ in pairs], [r for _, r in pairs])
@@ -120,12 +124,18 @@ class PRMReward:
         step_ends: Sequence[Sequence[int]] | None = None,
     ) -> tuple[list[list[float]], list[list[int]]]:
         """Per-step probabilities and the response-relative step ends they sit at."""
-        ends = [self.step_ends(r) for r in response_ids] if step_ends is None else [list(e) for e in step_ends]
+        ends = (
+            [self.step_ends(r) for r in response_ids]
+            if step_ends is None
+            else [list(e) for e in step_ends]
+        )
         rows = [list(p) + list(r) for p, r in zip(prompt_ids, response_ids)]
         pos = [[len(p) + e for e in es] for p, es in zip(prompt_ids, ends)]
         return self.scorer.scores_at(rows, pos), ends
 
-    def score(self, prompts: Sequence[str], outputs: Sequence[str], golds: Sequence[str]) -> list[float]:
+    def score(
+        self, prompts: Sequence[str], outputs: Sequence[str], golds: Sequence[str]
+    ) -> list[float]:
         pairs = list(_rows(self.codec, prompts, outputs))
         steps, _ = self.step_scores([p for p, _ in pairs], [r for _, r in pairs])
         reduce: Callable[[list[float]], float] = {
@@ -134,3 +144,32 @@ class PRMReward:
             "last": lambda v: v[-1],
         }[self.reduce]
         return [reduce(s) if s else 0.0 for s in steps]
+
+
+def load_reward_fn(
+    kind: Literal["orm", "prm"],
+    model_path: str,
+    tokenizer: str,
+    *,
+    delimiter: str = DEFAULT_DELIMITER,
+    micro_batch_size: int = 16,
+) -> ORMReward | PRMReward:
+    """An ORM/PRM ``RewardFn`` from a ``dsm train rm`` checkpoint (built at TP=1, PP=1 on this
+    process; initialises a one-process parallel context if none exists)."""
+    from dsm_engine.grpo.data import TextCodec
+    from dsm_engine.models.checkpoint import load_checkpoint, read_meta, resolve_checkpoint
+    from dsm_engine.models.config import model_config
+    from dsm_engine.models.parallel import ParallelConfig, current_context, initialize_parallel
+    from dsm_engine.reward_models.model import build_reward_model
+
+    step_dir = resolve_checkpoint(model_path)
+    ctx = current_context() or initialize_parallel(ParallelConfig())
+    model = build_reward_model(
+        model_config(read_meta(step_dir)["model_config"]), ctx, init_weights=False
+    )
+    load_checkpoint(step_dir, model)
+    codec = TextCodec(tokenizer)
+    scorer = RewardModelScorer(model.eval(), micro_batch_size=micro_batch_size, pad_id=codec.pad_id)
+    if kind == "orm":
+        return ORMReward(scorer, codec)
+    return PRMReward(scorer, codec, delimiter=delimiter)

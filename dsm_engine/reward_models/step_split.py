@@ -74,7 +74,9 @@ def step_ends_from_text(text: str, char_ends: Sequence[int], delimiter: str) -> 
     return out
 
 
-def find_step_ends(token_ids: Sequence[int], decode: Decode, delimiter: str = DEFAULT_DELIMITER) -> list[int]:
+def find_step_ends(
+    token_ids: Sequence[int], decode: Decode, delimiter: str = DEFAULT_DELIMITER
+) -> list[int]:
     """Step-end indices (into ``token_ids``, increasing, last one = ``len - 1``) of a response.
 
     ``decode`` maps token ids to text (e.g. ``tokenizer.decode``). Returns ``[]`` for an empty

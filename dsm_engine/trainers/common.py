@@ -16,9 +16,7 @@ C = TypeVar("C", bound=RunConfig)
 USER_ERRORS = (ConfigError, RunDirError, FileNotFoundError, ValueError)
 
 
-def run_main(
-    prog: str, cls: type[C], argv: list[str], run: Callable[[C], object]
-) -> int:
+def run_main(prog: str, cls: type[C], argv: list[str], run: Callable[[C], object]) -> int:
     """Parse ``[--config PATH] key=value ...`` into ``cls`` and call ``run(cfg)``.
 
     Returns 0 on success, 2 on a user error (printed as ``prog: error: ...``).

@@ -115,7 +115,9 @@ def build_pretrain_dataset(
         GPTDataset, [num_samples, 0, 0], lambda: True, ds_cfg
     ).build()
     if train is None or len(train) == 0:
-        raise ValueError(f"data.paths: the blend {prefixes} yields no samples of {seq_length} tokens")
+        raise ValueError(
+            f"data.paths: the blend {prefixes} yields no samples of {seq_length} tokens"
+        )
     return train
 
 
@@ -146,6 +148,4 @@ def global_batch(
     local = global_batch_size // dp_size
     start = step * global_batch_size + dp_rank * local
     items = [dataset[start + i] for i in range(local)]
-    return [
-        collate(items[i : i + micro_batch_size]) for i in range(0, local, micro_batch_size)
-    ]
+    return [collate(items[i : i + micro_batch_size]) for i in range(0, local, micro_batch_size)]

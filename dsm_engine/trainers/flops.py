@@ -1,10 +1,13 @@
-"""Training FLOPs per token of the Llama architecture (forward + backward = 3x forward).
+"""Training FLOPs per token of the Llama architecture, for the MFU the trainers log.
 
-Forward FLOPs per token: 2 per weight of every matmul (attention q/k/v/o projections, the three
-SwiGLU matrices, the LM head) plus the attention scores and weighted sum, 2 * 2 * s * h per
-layer for a full (non-causal-discounted) s x s score matrix. Embedding lookups and norms are
-not counted. Training is 3x the forward (backward = 2x forward); activation recomputation is
-not counted, so this is model FLOPs utilisation (MFU), not hardware utilisation.
+The formula is the models layer's (``benchmarks/train/bench_model.py::flops_per_token``; a test
+checks the two agree), so trainer logs and model benchmarks report comparable MFU:
+
+    6 * N_matmul        dense matmuls, forward + backward (N_matmul = weights of the linear
+                        layers incl. the LM head; embedding lookup and norms excluded)
+  + 6 * L * s * h       causal attention scores and weighted sum, forward + backward
+
+Activation recomputation is not counted: this is model FLOPs utilisation.
 """
 
 from __future__ import annotations
@@ -15,9 +18,6 @@ from dsm_engine.models.config import ModelConfig
 def train_flops_per_token(cfg: ModelConfig, seq_length: int | None = None) -> float:
     """Model training FLOPs per token at ``seq_length`` (default ``cfg.seq_length``)."""
     s = seq_length or cfg.seq_length
-    h, f, v, d = cfg.hidden_size, cfg.ffn_hidden_size, cfg.vocab_size, cfg.head_dim
-    attn_proj = h * (cfg.num_attention_heads + 2 * cfg.kv_heads) * d + h * h
-    mlp = 3 * h * f
-    per_layer = 2 * (attn_proj + mlp) + 2 * 2 * s * h
-    forward = cfg.num_layers * per_layer + 2 * h * v
-    return 3.0 * forward
+    h, layers = cfg.hidden_size, cfg.num_layers
+    matmul_params = cfg.num_params() - cfg.vocab_size * h - (2 * layers + 1) * h
+    return 6.0 * matmul_params + 6.0 * layers * s * h

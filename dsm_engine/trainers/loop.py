@@ -28,7 +28,12 @@ from dsm_engine.models.parallel import ParallelContext
 from dsm_engine.trainers.config import RunConfig
 from dsm_engine.trainers.data import global_batch
 from dsm_engine.trainers.flops import train_flops_per_token
-from dsm_engine.trainers.metrics import MetricsLogger, memory_stats, peak_flops_per_device, throughput
+from dsm_engine.trainers.metrics import (
+    MetricsLogger,
+    memory_stats,
+    peak_flops_per_device,
+    throughput,
+)
 from dsm_engine.trainers.optim import wrap_and_build_optimizer
 from dsm_engine.trainers.run_dir import RunDir, prepare_run_dir
 from dsm_engine.trainers.schedules import apply_lr, lr_at
@@ -82,16 +87,21 @@ def _forward_step(ctx: ParallelContext, scale: float) -> Callable:
     return forward_step
 
 
-def _global_tokens(microbatches: list[dict[str, torch.Tensor]], group: Any) -> float:
-    n = torch.tensor([sum(float(mb["loss_mask"].sum()) for mb in microbatches)], dtype=torch.float64)
-    dist.all_reduce(n, group=group)
+def _global_tokens(microbatches: list[dict[str, torch.Tensor]], ctx: ParallelContext) -> float:
+    """Loss tokens in the whole global batch (all data-parallel ranks)."""
+    local = sum(float(mb["loss_mask"].sum()) for mb in microbatches)
+    # On the compute device: NCCL reduces only CUDA tensors.
+    n = torch.tensor([local], dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(n, group=ctx.dp_group)
     return float(n)
 
 
-def _reduce_loss(reduced: list[dict[str, torch.Tensor]], ctx: ParallelContext, tokens: float) -> float:
+def _reduce_loss(
+    reduced: list[dict[str, torch.Tensor]], ctx: ParallelContext, tokens: float
+) -> float:
     """Global mean token loss; only the last pipeline stage holds the per-microbatch sums."""
     s = sum(float(r["loss_sum"]) for r in reduced) if reduced else 0.0
-    t = torch.tensor([s], dtype=torch.float64)
+    t = torch.tensor([s], dtype=torch.float64, device=ctx.device)
     dist.all_reduce(t, group=ctx.pp_group)
     dist.all_reduce(t, group=ctx.dp_group)
     return float(t) / max(tokens, 1.0)
@@ -176,7 +186,7 @@ def train(
                 dp_rank=ctx.dp_rank,
                 dp_size=ctx.dp_size,
             )
-            tokens = _global_tokens(mbs, ctx.dp_group)
+            tokens = _global_tokens(mbs, ctx)
             scale = ctx.dp_size * len(mbs) / max(tokens, 1.0)
             zero_grad()
             reduced = fwd_bwd(

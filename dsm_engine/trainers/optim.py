@@ -104,10 +104,10 @@ class TorchAdamW:
         """Global L2 norm of the gradients over every TP/PP shard (TP replicas counted once)."""
         from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
 
-        sq = torch.zeros((), dtype=torch.float64)
+        sq = torch.zeros((), dtype=torch.float64, device=self.params[0].device)
         for p in self.params:
             if p.grad is not None and param_is_not_tensor_parallel_duplicate(p):
-                sq += p.grad.detach().double().pow(2).sum().cpu()
+                sq += p.grad.detach().double().pow(2).sum()
         dist.all_reduce(sq, group=self.mp_group)
         return float(sq.sqrt())
 
@@ -196,8 +196,7 @@ def wrap_and_build_optimizer(
         use_distributed_optimizer=cfg.distributed_optimizer,
     )
     wrapped = [
-        DistributedDataParallel(config=c.config, ddp_config=ddp_cfg, module=c)
-        for c in chunks
+        DistributedDataParallel(config=c.config, ddp_config=ddp_cfg, module=c) for c in chunks
     ]
     opt_cfg = OptimizerConfig(
         optimizer="adam",

@@ -1,7 +1,7 @@
 """``dsm train pretrain``: continued pretraining on blended megatron indexed datasets.
 
-    dsm train pretrain --config configs/deepseekmath-7b-cpt.yaml run_dir=runs/cpt
-    torchrun --nnodes N --nproc_per_node 8 -m dsm_engine.cli train pretrain --config ...
+dsm train pretrain --config configs/deepseekmath-7b-cpt.yaml run_dir=runs/cpt
+torchrun --nnodes N --nproc_per_node 8 -m dsm_engine.cli train pretrain --config ...
 """
 
 from __future__ import annotations

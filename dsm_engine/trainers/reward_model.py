@@ -136,7 +136,9 @@ def _last_stage_values(ctx, values: list[float]) -> list[float]:
     return t.tolist()
 
 
-def evaluate(model, ctx, cfg: RewardModelConfig, rows: list[RMExample], seq: int) -> dict[str, float]:
+def evaluate(
+    model, ctx, cfg: RewardModelConfig, rows: list[RMExample], seq: int
+) -> dict[str, float]:
     """Held-out loss, accuracy (threshold probability 0.5) and AUC of the labelled positions."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -175,7 +177,9 @@ def _has_score_head(step_dir) -> bool:
     return any(k.endswith("score_head.weight") for k in keys)
 
 
-def run_reward_model(cfg: RewardModelConfig, *, on_step_end: StepHook | None = None) -> dict[str, float]:
+def run_reward_model(
+    cfg: RewardModelConfig, *, on_step_end: StepHook | None = None
+) -> dict[str, float]:
     """Train per ``cfg``; returns the final held-out metrics (and the last loss)."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 

@@ -1,6 +1,6 @@
 """``dsm train sft``: supervised fine-tuning on JSON Lines with sequence packing.
 
-    dsm train sft --config configs/tiny-cpu-sft.yaml data.path=sft.jsonl checkpoint.load=ckpt
+dsm train sft --config configs/tiny-cpu-sft.yaml data.path=sft.jsonl checkpoint.load=ckpt
 """
 
 from __future__ import annotations

@@ -98,7 +98,9 @@ def tokenize_row(row: dict[str, Any], tokenizer: Any, eos: int, where: str) -> E
             elif role == "assistant":
                 seg, learn = _encode(tokenizer, content) + [eos], 1
             else:
-                raise ValueError(f"{where}: messages[{j}].role {role!r} is not system/user/assistant")
+                raise ValueError(
+                    f"{where}: messages[{j}].role {role!r} is not system/user/assistant"
+                )
             ids += seg
             target += [learn] * len(seg)
         if not any(target):
@@ -128,7 +130,9 @@ def load_examples(cfg: SFTDataConfig, tokenizer: Any) -> list[Example]:
     return out
 
 
-def make_rows(examples: list[Example], seq_length: int, pack: bool) -> list[dict[str, torch.Tensor]]:
+def make_rows(
+    examples: list[Example], seq_length: int, pack: bool
+) -> list[dict[str, torch.Tensor]]:
     """Turn documents into training rows of ``seq_length`` (inputs/labels shifted by one).
 
     A document of ``n`` tokens yields ``n - 1`` (input, label) positions, truncated to
@@ -190,7 +194,9 @@ class SFTDataset:
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         epoch, j = divmod(int(i), len(self.rows))
         if epoch not in self._perms:
-            self._perms[epoch] = np.random.default_rng(self.seed + epoch).permutation(len(self.rows))
+            self._perms[epoch] = np.random.default_rng(self.seed + epoch).permutation(
+                len(self.rows)
+            )
         return self.rows[int(self._perms[epoch][j])]
 
     def num_loss_tokens(self) -> int:

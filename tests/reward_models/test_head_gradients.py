@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dsm_engine.reward_models.losses import bce_at_positions, bce_at_positions_ref, orm_loss, prm_loss
+from dsm_engine.reward_models.losses import (
+    bce_at_positions,
+    bce_at_positions_ref,
+    orm_loss,
+    prm_loss,
+)
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,10 @@ class HashScorer:
 
     def scores_at(self, rows, positions):
         self.calls.append((rows, positions))
-        return [[((r[p] * 7919 + len(r) * 31 + p) % 997) / 997 for p in pos] for r, pos in zip(rows, positions)]
+        return [
+            [((r[p] * 7919 + len(r) * 31 + p) % 997) / 997 for p in pos]
+            for r, pos in zip(rows, positions)
+        ]
 
 
 def paper_process_advantages(step_rewards, step_token_index, group_size, n_tokens):
@@ -115,10 +118,12 @@ def test_process_supervised_advantages_match_paper_formula(tok):
     # The same quantity built directly: steps from the text, scores at row positions, the formula
     # over target positions (response token k of row j is target len(prompt_j) - 1 + k).
     step_rewards, step_index = [], []
-    for j, (p, r) in enumerate(zip(rows_prompt, resp_ids)):
+    for p, r in zip(rows_prompt, resp_ids):
         ends = find_step_ends(r, _decode(tok)) if r else []
         row = p + r
-        step_rewards.append([((row[len(p) + e] * 7919 + len(row) * 31 + len(p) + e) % 997) / 997 for e in ends])
+        step_rewards.append(
+            [((row[len(p) + e] * 7919 + len(row) * 31 + len(p) + e) % 997) / 997 for e in ends]
+        )
         step_index.append([len(p) - 1 + e for e in ends])
     assert [len(s) for s in step_rewards] == [3, 1, 0, 2, 3, 0]
     assert step_index[3][-1] == len(rows_prompt[3]) - 1 + len(resp_ids[3]) - 1
@@ -133,7 +138,14 @@ def test_process_supervised_advantages_match_paper_formula(tok):
 def test_outcome_kinds_use_grouped_advantages(tok):
     prompt = tok.encode("Q?\n").ids
     resp = [tok.encode(s).ids for s in ("1\n2", "3", "4\n5\n6", "7")]
-    batch = build_batch([prompt] * 4, resp, [[0.0] * len(r) for r in resp], [1.0, 0.0, 1.0, 1.0], [True] * 4, pad_id=0)
+    batch = build_batch(
+        [prompt] * 4,
+        resp,
+        [[0.0] * len(r) for r in resp],
+        [1.0, 0.0, 1.0, 1.0],
+        [True] * 4,
+        pad_id=0,
+    )
     ver, _ = compute_advantages("verifier", batch, 2, impl="torch")
     torch.testing.assert_close(ver, torch.tensor([1.0, -1.0, 0.0, 0.0]), atol=1e-5, rtol=0)
     scorer = HashScorer()
@@ -141,8 +153,12 @@ def test_outcome_kinds_use_grouped_advantages(tok):
     rows, pos = scorer.calls[-1]
     assert [p[0] for p in pos] == [len(r) - 1 for r in rows]  # scored at the last token
     s = torch.tensor([v[0] for v in scorer.scores_at(rows, pos)]).reshape(2, 2)
-    want = ((s - s.mean(1, keepdim=True)) / (s.std(1, unbiased=False, keepdim=True) + 1e-6)).flatten()
+    want = (
+        (s - s.mean(1, keepdim=True)) / (s.std(1, unbiased=False, keepdim=True) + 1e-6)
+    ).flatten()
     torch.testing.assert_close(orm, want, atol=1e-5, rtol=1e-5)
-    mixed, _ = compute_advantages("mixed", batch, 2, scorer=scorer, decode=_decode(tok), impl="torch")
+    mixed, _ = compute_advantages(
+        "mixed", batch, 2, scorer=scorer, decode=_decode(tok), impl="torch"
+    )
     prm, _ = compute_advantages("prm", batch, 2, scorer=scorer, decode=_decode(tok), impl="torch")
     torch.testing.assert_close(mixed, ver[:, None] * batch.mask + prm)

@@ -19,9 +19,23 @@ def test_tp2_equals_tp1(tmp_path):
     out = tmp_path / "result.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_port", "0", str(WORKER), "--out", str(out), "--ckpt", str(tmp_path / "ckpt")],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--standalone",
+            str(WORKER),
+            "--out",
+            str(out),
+            "--ckpt",
+            str(tmp_path / "ckpt"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     r = json.loads(out.read_text())

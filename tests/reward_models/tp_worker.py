@@ -23,6 +23,17 @@ def batch():
     return ids, pos, lab, mask
 
 
+def _allreduce_sequence_parallel_grads(model):
+    """What megatron's finalize_model_grads does under sequence parallelism: each TP rank saw
+    only its tokens, so replicated weights marked ``sequence_parallel`` hold partial grads."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+
+    for p in model.parameters():
+        if getattr(p, "sequence_parallel", False) and p.grad is not None:
+            dist.all_reduce(p.grad, group=ps.get_tensor_model_parallel_group())
+
+
 def measure(model):
     from dsm_engine.models.convert import gather_canonical
     from dsm_engine.reward_models.losses import prm_loss
@@ -33,8 +44,9 @@ def measure(model):
     scores = reward_scores(model, ids)
     loss_sum, count = prm_loss(scores, pos, lab, mask)
     (loss_sum / count).backward()
+    _allreduce_sequence_parallel_grads(model)
     grads = gather_canonical(model, grads=True)
-    return scores.detach(), float(loss_sum / count), grads
+    return scores.detach(), float((loss_sum / count).detach()), grads
 
 
 def main() -> None:
@@ -45,7 +57,12 @@ def main() -> None:
 
     import torch.distributed as dist
 
-    from dsm_engine.models import ParallelConfig, destroy_parallel, initialize_parallel, model_config
+    from dsm_engine.models import (
+        ParallelConfig,
+        destroy_parallel,
+        initialize_parallel,
+        model_config,
+    )
     from dsm_engine.models.checkpoint import load_checkpoint, save_checkpoint
     from dsm_engine.reward_models.model import build_reward_model
 
@@ -73,15 +90,19 @@ def main() -> None:
 
     def gdiff(a, b):
         assert set(a) == set(b), sorted(set(a) ^ set(b))
-        return max(float((a[k] - b[k]).abs().max()) for k in a)
+        diffs = {k: float((a[k] - b[k]).abs().max()) for k in a}
+        return max(diffs.values()), max(diffs, key=diffs.get)
 
+    (g_tp2, worst_tp2), (g_sp, worst_sp) = gdiff(g2, g1), gdiff(gsp, g1)
     results = {
+        "worst_tp2": worst_tp2,
+        "worst_sp": worst_sp,
         "score_diff_tp2": float((s2 - s1).abs().max()),
         "loss_diff_tp2": abs(l2 - l1),
-        "grad_diff_tp2": gdiff(g2, g1),
+        "grad_diff_tp2": g_tp2,
         "score_diff_sp": float((ssp - s1).abs().max()),
         "loss_diff_sp": abs(lsp - l1),
-        "grad_diff_sp": gdiff(gsp, g1),
+        "grad_diff_sp": g_sp,
         "head_grad_norm": float(g1["score_head.weight"].norm()),
         "num_tensors": len(g1),
     }

@@ -115,8 +115,15 @@ def run_cli(args: list[str], nproc: int = 1, timeout: int = 240, **kw):
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     if nproc > 1:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-                    "--master_port", str(free_port())]
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(nproc),
+            "--master_port",
+            str(free_port()),
+        ]
     else:
         launcher = [sys.executable]
     cmd = launcher + ["-m", "dsm_engine.cli", *args]

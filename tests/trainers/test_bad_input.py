@@ -21,7 +21,10 @@ def test_wrong_type_is_named(corpus, tmp_path, capsys):
 
 def test_missing_data_file_is_named(corpus, tmp_path, capsys):
     run = tmp_path / "run"
-    args = pretrain_args(corpus, run) + [f"data.paths=[{tmp_path / 'missing'}]", "data.weights=null"]
+    args = pretrain_args(corpus, run) + [
+        f"data.paths=[{tmp_path / 'missing'}]",
+        "data.weights=null",
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "data.paths[0]" in err and "missing.bin" in err
@@ -49,7 +52,11 @@ def test_existing_run_is_not_overwritten_unless_asked(corpus, tmp_path, capsys):
 def test_empty_sft_file_is_an_error(tmp_path, capsys, neox_tokenizer_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
-    args = [f"data.path={empty}", f"data.tokenizer={neox_tokenizer_path}", f"run_dir={tmp_path / 'r'}"]
+    args = [
+        f"data.path={empty}",
+        f"data.tokenizer={neox_tokenizer_path}",
+        f"run_dir={tmp_path / 'r'}",
+    ]
     assert sft_main(args) == 2
     assert "empty dataset" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()

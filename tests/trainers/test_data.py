@@ -20,8 +20,12 @@ def group():
 
 
 def _build(corpus, cache, weights=(0.7, 0.3), seed=7, n=400):
-    cfg = DataConfig(paths=[str(corpus["qa"]), str(corpus["answers"])], weights=list(weights), seed=seed)
-    return build_pretrain_dataset(cfg, seq_length=32, num_samples=n, vocab_size=50304, cache_dir=cache)
+    cfg = DataConfig(
+        paths=[str(corpus["qa"]), str(corpus["answers"])], weights=list(weights), seed=seed
+    )
+    return build_pretrain_dataset(
+        cfg, seq_length=32, num_samples=n, vocab_size=50304, cache_dir=cache
+    )
 
 
 def test_same_seed_gives_the_same_sample_order(group, corpus, tmp_path):
@@ -31,7 +35,8 @@ def test_same_seed_gives_the_same_sample_order(group, corpus, tmp_path):
         assert torch.equal(torch.as_tensor(a[i]["tokens"]), torch.as_tensor(b[i]["tokens"]))
     c = _build(corpus, tmp_path / "c", seed=8)
     assert not all(
-        torch.equal(torch.as_tensor(a[i]["tokens"]), torch.as_tensor(c[i]["tokens"])) for i in range(8)
+        torch.equal(torch.as_tensor(a[i]["tokens"]), torch.as_tensor(c[i]["tokens"]))
+        for i in range(8)
     )
 
 

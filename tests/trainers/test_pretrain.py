@@ -21,15 +21,26 @@ def test_loss_goes_down_within_a_few_dozen_steps(corpus, tmp_path):
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_0000024"
 
 
+def _same_start(init_checkpoint) -> tuple[str, ...]:
+    return ("train.steps=5", f"checkpoint.load={init_checkpoint}", "checkpoint.every=100")
+
+
+@pytest.fixture(scope="module")
+def tp1_losses(corpus, init_checkpoint, tmp_path_factory) -> list[float]:
+    run = tmp_path_factory.mktemp("tp1") / "run"
+    assert main(pretrain_args(corpus, run, *_same_start(init_checkpoint))) == 0
+    return losses(run)
+
+
 @pytest.mark.dist
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", ["parallel.tp=2", "parallel.pp=2"])
-def test_tp2_and_pp2_give_the_same_losses_as_tp1(corpus, init_checkpoint, tmp_path, layout):
-    common = ("train.steps=5", f"checkpoint.load={init_checkpoint}", "checkpoint.every=100")
-    assert main(pretrain_args(corpus, tmp_path / "tp1", *common)) == 0
-    proc = run_cli(["train", "pretrain", *pretrain_args(corpus, tmp_path / "par", *common, layout)],
-                   nproc=2)
+@pytest.mark.parametrize("layout", ["parallel.tp=2", "parallel.pp=2", "parallel.dp=2"])
+def test_tp2_pp2_and_dp2_give_the_same_losses_as_tp1(
+    corpus, init_checkpoint, tp1_losses, tmp_path, layout
+):
+    args = pretrain_args(corpus, tmp_path / "par", *_same_start(init_checkpoint), layout)
+    proc = run_cli(["train", "pretrain", *args], nproc=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ref, par = losses(tmp_path / "tp1"), losses(tmp_path / "par")
+    ref, par = tp1_losses, losses(tmp_path / "par")
     assert len(ref) == len(par) == 5
     assert par == pytest.approx(ref, rel=1e-5, abs=1e-5)

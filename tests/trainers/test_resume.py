@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,15 +24,24 @@ def test_sigkill_and_resume_auto_give_identical_losses(corpus, tmp_path):
     crashed = tmp_path / "crashed"
     script = Path(__file__).with_name("_killed_run.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(
-        [sys.executable, str(script), "13", *pretrain_args(corpus, crashed, *common)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    assert proc.returncode == -9, proc.stderr[-3000:]
+    log = tmp_path / "crashed.log"
+    with log.open("w") as out:
+        # Own session: megatron's checkpoint writer starts a multiprocessing Manager that
+        # outlives a SIGKILLed parent; its process group is cleaned up below.
+        proc = subprocess.Popen(
+            [sys.executable, str(script), "13", *pretrain_args(corpus, crashed, *common)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parents[2],
+            start_new_session=True,
+        )
+        try:
+            returncode = proc.wait(timeout=240)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert returncode == -signal.SIGKILL, log.read_text()[-3000:]
     assert (crashed / "checkpoints" / "latest").read_text().strip() == "step_0000010"
     assert len(losses(crashed)) == 13  # steps 11-13 ran after the checkpoint, then the kill
 

@@ -19,7 +19,9 @@ from tests.trainers.conftest import TINY, losses
 @pytest.fixture(scope="module")
 def examples(sft_file, neox_tokenizer_path):
     tok = load_tokenizer(neox_tokenizer_path)
-    return tok, load_examples(SFTDataConfig(path=str(sft_file), tokenizer=str(neox_tokenizer_path)), tok)
+    return tok, load_examples(
+        SFTDataConfig(path=str(sft_file), tokenizer=str(neox_tokenizer_path)), tok
+    )
 
 
 @pytest.fixture

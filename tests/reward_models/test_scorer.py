@@ -1,0 +1,61 @@
+"""ORM/PRM rewards behind the RewardFn protocol read the reward model at the right tokens."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dsm_engine.rewards import RewardFn
+
+
+class Codec:
+    bos_id = 1
+
+    def encode(self, text):
+        return [3 + ord(c) % 200 for c in text]
+
+    def decode(self, ids):
+        return "".join(chr(i - 3) if 0 < i - 3 < 128 else "?" for i in ids)
+
+
+@pytest.fixture(scope="module")
+def model():
+    from dsm_engine.models import (
+        ParallelConfig,
+        destroy_parallel,
+        initialize_parallel,
+        model_config,
+    )
+    from dsm_engine.reward_models.model import build_reward_model
+
+    ctx = initialize_parallel(ParallelConfig(), seed=2)
+    m = build_reward_model(model_config("tiny", seq_length=64), ctx)
+    with torch.no_grad():
+        m.score_head.weight.normal_(0, 1.0)
+    yield m.eval()
+    destroy_parallel()
+
+
+def test_orm_and_prm_rewards_score_last_token_and_steps(model):
+    from dsm_engine.reward_models.model import reward_scores
+    from dsm_engine.reward_models.scorer import ORMReward, PRMReward, RewardModelScorer
+
+    codec = Codec()
+    scorer = RewardModelScorer(model, micro_batch_size=2)
+    orm, prm = ORMReward(scorer, codec), PRMReward(scorer, codec, delimiter="\n")
+    assert isinstance(orm, RewardFn) and isinstance(prm, RewardFn)
+    prompts = ["Q: 1+1?", "Q: 2+2?", "Q: 3*3?"]
+    outputs = ["1+1=2\nanswer 2", "4", "3*3=9\n9\nanswer 9\n"]
+    got_orm = orm.score(prompts, outputs, ["2", "4", "9"])
+    got_prm = prm.score(prompts, outputs, ["2", "4", "9"])
+    with torch.no_grad():
+        for i, (p, o) in enumerate(zip(prompts, outputs)):
+            row = [1, *codec.encode(p), *codec.encode(o)]
+            probs = torch.sigmoid(reward_scores(model, torch.tensor([row])))[0]
+            assert got_orm[i] == pytest.approx(float(probs[-1]), abs=1e-6)
+            lp = 1 + len(codec.encode(p))
+            text = o
+            ends = [j for j, c in enumerate(text) if c == "\n"]
+            ends = [e for e in ends] if text.endswith("\n") else [*ends, len(text) - 1]
+            want = min(float(probs[lp + e]) for e in ends)
+            assert got_prm[i] == pytest.approx(want, abs=1e-6)
