@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from trainers_testlib import pretrain_args, write_indexed
+
 from dsm_engine.trainers.pretrain import main
 from dsm_engine.trainers.sft import main as sft_main
-from tests.trainers.conftest import pretrain_args, write_indexed
 
 
 def test_unknown_config_key_is_named_and_nothing_is_written(corpus, tmp_path, capsys):

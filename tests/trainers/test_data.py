@@ -72,7 +72,7 @@ def test_missing_data_file_is_named(tmp_path, corpus):
 
 
 def test_empty_dataset_is_an_error(tmp_path, neox_tokenizer_path):
-    from tests.trainers.conftest import write_indexed
+    from trainers_testlib import write_indexed
 
     empty = write_indexed(tmp_path / "empty", [], neox_tokenizer_path)
     with pytest.raises(ValueError, match="empty dataset"):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import torch
 import yaml
+from trainers_testlib import losses, pretrain_args, run_cli
 
 from dsm_engine.trainers.pretrain import main
-from tests.trainers.conftest import losses, pretrain_args, run_cli
 
 
 def test_loss_goes_down_within_a_few_dozen_steps(corpus, tmp_path):
@@ -44,3 +45,17 @@ def test_tp2_pp2_and_dp2_give_the_same_losses_as_tp1(
     ref, par = tp1_losses, losses(tmp_path / "par")
     assert len(ref) == len(par) == 5
     assert par == pytest.approx(ref, rel=1e-5, abs=1e-5)
+
+
+@pytest.mark.xfail(
+    not torch.cuda.is_available(),
+    reason="megatron's recompute saves the CUDA RNG state; dsm_engine.models.cuda_bridge does "
+    "not bridge tensor_parallel.random._get_cuda_rng_state yet (models area)",
+    raises=AssertionError,
+    strict=True,
+)
+def test_activation_recomputation_gives_the_same_losses(corpus, init_checkpoint, tmp_path):
+    common = ("train.steps=3", f"checkpoint.load={init_checkpoint}", "checkpoint.every=100")
+    assert main(pretrain_args(corpus, tmp_path / "plain", *common)) == 0
+    assert main(pretrain_args(corpus, tmp_path / "recompute", *common, "train.recompute=full")) == 0
+    assert losses(tmp_path / "recompute") == pytest.approx(losses(tmp_path / "plain"), rel=1e-6)

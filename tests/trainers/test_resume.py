@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from trainers_testlib import losses, pretrain_args
 
 from dsm_engine.trainers.pretrain import main
-from tests.trainers.conftest import losses, pretrain_args
 
 
 @pytest.mark.slow

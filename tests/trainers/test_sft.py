@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from trainers_testlib import TINY, losses
 
 from dsm_engine.trainers.sft import main
 from dsm_engine.trainers.sft_data import (
@@ -13,7 +14,6 @@ from dsm_engine.trainers.sft_data import (
     load_tokenizer,
     make_rows,
 )
-from tests.trainers.conftest import TINY, losses
 
 
 @pytest.fixture(scope="module")
