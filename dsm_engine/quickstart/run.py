@@ -104,7 +104,10 @@ def run_quickstart(
 
 def main(argv: list[str]) -> int:
     """Entry point of ``dsm quickstart``."""
-    ap = argparse.ArgumentParser(prog="dsm quickstart", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="dsm quickstart",
+        description="Mine math pages, pretrain a tiny model, GRPO, evaluate and write a report.",
+    )
     ap.add_argument("--out", default="runs/quickstart", help="run folder (rerun to resume)")
     ap.add_argument("--minutes", type=float, default=15, help="time budget on 2 CPU cores (sizes)")
     ap.add_argument("--data-dir", default=None, help="shared data folder (warc/, benchmarks/)")
