@@ -25,6 +25,7 @@ TINY_MODEL: dict[str, Any] = {
     "ffn_hidden_size": 256,
     "vocab_size": 384,
     "seq_length": 64,
+    "max_position_embeddings": 128,  # prompt + response of GRPO exceed the pretraining length
 }
 
 
@@ -108,7 +109,7 @@ def grpo_config(paths: DemoPaths, init: Path, **overrides: Any):
         "checkpoint": {"every": 1000, "load": str(init)},
         "logging": {"tensorboard": False, "progress": True},
         "grpo": {
-            "steps": 60,
+            "steps": 90,
             "prompts_per_step": 16,
             "group_size": 8,
             "mu": 1,

@@ -58,8 +58,12 @@ def build_batch(
     Raises ValueError naming the row whose lengths disagree or whose prompt is empty.
     """
     b = len(response_ids)
-    for name, seq in (("prompt_ids", prompt_ids), ("sampler_logps", sampler_logps),
-                      ("rewards", rewards), ("finished", finished)):
+    for name, seq in (
+        ("prompt_ids", prompt_ids),
+        ("sampler_logps", sampler_logps),
+        ("rewards", rewards),
+        ("finished", finished),
+    ):
         if len(seq) != b:
             raise ValueError(f"{name} has {len(seq)} rows, response_ids has {b}")
     for j in range(b):

@@ -202,8 +202,15 @@ def grpo_updates(
     for _ in range(cfg.mu):
         zero_grad()
         loss, metrics = accumulate_grads(
-            model, batch, old_logp, ref_logp, advantages, cfg,
-            temperature=temperature, max_len=max_len, tp_group=tp_group,
+            model,
+            batch,
+            old_logp,
+            ref_logp,
+            advantages,
+            cfg,
+            temperature=temperature,
+            max_len=max_len,
+            tp_group=tp_group,
         )
         if finalize_grads is not None:
             finalize_grads()

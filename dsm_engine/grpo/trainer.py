@@ -153,7 +153,9 @@ def run_grpo(cfg: GRPOConfig, *, on_step_end: StepHook | None = None) -> list[di
             pad_token_id=codec.pad_id,
             max_batch_rows=cfg.rollout.max_batch_rows,
         )
-    reward_fn = build_reward_fn(cfg.reward.name, kind=cfg.reward.kind, timeout_s=cfg.reward.timeout_s)
+    reward_fn = build_reward_fn(
+        cfg.reward.name, kind=cfg.reward.kind, timeout_s=cfg.reward.timeout_s
+    )
     tp_group = ctx.tp_group if ctx.tp_size > 1 else None
     # Rows are padded to a multiple of 16 tokens: a few distinct shapes, so the compiled
     # fusions of the model (torch.compile) are not rebuilt for every new response length.
@@ -216,16 +218,27 @@ def run_grpo(cfg: GRPOConfig, *, on_step_end: StepHook | None = None) -> list[di
             t0 = time.perf_counter()
             offload(reference, device)
             ref_logp, _ = sequence_logprobs(
-                reference, batch.tokens, batch.targets, temperature=temp, tp_group=tp_group,
-                micro_batch_size=g.micro_batch_size, impl=g.impl,
+                reference,
+                batch.tokens,
+                batch.targets,
+                temperature=temp,
+                tp_group=tp_group,
+                micro_batch_size=g.micro_batch_size,
+                impl=g.impl,
             )
             offload(reference, torch.device("cpu"))
             t1 = time.perf_counter()
             metrics: dict[str, float] = {}
             if g.old_logp == "recompute":
                 old_logp, ent = sequence_logprobs(
-                    policy, batch.tokens, batch.targets, temperature=temp, tp_group=tp_group,
-                    micro_batch_size=g.micro_batch_size, return_entropy=True, impl=g.impl,
+                    policy,
+                    batch.tokens,
+                    batch.targets,
+                    temperature=temp,
+                    tp_group=tp_group,
+                    micro_batch_size=g.micro_batch_size,
+                    return_entropy=True,
+                    impl=g.impl,
                 )
                 metrics.update(mismatch_metrics(old_logp, batch.sampler_logp, batch.mask))
                 metrics["entropy"] = float(ent[batch.mask].mean())
@@ -238,8 +251,17 @@ def run_grpo(cfg: GRPOConfig, *, on_step_end: StepHook | None = None) -> list[di
                 adv, old_logp, batch.sampler_logp, batch.mask, g.tis_cap
             )
             upd = grpo_updates(
-                policy, opt, zero_grad, batch, old_logp, ref_logp, adv_tok, g,
-                temperature=temp, max_len=cfg.rollout.max_new_tokens, tp_group=tp_group,
+                policy,
+                opt,
+                zero_grad,
+                batch,
+                old_logp,
+                ref_logp,
+                adv_tok,
+                g,
+                temperature=temp,
+                max_len=cfg.rollout.max_new_tokens,
+                tp_group=tp_group,
                 finalize_grads=finalize,
             )
             t3 = time.perf_counter()

@@ -119,7 +119,6 @@ class HFRolloutEngine(RolloutEngine):
             do_sample=not params.greedy,
             temperature=1.0,  # applied by the recorder, before top-p
             top_p=1.0,
-            top_k=0,
             max_new_tokens=params.max_new_tokens,
             min_new_tokens=0,
             eos_token_id=stop or None,

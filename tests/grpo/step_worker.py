@@ -43,23 +43,39 @@ def grpo_step_outputs(hf_state, batch, tp: int, micro_batch_size: int = 5) -> di
     load_hf_weights(model, hf_state.__getitem__, cfg)
     group = ctx.tp_group if tp > 1 else None
     logp, ent = sequence_logprobs(
-        model, batch.tokens, batch.targets, temperature=TEMP, tp_group=group,
-        micro_batch_size=micro_batch_size, return_entropy=True,
+        model,
+        batch.tokens,
+        batch.targets,
+        temperature=TEMP,
+        tp_group=group,
+        micro_batch_size=micro_batch_size,
+        return_entropy=True,
     )
     g = torch.Generator().manual_seed(7)
     old = logp + 0.3 * torch.randn(logp.shape, generator=g)  # ratios beyond both clip edges
     ref = logp + 0.5 * torch.randn(logp.shape, generator=g)
     adv = advantages_of(batch.rewards, GROUP)
     algo = GRPOAlgoConfig(
-        group_size=GROUP, micro_batch_size=micro_batch_size, beta=BETA,
-        clip_eps_low=EPS, clip_eps_high=EPS,
+        group_size=GROUP,
+        micro_batch_size=micro_batch_size,
+        beta=BETA,
+        clip_eps_low=EPS,
+        clip_eps_high=EPS,
     )
     for p in model.parameters():
         p.grad = None
-    loss, metrics = accumulate_grads(model, batch, old, ref, adv, algo, temperature=TEMP, tp_group=group)
+    loss, metrics = accumulate_grads(
+        model, batch, old, ref, adv, algo, temperature=TEMP, tp_group=group
+    )
     return {
-        "logp": logp, "entropy": ent, "old": old, "ref": ref, "adv": adv, "loss": loss,
-        "metrics": metrics, "grads": grads_as_hf(model, cfg),
+        "logp": logp,
+        "entropy": ent,
+        "old": old,
+        "ref": ref,
+        "adv": adv,
+        "loss": loss,
+        "metrics": metrics,
+        "grads": grads_as_hf(model, cfg),
     }
 
 

@@ -33,8 +33,15 @@ def test_grpo_step_equals_paper_formula_fp64(parallel_teardown):
     batch = random_batch(seed=3, groups=3, group_size=GROUP)
     out = grpo_step_outputs(state, batch, tp=1)
     adv, loss, grads = paper_objective_fp64(
-        state, model_config(TINY), batch, out["old"], out["ref"],
-        group_size=GROUP, eps=EPS, beta=BETA, temperature=TEMP,
+        state,
+        model_config(TINY),
+        batch,
+        out["old"],
+        out["ref"],
+        group_size=GROUP,
+        eps=EPS,
+        beta=BETA,
+        temperature=TEMP,
     )
     assert out["metrics"]["clip_frac_low"] > 0 and out["metrics"]["clip_frac_high"] > 0
     assert torch.equal(out["adv"][:GROUP], torch.zeros(GROUP))  # the all-equal group
@@ -52,10 +59,21 @@ def test_tp2_grpo_step_equals_tp1(tmp_path, parallel_teardown):
     torch.save({"state": state, "batch": batch}, tmp_path / "in.pt")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_port", "0", str(HERE / "step_worker.py"),
-         str(tmp_path / "in.pt"), str(tmp_path / "tp2.pt"), "2"],
-        check=True, env=env, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(HERE / "step_worker.py"),
+            str(tmp_path / "in.pt"),
+            str(tmp_path / "tp2.pt"),
+            "2",
+        ],
+        check=True,
+        env=env,
+        timeout=600,
     )
     tp2 = torch.load(tmp_path / "tp2.pt", weights_only=False)
     tp1 = grpo_step_outputs(state, batch, tp=1)

@@ -1,4 +1,4 @@
-"""Worker of test_tensor_parallel.py (``torchrun --nproc_per_node 2``): a reward model's
+"""Worker of test_reward_model_tp.py (``torchrun --nproc_per_node 2``): a reward model's
 scores, PRM loss and full gradients at TP=2 (with and without sequence parallelism) and at
 TP=1 (dp=2) from the same weights (a TP=2 checkpoint resharded). Rank 0 writes the largest
 differences to ``--out`` as JSON; the test asserts on them."""

@@ -1,0 +1,37 @@
+"""The proof that GRPO learns (CPU): a tiny model pretrained on synthetic arithmetic text is
+trained with GRPO on word problems it has never seen; held-out greedy exact-match accuracy
+rises by at least 20 points within 10 minutes of CPU time."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+
+@pytest.mark.slow
+def test_grpo_raises_heldout_accuracy_by_20_points(tmp_path):
+    from dsm_engine.grpo.arithmetic_demo import grpo_config, prepare, pretrain
+    from dsm_engine.grpo.trainer import run_grpo
+    from dsm_engine.models.parallel import destroy_parallel
+    from dsm_engine.plotting import plot_run
+
+    paths, eos = prepare(tmp_path)
+    init = pretrain(paths, eos, steps=600, progress=False)
+    destroy_parallel()
+    cpu0 = time.process_time()
+    cfg = grpo_config(paths, init, logging={"progress": False, "tensorboard": False})
+    run_grpo(cfg)
+    destroy_parallel()
+    grpo_cpu = time.process_time() - cpu0
+    rows = [json.loads(x) for x in (paths.grpo_run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r["eval_accuracy"] for r in rows if "eval_accuracy" in r]
+    before, after = evals[0], max(evals[-2:])
+    print(
+        f"held-out accuracy {before:.3f} -> {after:.3f} (curve {evals}), GRPO CPU {grpo_cpu:.0f}s"
+    )
+    assert after - before >= 0.20
+    assert grpo_cpu < 600
+    pngs = plot_run(paths.grpo_run)
+    assert any(p.name == "reward.png" for p in pngs)
