@@ -185,4 +185,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    import faulthandler
+    import os
+
+    # a hang shows where every thread was and fails the test instead of stalling CI
+    faulthandler.dump_traceback_later(float(os.environ.get("DSM_WORKER_TIMEOUT", "420")), exit=True)
     main()
