@@ -104,11 +104,34 @@ class PromptDataConfig:
 @dataclass
 class RewardConfig:
     """Reward: ``name`` as registered with ``dsm_engine.rewards.build_reward_fn``
-    (``verifier``: rule-based); the verifier's answer ``kind`` and time limit."""
+    (``verifier``: rule-based); the verifier's answer ``kind`` and time limit. That reward
+    always runs (it gives the reward/accuracy metrics and ``mixed``'s outcome term).
+
+    ``supervision`` picks what the advantages come from (``compute_advantages`` of
+    ``dsm_engine.reward_models.grpo_rewards``): ``verifier`` (outcome, the reward above),
+    ``orm`` (the reward model's score at the last token), ``prm`` (per-token process
+    advantages from step scores; steps split at ``delimiter``) or ``mixed`` (verifier outcome
+    + ``prm_weight`` × process). ``model_path``: a ``dsm train rm`` checkpoint, needed unless
+    ``supervision`` is ``verifier``. (``name`` and ``kind`` already had their meanings, hence
+    a new field.)
+    """
 
     name: str = "verifier"
     kind: str = "auto"
     timeout_s: float = 3.0
+    supervision: Literal["verifier", "orm", "prm", "mixed"] = "verifier"
+    model_path: str = ""
+    delimiter: str = "\n"
+    prm_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.supervision != "verifier" and not self.model_path:
+            raise ConfigError(
+                f"reward.model_path: reward.supervision={self.supervision} needs a reward-model "
+                "checkpoint (dsm train rm)"
+            )
+        if not self.delimiter:
+            raise ConfigError("reward.delimiter must not be empty")
 
 
 @dataclass

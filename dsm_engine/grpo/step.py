@@ -90,7 +90,8 @@ def token_advantages(
     mask: torch.Tensor,
     tis_cap: float | None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Sequence advantages ``(B,)``, or ``(B, T)`` with truncated importance sampling.
+    """Advantages ``(B,)`` or per-token ``(B, T)`` (process supervision); ``(B, T)`` whenever
+    truncated importance sampling is on.
 
     TIS weights token t by ``w = min(exp(old - sampler), cap)``. Because ``w > 0``,
     ``w * min(r*A, clip(r)*A) = min(r*(wA), clip(r)*(wA))``: weighting the advantage weights
@@ -105,7 +106,7 @@ def token_advantages(
         "tis_weight_mean": float(valid.mean()) if valid.numel() else 1.0,
         "tis_clipped_frac": float((valid >= tis_cap).float().mean()) if valid.numel() else 0.0,
     }
-    return adv[:, None] * w, stats
+    return (adv if adv.dim() == 2 else adv[:, None]) * w, stats
 
 
 @dataclass

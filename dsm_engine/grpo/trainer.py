@@ -4,7 +4,8 @@
       for each step:
         sample prompts; π_old ← π_θ       (the sampler gets the current weights)
         sample G responses per prompt; score them with the reward
-        advantages = group-normalised rewards
+        advantages = group-normalised rewards (verifier), ORM scores, or per-token PRM
+          process advantages (reward.supervision; compute_advantages of reward_models)
         old log-probs (recomputed, or the sampler's when μ = 1 and exactly on-policy),
         reference log-probs (frozen model)
         μ updates of the clipped, k3-KL-penalised objective (fused_linear_grpo_loss)
@@ -34,12 +35,13 @@ from dsm_engine.grpo.sampling import (
     sync_weights,
 )
 from dsm_engine.grpo.step import (
-    advantages_of,
     grpo_updates,
     mismatch_metrics,
     sequence_logprobs,
     token_advantages,
 )
+from dsm_engine.reward_models.grpo_rewards import compute_advantages
+from dsm_engine.reward_models.scorer import TokenScorer, load_reward_fn
 from dsm_engine.rollout.base import SamplingParams, build_rollout_engine
 
 StepHook = Callable[[int, dict[str, float]], None]
@@ -86,6 +88,22 @@ def _rollout_metrics(ro, group_size: int) -> dict[str, float]:
         "response_len_max": float(lens.max()),
         "truncated_frac": float((~b.finished).float().mean()),
     }
+
+
+def _reward_model_scorer(cfg: GRPOConfig, model_path: str) -> TokenScorer | None:
+    """The learned reward model's scorer (None under verifier supervision). Every rank holds a
+    whole TP=1 copy: advantages are computed on each data-parallel rank's own rows."""
+    if cfg.reward.supervision == "verifier":
+        return None
+    kind = "orm" if cfg.reward.supervision == "orm" else "prm"
+    rm = load_reward_fn(
+        kind,
+        model_path,
+        cfg.data.tokenizer,
+        delimiter=cfg.reward.delimiter,
+        micro_batch_size=cfg.grpo.micro_batch_size,
+    )
+    return rm.scorer
 
 
 def run_grpo(cfg: GRPOConfig, *, on_step_end: StepHook | None = None) -> list[dict[str, float]]:
@@ -156,6 +174,7 @@ def run_grpo(cfg: GRPOConfig, *, on_step_end: StepHook | None = None) -> list[di
     reward_fn = build_reward_fn(
         cfg.reward.name, kind=cfg.reward.kind, timeout_s=cfg.reward.timeout_s
     )
+    rm_scorer = _reward_model_scorer(cfg, cfg.reward.model_path)
     tp_group = ctx.tp_group if ctx.tp_size > 1 else None
     # Rows are padded to a multiple of 16 tokens: a few distinct shapes, so the compiled
     # fusions of the model (torch.compile) are not rebuilt for every new response length.
@@ -246,7 +265,17 @@ def run_grpo(cfg: GRPOConfig, *, on_step_end: StepHook | None = None) -> list[di
                 old_logp = batch.sampler_logp
             t2 = time.perf_counter()
 
-            adv = advantages_of(batch.rewards, g.group_size, impl=g.impl)
+            adv, rm_metrics = compute_advantages(
+                cfg.reward.supervision,
+                batch,
+                g.group_size,
+                scorer=rm_scorer,
+                decode=codec.decode,
+                delimiter=cfg.reward.delimiter,
+                prm_weight=cfg.reward.prm_weight,
+                impl=g.impl,
+            )
+            metrics.update(rm_metrics)
             adv_tok, tis = token_advantages(
                 adv, old_logp, batch.sampler_logp, batch.mask, g.tis_cap
             )

@@ -180,7 +180,7 @@ def save_checkpoint(
     tmp = root / f".tmp-{step_name(step)}"
     if _rank() == 0:
         root.mkdir(parents=True, exist_ok=True)
-        for stale in root.glob(".tmp-step_*"):  # leftovers of killed saves
+        for stale in root.glob(".tmp-*"):  # leftovers of killed saves or step swaps
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
     _barrier()

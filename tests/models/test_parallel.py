@@ -6,7 +6,7 @@ import json
 import subprocess
 
 import pytest
-from _models_helpers import HERE, PYTHON, worker_env
+from _models_helpers import HERE, PYTHON, free_port, worker_env
 
 
 @pytest.fixture(scope="module")
@@ -14,7 +14,7 @@ def dist_results(hf_tiny_dirs, tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("dist")
     out = work / "results.json"
     cmd = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "0", str(HERE / "dist_worker.py"),
+           "--master_port", str(free_port()), str(HERE / "dist_worker.py"),
            "--hf", *[f"{k}={v}" for k, v in hf_tiny_dirs.items()],
            "--ckpt", str(work / "ckpt"), "--out", str(out)]  # fmt: skip
     proc = subprocess.run(cmd, env=worker_env(), capture_output=True, text=True, timeout=600)
