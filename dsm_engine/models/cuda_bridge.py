@@ -28,6 +28,9 @@ dsm-engine special-cases the CPU. With CUDA present it does nothing. Each patch 
 5. ``clip_grad_by_total_norm_fp32`` as used by ``megatron.core.optimizer.optimizer`` -> the same
    scaling without its assertion that every gradient is a ``torch.cuda.FloatTensor`` (the
    arithmetic is device-agnostic; only the type check names CUDA).
+6. ``_get_cuda_rng_state`` / ``_set_cuda_rng_state`` in ``megatron.core.tensor_parallel.random``
+   -> the CPU generator's state. Activation recomputation (``CheckpointFunction``) saves and
+   restores the device RNG around each recomputed region so dropout replays identically.
 """
 
 from __future__ import annotations
@@ -146,6 +149,17 @@ def _clip_grad_by_total_norm(
         torch._foreach_mul_(grads, clip_coeff)
 
 
+def _cpu_get_rng_state(device: Any = "cuda", clone: bool = False, graph_safe: bool = False):
+    # Activation recomputation saves "the CUDA RNG state" around each checkpointed region so
+    # dropout replays identically; on CPU the device generator is the CPU one.
+    state = torch.get_rng_state()
+    return state.clone() if clone else state
+
+
+def _cpu_set_rng_state(new_state: torch.Tensor, device: Any = -1, graph_safe: bool = False) -> None:
+    torch.set_rng_state(new_state)
+
+
 def install_cpu_bridge() -> bool:
     """Install the patches above when CUDA is absent. Idempotent; returns whether active."""
     global _INSTALLED
@@ -171,6 +185,8 @@ def install_cpu_bridge() -> bool:
         mrandom.initialize_rng_tracker(force_reset=True)
     moptimizer = importlib.import_module("megatron.core.optimizer.optimizer")
     moptimizer.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm  # patch 5
+    mrandom._get_cuda_rng_state = _cpu_get_rng_state  # patch 6
+    mrandom._set_cuda_rng_state = _cpu_set_rng_state
     _INSTALLED = True
     return True
 

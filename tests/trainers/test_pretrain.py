@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 import yaml
 from trainers_testlib import losses, pretrain_args, run_cli
 
@@ -47,13 +46,6 @@ def test_tp2_pp2_and_dp2_give_the_same_losses_as_tp1(
     assert par == pytest.approx(ref, rel=1e-5, abs=1e-5)
 
 
-@pytest.mark.xfail(
-    not torch.cuda.is_available(),
-    reason="megatron's recompute saves the CUDA RNG state; dsm_engine.models.cuda_bridge does "
-    "not bridge tensor_parallel.random._get_cuda_rng_state yet (models area)",
-    raises=AssertionError,
-    strict=True,
-)
 def test_activation_recomputation_gives_the_same_losses(corpus, init_checkpoint, tmp_path):
     common = ("train.steps=3", f"checkpoint.load={init_checkpoint}", "checkpoint.every=100")
     assert main(pretrain_args(corpus, tmp_path / "plain", *common)) == 0
