@@ -141,3 +141,19 @@ def test_a_killed_run_continues_where_it_stopped(tiny_hf_model, tmp_path, shared
     assert cli.main(argv) == 0
     records = read_records(path)
     assert sorted(int(r["id"]) for r in records) == list(range(40))
+
+
+def test_a_dsm_checkpoint_evaluates_like_the_hugging_face_model_it_came_from(
+    tiny_hf_model, tmp_path, shared_data
+):
+    from dsm_engine.cli import main as dsm
+
+    ckpt = tmp_path / "dsm-ckpt"
+    assert dsm(["convert", "hf-to-dsm", "--hf", str(tiny_hf_model), "--out", str(ckpt)]) == 0
+    data = shared_data / "benchmarks"
+    for name, model in (("hf", tiny_hf_model), ("dsm", ckpt)):
+        argv = _args(model, tmp_path / name, data, "--bench", "gsm8k", "--limit", "3")
+        assert cli.main(argv) == 0
+    from_hf = _lines(tmp_path / "hf" / "samples_gsm8k.jsonl")
+    from_dsm = _lines(tmp_path / "dsm" / "samples_gsm8k.jsonl")
+    assert [r["output"] for r in from_dsm] == [r["output"] for r in from_hf]
