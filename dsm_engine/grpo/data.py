@@ -8,6 +8,7 @@ position is just the number of prompts consumed so far, so a checkpoint stores o
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,24 +64,29 @@ class TextCodec:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def read_jsonl(path: str | Path, fields: tuple[str, ...], where: str) -> list[dict[str, Any]]:
-    """Rows of a JSON Lines file that must hold ``fields``; errors name ``where`` and the line."""
+def iter_jsonl(path: str | Path, where: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, row)`` of each non-blank line; errors name ``where``, the file and line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{where}: {path} does not exist")
-    rows = []
     with path.open() as f:
         for i, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                yield i, json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{where}: {path}:{i} is not valid JSON: {e}") from None
-            for name in fields:
-                if name not in row:
-                    raise ValueError(f"{where}: {path}:{i} has no field '{name}'")
-            rows.append(row)
+
+
+def read_jsonl(path: str | Path, fields: tuple[str, ...], where: str) -> list[dict[str, Any]]:
+    """Rows of a JSON Lines file that must hold ``fields``; errors name ``where`` and the line."""
+    rows = []
+    for i, row in iter_jsonl(path, where):
+        for name in fields:
+            if name not in row:
+                raise ValueError(f"{where}: {path}:{i} has no field '{name}'")
+        rows.append(row)
     if not rows:
         raise ValueError(f"{where}: {path} holds no rows")
     return rows

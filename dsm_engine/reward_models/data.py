@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 import torch
 
+from dsm_engine.grpo.data import iter_jsonl
+
 Kind = Literal["orm", "prm"]
 
 
@@ -68,19 +70,7 @@ def parse_example(row: dict[str, Any], kind: Kind, where: str) -> RMExample:
 
 def read_examples(path: str | Path, kind: Kind, field: str = "data.train_path") -> list[RMExample]:
     """All examples of a JSON Lines file; raises naming ``field``, the file and the line."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{field}: {path} does not exist")
-    out = []
-    with path.open() as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{field}: {path}:{i} is not valid JSON: {e}") from None
-            out.append(parse_example(row, kind, f"{field}: {path}:{i}"))
+    out = [parse_example(row, kind, f"{field}: {path}:{i}") for i, row in iter_jsonl(path, field)]
     if not out:
         raise ValueError(f"{field}: {path} holds no examples")
     return out
