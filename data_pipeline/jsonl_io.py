@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO
+
+from dsm_engine.jsonl import iter_jsonl, open_text
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
 
@@ -30,17 +29,6 @@ def jsonl_files(path: str | Path) -> list[Path]:
     return files
 
 
-def open_text(path: Path) -> IO[str]:
-    """``path`` opened for reading text, decompressing ``.gz`` / ``.zst``."""
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    if path.name.endswith(".zst"):
-        import zstandard
-
-        return zstandard.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
-
-
 def has_records(files: Iterable[Path]) -> bool:
     """Whether any of ``files`` holds a non-blank line."""
     for f in files:
@@ -53,17 +41,10 @@ def has_records(files: Iterable[Path]) -> bool:
 def iter_texts(files: Iterable[Path], text_key: str = "text") -> Iterator[str]:
     """The ``text_key`` field of every record; errors name the file and line."""
     for f in files:
-        with open_text(f) as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{f}:{lineno}: not valid JSON ({e.msg})") from e
-                if not isinstance(record, dict) or text_key not in record:
-                    raise ValueError(f"{f}:{lineno}: record has no {text_key!r} field")
-                text = record[text_key]
-                if not isinstance(text, str):
-                    raise ValueError(f"{f}:{lineno}: field {text_key!r} is not a string")
-                yield text
+        for lineno, record in iter_jsonl(f):
+            if not isinstance(record, dict) or text_key not in record:
+                raise ValueError(f"{f}:{lineno}: record has no {text_key!r} field")
+            text = record[text_key]
+            if not isinstance(text, str):
+                raise ValueError(f"{f}:{lineno}: field {text_key!r} is not a string")
+            yield text

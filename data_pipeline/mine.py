@@ -18,7 +18,6 @@ run therefore finishes with the same output as an uninterrupted one.
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
 import heapq
 import json
@@ -29,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from datatrove.pipeline.writers import JsonlWriter
+
+from dsm_engine.jsonl import iter_jsonl
 
 from .classifier import ClassifierConfig, MathScorer, select_top, train_classifier
 from .domains import (
@@ -87,11 +88,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def _read_jsonl(path: Path) -> Iterator[dict]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
+    return (row for _, row in iter_jsonl(path))
 
 
 def _pool_docs(pool: Path) -> Iterator[dict]:

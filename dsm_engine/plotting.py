@@ -7,9 +7,10 @@ and loss. Written next to the metrics (or under ``--out``).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+from dsm_engine.jsonl import iter_jsonl
 
 # panel name -> metric names drawn in it (a panel is drawn when one of them is present)
 PANELS: dict[str, tuple[str, ...]] = {
@@ -25,14 +26,7 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (is {run_dir} a run folder?)")
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i} is not valid JSON: {e}") from None
-    return rows
+    return [row for _, row in iter_jsonl(path)]
 
 
 def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:

@@ -7,8 +7,6 @@ position is just the number of prompts consumed so far, so a checkpoint stores o
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ import torch
 
 from dsm_engine.config import ConfigError
 from dsm_engine.grpo.config import PromptDataConfig
+from dsm_engine.jsonl import iter_jsonl
 
 _BOS = ("<bos>", "<s>", "<｜begin▁of▁sentence｜>", "<|begin_of_text|>")
 _EOS = ("<eos>", "</s>", "<｜end▁of▁sentence｜>", "<|endoftext|>", "<|eot_id|>")
@@ -62,21 +61,6 @@ class TextCodec:
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-
-def iter_jsonl(path: str | Path, where: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(line number, row)`` of each non-blank line; errors name ``where``, the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{where}: {path} does not exist")
-    with path.open() as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield i, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: {path}:{i} is not valid JSON: {e}") from None
 
 
 def read_jsonl(path: str | Path, fields: tuple[str, ...], where: str) -> list[dict[str, Any]]:

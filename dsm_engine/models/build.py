@@ -44,14 +44,19 @@ from dsm_engine.models.attention import SDPAttention
 from dsm_engine.models.config import ModelConfig, to_transformer_config
 from dsm_engine.models.parallel import ParallelConfig, ParallelContext
 
-try:  # optional: transformer-engine fused modules on GPU
+# Optional transformer-engine fused modules on GPU. megatron-core 0.16.1's TE module imports
+# without TE too (it substitutes a MagicMock for ``transformer_engine``), so a successful import
+# proves nothing: its own ``HAVE_TE`` says whether TE really loaded. megatron-core 0.16.1 is
+# tested with transformer-engine >= 2.9, < 2.12 (its ``dev`` extra).
+try:
+    from megatron.core.extensions.transformer_engine import HAVE_TE as _MCORE_HAVE_TE
     from megatron.core.extensions.transformer_engine import (
         TELayerNormColumnParallelLinear,
         TENorm,
         TERowParallelLinear,
     )
 
-    HAVE_TE = True
+    HAVE_TE = bool(_MCORE_HAVE_TE)
 except Exception:  # noqa: BLE001 - any import failure means "not available"
     HAVE_TE = False
 
@@ -187,15 +192,21 @@ def build_model(
     post_process: bool | None = None,
     vp_stage: int | None = None,
     init_weights: bool = True,
+    model_class: type[DsmGPTModel] | None = None,
+    tie_embeddings: bool | None = None,
 ) -> DsmGPTModel:
     """Build this rank's ``GPTModel`` (its pipeline stage, its TP shard) on the local device.
 
     Needs :func:`~dsm_engine.models.parallel.initialize_parallel` first. ``pre_process`` /
     ``post_process`` default to whether this is the first / last pipeline stage (of
     ``vp_stage`` under virtual pipelining). ``init_weights=False`` skips random init (for loading).
+    ``model_class`` (a ``DsmGPTModel`` subclass, e.g. the reward model) and ``tie_embeddings``
+    (default: ``not model_cfg.untie_embeddings``) let other heads reuse this construction.
     """
     if not parallel_state.model_parallel_is_initialized():
         raise RuntimeError("build_model: call dsm_engine.models.initialize_parallel(...) first")
+    if tie_embeddings is None:
+        tie_embeddings = not model_cfg.untie_embeddings
     pcfg = _parallel_config(parallel)
     config = to_transformer_config(model_cfg, pcfg)
     config.perform_initialization = init_weights
@@ -207,7 +218,7 @@ def build_model(
         post_process = parallel_state.is_pipeline_last_stage(
             ignore_virtual=False, vp_stage=vp_stage
         )
-    model = DsmGPTModel(
+    model = (model_class or DsmGPTModel)(
         config=config,
         transformer_layer_spec=block_spec(config, vp_stage),
         vocab_size=model_cfg.vocab_size,
@@ -215,7 +226,7 @@ def build_model(
         pre_process=pre_process,
         post_process=post_process,
         parallel_output=True,
-        share_embeddings_and_output_weights=not model_cfg.untie_embeddings,
+        share_embeddings_and_output_weights=tie_embeddings,
         position_embedding_type="rope",
         rotary_percent=1.0,
         rotary_base=model_cfg.rotary_base,

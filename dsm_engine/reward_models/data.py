@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import torch
 
-from dsm_engine.grpo.data import iter_jsonl
+from dsm_engine.jsonl import iter_jsonl
 
 Kind = Literal["orm", "prm"]
 

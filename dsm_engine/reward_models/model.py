@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from megatron.core import parallel_state, tensor_parallel
 from torch import Tensor
 
-from dsm_engine.models.build import DsmGPTModel, _parallel_config, _unwrap, block_spec
-from dsm_engine.models.config import ModelConfig, to_transformer_config
+from dsm_engine.models.build import DsmGPTModel, _unwrap, build_model
+from dsm_engine.models.config import ModelConfig
 from dsm_engine.models.parallel import ParallelConfig, ParallelContext
 
 HEAD = "score_head"
@@ -91,30 +91,15 @@ def build_reward_model(
     """
     if not parallel_state.model_parallel_is_initialized():
         raise RuntimeError("build_reward_model: call dsm_engine.models.initialize_parallel first")
-    pcfg = _parallel_config(parallel)
-    config = to_transformer_config(model_cfg, pcfg)
-    config.perform_initialization = init_weights
-    if pre_process is None:
-        pre_process = parallel_state.is_pipeline_first_stage(ignore_virtual=False)
-    if post_process is None:
-        post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=False)
-    model = RewardGPTModel(
-        config=config,
-        transformer_layer_spec=block_spec(config),
-        vocab_size=model_cfg.vocab_size,
-        max_sequence_length=model_cfg.max_position_embeddings,
+    return build_model(
+        model_cfg,
+        parallel,
         pre_process=pre_process,
         post_process=post_process,
-        parallel_output=True,
-        share_embeddings_and_output_weights=False,
-        position_embedding_type="rope",
-        rotary_percent=1.0,
-        rotary_base=model_cfg.rotary_base,
-        model_cfg=model_cfg,
+        init_weights=init_weights,
+        model_class=RewardGPTModel,
+        tie_embeddings=False,
     )
-    if torch.cuda.is_available():
-        model.to(torch.device("cuda", torch.cuda.current_device()))
-    return model
 
 
 def reward_scores(

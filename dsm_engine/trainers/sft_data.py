@@ -18,7 +18,6 @@ own padded row; both give the same per-token loss.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from dsm_engine.config import ConfigError
+from dsm_engine.jsonl import iter_jsonl
 
 
 @dataclass
@@ -115,16 +115,9 @@ def load_examples(cfg: SFTDataConfig, tokenizer: Any) -> list[Example]:
     if not cfg.path or not path.is_file():
         raise FileNotFoundError(f"data.path: {cfg.path!r} does not exist")
     eos = eos_id(tokenizer, cfg.eos_token)
-    out = []
-    with path.open() as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
-            out.append(tokenize_row(row, tokenizer, eos, f"{path}:{n}"))
+    out = [
+        tokenize_row(row, tokenizer, eos, f"{path}:{n}") for n, row in iter_jsonl(path, "data.path")
+    ]
     if not out:
         raise ValueError(f"data.path: {path} holds no examples (empty dataset)")
     return out
