@@ -47,7 +47,7 @@ def main() -> int:
     from dsm_engine.grpo.config import GRPOAlgoConfig
     from dsm_engine.grpo.sampling import sync_weights
     from dsm_engine.grpo.step import advantages_of, grpo_updates, sequence_logprobs
-    from dsm_engine.kernels import grpo_loss, logprobs_from_logits
+    from dsm_engine.kernels import fused_linear_grpo_loss, grpo_loss, logprobs_from_logits
     from dsm_engine.models import build_model, initialize_parallel, model_config
     from dsm_engine.models.build import forward_hidden, lm_head_weight
     from dsm_engine.models.convert import hf_config
@@ -138,7 +138,7 @@ def main() -> int:
 
     def fused():
         h = forward_hidden(policy, mb.tokens).transpose(0, 1)
-        loss, _ = __import__("dsm_engine.kernels", fromlist=["x"]).fused_linear_grpo_loss(
+        loss, _ = fused_linear_grpo_loss(
             h,
             w,
             mb.targets,

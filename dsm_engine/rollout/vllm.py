@@ -1,17 +1,44 @@
 """Rollouts with vLLM (GPU, optional): used only when ``vllm`` imports.
 
-Weights are loaded in memory from a HF state dict through vLLM's ``load_weights`` on the
-driver worker's model; log-probs are requested per sampled token (``logprobs=0`` returns the
-sampled token's log-prob, computed by vLLM from the temperature-scaled logits).
+Written against vLLM 0.33.0's source (V1 engine; ``vllm/entrypoints/llm.py``,
+``vllm/v1/sample/sampler.py``, ``vllm/v1/worker/worker_base.py``). What it relies on:
+
+* **Log-probs of the distribution sampled from.** vLLM returns, by default
+  (``logprobs_mode="raw_logprobs"``), ``log_softmax`` of the raw logits, *before* temperature.
+  The engine is therefore built with ``logprobs_mode="processed_logprobs"``: ``log_softmax``
+  after temperature (and after top-k/top-p masking), i.e. ``softmax(logits / T)`` when
+  ``top_p=1``, the quantity the trainer recomputes. Two documented differences from the ``hf``
+  backend: with ``top_p < 1`` the log-probs are renormalised over the nucleus (the distribution
+  actually sampled from), and greedy requests (``temperature=0`` in vLLM) get ``log_softmax`` of
+  the unscaled logits (the GRPO trainer's greedy evaluation does not use them).
+* **In-memory weights.** The engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``;
+  with the default multiprocess engine the model lives in another process and
+  ``llm.llm_engine.model_executor`` does not exist). ``LLM.apply_model(fn)`` then calls ``fn``
+  on the worker's model without serialising anything, and ``fn`` calls the model's
+  ``load_weights`` with HF-named tensors (vLLM fuses q/k/v and gate/up itself). The prefix
+  cache holds KV computed with the old weights, so it is reset after every update.
+* **Stopping.** ``ignore_eos=True``: the config's default ``eos_token_id`` (2 for a
+  ``LlamaConfig``) would otherwise be added to the stop tokens through the generation config;
+  only ``SamplingParams.stop_token_ids`` end a response, as in the ``hf`` backend.
+* **Seeds.** Prompt ``i`` gets seed ``(seed mod 2^31) * 2^32 + i * n`` (vLLM keeps seeds in
+  int64) and vLLM gives its ``n`` samples ``seed + j``: every row has its own random stream.
+
+The engine must own its process's ``torch.distributed`` world: vLLM builds its groups over the
+whole default group, which would hang a multi-rank trainer where only the sampler rank builds
+the engine, so that case is refused with a clear error.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 
 import torch
 
 from dsm_engine.rollout.base import RolloutBatch, RolloutEngine, SamplingParams, check_prompts
+
+#: The vLLM release whose source this adapter was checked against.
+CHECKED_VLLM_VERSION = "0.33.0"
 
 
 def _import_vllm():
@@ -25,8 +52,33 @@ def _import_vllm():
     return vllm
 
 
+def _check_single_process_world() -> None:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        raise RuntimeError(
+            "rollout.backend=vllm runs vLLM inside the trainer process, and vLLM builds its "
+            f"process groups over the whole torch.distributed world ({dist.get_world_size()} "
+            "ranks here), which only the sampler rank would join; use one process "
+            "(world size 1) with vllm, or rollout.backend=hf"
+        )
+
+
+def _dtype_name(hf_config) -> str:
+    dtype = getattr(hf_config, "dtype", None) or "float32"
+    return str(dtype).replace("torch.", "")
+
+
 class VLLMRolloutEngine(RolloutEngine):
-    """A vLLM ``LLM`` built from ``hf_config`` (dummy weights until ``update_weights``)."""
+    """A vLLM ``LLM`` built from ``hf_config`` (dummy weights until ``update_weights``).
+
+    Args:
+        hf_config: a ``transformers`` Llama config (its ``dtype`` is the sampler's dtype).
+        gpu_memory_utilization: fraction of the GPU vLLM may take (weights + KV cache); the
+            trainer's own tensors must leave that much free when the engine is built.
+        max_model_len: prompt + response cap (default: the config's position limit).
+        pad_token_id, max_batch_rows: accepted for interface parity with ``hf`` (vLLM
+            schedules its own batches and never pads).
+    """
 
     def __init__(
         self,
@@ -35,43 +87,66 @@ class VLLMRolloutEngine(RolloutEngine):
         pad_token_id: int = 0,
         max_batch_rows: int = 256,
         gpu_memory_utilization: float = 0.3,
+        max_model_len: int | None = None,
         **_: object,
     ) -> None:
         vllm = _import_vllm()
+        _check_single_process_world()
         import tempfile
 
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self._dir = tempfile.mkdtemp(prefix="dsm-vllm-")
         hf_config.save_pretrained(self._dir)  # the architecture only: no weights on disk
         self.llm = vllm.LLM(
             model=self._dir,
             skip_tokenizer_init=True,
             load_format="dummy",
-            dtype=str(getattr(hf_config, "dtype", None) or "float32").replace("torch.", ""),
+            dtype=_dtype_name(hf_config),
             gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
             enforce_eager=True,
+            logprobs_mode="processed_logprobs",
         )
+        if not hasattr(self.llm.llm_engine, "model_executor"):
+            raise RuntimeError(
+                "rollout.backend=vllm needs vLLM's engine in this process "
+                "(VLLM_ENABLE_V1_MULTIPROCESSING=0) to load weights in memory; it is set to "
+                f"{os.environ.get('VLLM_ENABLE_V1_MULTIPROCESSING')!r}"
+            )
         self.vocab_size = int(hf_config.vocab_size)
 
     def update_weights(self, hf_state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Load a full HF Llama state dict into the sampler in place (no disk round trip)."""
         items = list(hf_state_dict.items())
-        self.llm.llm_engine.model_executor.driver_worker.model_runner.model.load_weights(items)
+
+        def load(model: torch.nn.Module) -> None:
+            model.load_weights(weights=iter(items))
+
+        self.llm.apply_model(load)
+        if self.llm.reset_prefix_cache() is False:
+            raise RuntimeError("vLLM could not reset its prefix cache after a weight update")
 
     def generate(
         self, prompts_token_ids: Sequence[Sequence[int]], n: int, params: SamplingParams
     ) -> RolloutBatch:
         vllm = _import_vllm()
         check_prompts(prompts_token_ids, n, self.vocab_size)
-        sp = vllm.SamplingParams(
-            n=n,
-            temperature=0.0 if params.greedy else params.temperature,
-            top_p=params.top_p,
-            max_tokens=params.max_new_tokens,
-            stop_token_ids=list(params.stop_token_ids),
-            seed=params.seed,
-            logprobs=0,
-        )
+        per_prompt = [
+            vllm.SamplingParams(
+                n=n,
+                temperature=0.0 if params.greedy else params.temperature,
+                top_p=1.0 if params.greedy else params.top_p,
+                max_tokens=params.max_new_tokens,
+                stop_token_ids=list(params.stop_token_ids),
+                ignore_eos=True,
+                seed=((params.seed & 0x7FFFFFFF) << 32) + i * n,
+                logprobs=0,
+                detokenize=False,
+            )
+            for i in range(len(prompts_token_ids))
+        ]
         prompts = [{"prompt_token_ids": list(map(int, p))} for p in prompts_token_ids]
-        results = self.llm.generate(prompts, sp, use_tqdm=False)
+        results = self.llm.generate(prompts, per_prompt, use_tqdm=False)
         out = RolloutBatch([], [], [], [])
         for i, res in enumerate(results):
             for comp in res.outputs:

@@ -6,11 +6,19 @@ Two backends, chosen by ``optim.backend``:
   ``DistributedDataParallel`` (contiguous grad buffers, overlapped reduce) and stepped by
   ``get_megatron_optimizer`` — fp32 master weights for bf16 models, clipping, and with
   ``distributed_optimizer`` the optimizer state sharded over data-parallel ranks.
-* ``torch`` (the default; what runs on CPU, where megatron's optimizer allocates CUDA
-  tensors): ``torch.optim.AdamW`` over the local shard. Gradients are averaged over the data-
-  parallel group, and the clipping norm is the global norm over all TP/PP shards, counting
-  parameters replicated across TP ranks (norm weights) once — the same quantity megatron
-  computes, so both backends take the same steps in fp32.
+* ``torch`` (the default; what runs on CPU): ``torch.optim.AdamW`` over the local shard.
+  Gradients are averaged over the data-parallel group, and the clipping norm is the global
+  norm over all TP/PP shards, counting parameters replicated across TP ranks (norm weights)
+  once — the same quantity megatron computes, so both backends take the same steps in fp32.
+
+Checked against megatron-core 0.16.1. Its ``get_megatron_optimizer`` marks norm/bias
+parameters with ``wd_mult=0`` but builds the torch/TE Adam with one ``weight_decay`` for every
+group; megatron's ``OptimizerParamScheduler`` applies ``wd_mult`` at each step, and our loop
+does not use that scheduler, so the groups' ``weight_decay`` is set here once. With
+``clip_grad=0`` megatron would skip the norm (``None``/``0.0``); an infinite threshold keeps
+the norm for logging and never clips. On CPU, DDP and the fp32 optimizer run (gloo); the bf16
+(``Float16OptimizerWithFloat16Params``) and distributed optimizers accept only
+``torch.cuda.*Tensor`` parameters, so those need a GPU.
 """
 
 from __future__ import annotations
@@ -183,6 +191,13 @@ def wrap_and_build_optimizer(
         opt = TorchAdamW(chunks, cfg)
         return chunks, opt, opt.zero_grad
 
+    on_cuda = all(p.is_cuda for c in chunks for p in c.parameters())
+    if (bf16 or cfg.distributed_optimizer) and not on_cuda:
+        raise ConfigError(
+            "optim.backend=megatron with bf16 or optim.distributed_optimizer needs CUDA "
+            "parameters: megatron-core's mixed-precision and distributed optimizers reject "
+            "CPU tensors (fp32 without the distributed optimizer runs on CPU)"
+        )
     from megatron.core.distributed import (
         DistributedDataParallel,
         DistributedDataParallelConfig,
@@ -205,12 +220,14 @@ def wrap_and_build_optimizer(
         adam_beta1=cfg.beta1,
         adam_beta2=cfg.beta2,
         adam_eps=cfg.eps,
-        clip_grad=cfg.clip_grad,
+        clip_grad=cfg.clip_grad if cfg.clip_grad > 0 else float("inf"),
         bf16=bf16,
         params_dtype=torch.bfloat16 if bf16 else torch.float32,
         use_distributed_optimizer=cfg.distributed_optimizer,
     )
     opt = get_megatron_optimizer(opt_cfg, wrapped)
+    for group in opt.param_groups:  # what OptimizerParamScheduler would do (see module doc)
+        group["weight_decay"] = cfg.weight_decay * group.get("wd_mult", 1.0)
     tcfg = chunks[0].config
     tcfg.no_sync_func = [w.no_sync for w in wrapped] if len(wrapped) > 1 else wrapped[0].no_sync
     tcfg.finalize_model_grads_func = finalize_model_grads

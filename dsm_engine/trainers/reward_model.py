@@ -158,13 +158,14 @@ def evaluate(
             forward_only=True,
         )
     model.train(was)
-    vals = [float("nan")] * 3
+    vals = [0.0] * 3
     if ctx.is_last_stage:
         s = torch.cat([o["scores"] for o in out])
         y = torch.cat([o["labels"] for o in out])
         loss = sum(float(o["loss_sum"]) for o in out) / max(len(s), 1)
         vals = [loss, accuracy(s.tolist(), y.tolist()), auc(s.tolist(), y.tolist())]
-    loss, acc, area = _last_stage_values(ctx, [0.0 if v != v else v for v in vals])
+    # AUC is undefined (nan) when the held-out split has one class: reported as nan, not 0.
+    loss, acc, area = _last_stage_values(ctx, vals)
     return {"eval_loss": loss, "eval_acc": acc, "eval_auc": area}
 
 
