@@ -3,11 +3,22 @@
 Without CUDA, Triton kernels run under Triton's interpreter. The interpreter is selected when
 a function is decorated with ``@triton.jit``, so ``dsm_engine.kernels`` turns it on (only when
 CUDA is absent and the user has not decided otherwise) before any kernel module is imported.
+
+That decoration-time choice also applies to Triton's own ``@jit`` library functions
+(``tl.zeros``, ``tl.sum``, ``tl.max``, ... in ``triton.language.standard`` / ``.random``). When
+triton was imported before us with the interpreter off - ``import megatron.core`` and
+``torch._inductor`` both import it - those stay compiled-mode ``JITFunction`` objects and every
+interpreted kernel that calls one fails with "Cannot call @triton.jit'd outside of the scope of
+a kernel". :func:`enable_interpreter_without_cuda` therefore re-runs the triton.language
+modules that hold such functions once (``importlib.reload``), so they are re-decorated for the
+interpreter, and re-binds the names ``triton.language`` re-exports.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 from typing import Literal
 
 import torch
@@ -20,6 +31,37 @@ def enable_interpreter_without_cuda() -> None:
     """Select Triton's CPU interpreter when no CUDA device exists (idempotent)."""
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
+        if interpreter_active():
+            _reinterpret_triton_library()
+
+
+def _reinterpret_triton_library() -> None:
+    """Re-decorate triton.language's own @jit functions for the interpreter when triton was
+    imported with it off (see the module docstring); a no-op when triton is not imported yet."""
+    if "triton.language" not in sys.modules:
+        return
+    from triton.runtime.jit import JITFunction
+
+    lang = [
+        (name, module)
+        for name, module in list(sys.modules.items())
+        if module is not None and (name == "triton.language" or name.startswith("triton.language."))
+    ]
+    replaced: dict[int, tuple[object, object]] = {}  # id(old) -> (old, new); old kept alive
+    for name, module in lang:
+        stale = {
+            attr: fn
+            for attr, fn in vars(module).items()
+            if isinstance(fn, JITFunction) and getattr(fn.fn, "__module__", None) == name
+        }
+        if stale:
+            importlib.reload(module)  # @jit now returns interpreted functions
+            replaced.update({id(fn): (fn, getattr(module, attr)) for attr, fn in stale.items()})
+    for _, module in lang:  # names re-exported elsewhere (``tl.zeros`` is standard's ``zeros``)
+        for attr, value in list(vars(module).items()):
+            pair = replaced.get(id(value))
+            if pair is not None and pair[0] is value:
+                setattr(module, attr, pair[1])
 
 
 def interpreter_active() -> bool:

@@ -6,7 +6,10 @@ These are the two primitives every op in this package is built from:
   ``lse = log Σ_j exp(z_j)``, ``tgt = z[target - vocab_start]`` (0 when this shard does not own
   the target) and ``px = Σ_j softmax(z)_j · z_j``. All three are fp32 ``(N,)``. They are exactly
   what vocabulary shards exchange (see ``tensor_parallel.combine_stats``): ``log p = tgt − lse``
-  and entropy ``= lse − px``.
+  and entropy ``= lse − px``. An optional fp32 ``shift (N,)`` reports ``lse`` and ``px`` of
+  ``z − shift`` instead (``tgt`` stays unshifted): vocabulary chunks pass the first chunk's
+  ``lse`` so their partial statistics are small numbers whose fp32 rounding does not add up
+  when they are merged.
 * ``grad``: ``d/dlogits`` of ``Σ_i a_i·log p_i(target) + c_i·entropy_i`` given the *global*
   ``lse`` and ``px`` (so a shard needs no communication in backward):
   ``(a·(onehot − p) − c·p·(z − px)) / T``, written in the logits dtype, optionally into the
@@ -44,13 +47,18 @@ def _stats_kernel(
     LSE,
     TLOGIT,
     PX,
+    SHIFT,
     vocab_start,
     V,
     inv_t,
+    HAS_SHIFT: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     x_row = X + row * stride_xn
+    shift = tl.zeros((), tl.float32)
+    if HAS_SHIFT:
+        shift = tl.load(SHIFT + row)
     # Online log-sum-exp with a scalar running max: every block holds at least one real column,
     # so the max stays finite and exp(-inf - m) of masked lanes is exactly 0.
     m = tl.full((), float("-inf"), tl.float32)
@@ -60,7 +68,7 @@ def _stats_kernel(
         cols = start + tl.arange(0, BLOCK)
         valid = cols < V
         z = tl.load(x_row + cols * stride_xv, mask=valid, other=float("-inf")).to(tl.float32)
-        z = z * inv_t
+        z = z * inv_t - shift
         m_new = tl.maximum(m, tl.max(z, axis=0))
         scale = tl.exp(m - m_new)
         e = tl.exp(z - m_new)
@@ -119,7 +127,11 @@ def _grad_kernel(
 
 
 def stats_triton(
-    logits: torch.Tensor, targets: torch.Tensor, vocab_start: int, inv_temp: float
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    vocab_start: int,
+    inv_temp: float,
+    shift: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton ``stats``: ``(lse, tgt, px)``, each fp32 ``(N,)``; see the module docstring."""
     n, v = logits.shape
@@ -137,9 +149,11 @@ def stats_triton(
         lse,
         tgt,
         px,
+        lse if shift is None else shift.to(torch.float32).contiguous(),
         vocab_start,
         v,
         inv_temp,
+        HAS_SHIFT=shift is not None,
         BLOCK=block,
         num_warps=_num_warps(block),
     )
@@ -195,13 +209,18 @@ def grad_triton(
 
 
 def stats_torch(
-    logits: torch.Tensor, targets: torch.Tensor, vocab_start: int, inv_temp: float
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    vocab_start: int,
+    inv_temp: float,
+    shift: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """PyTorch twin of :func:`stats_triton` (computes in fp32)."""
     n, v = logits.shape
     z = logits.float() * inv_temp
-    lse = torch.logsumexp(z, dim=-1)
-    px = (torch.softmax(z, dim=-1) * z).sum(-1)
+    zs = z if shift is None else z - shift.float().unsqueeze(1)
+    lse = torch.logsumexp(zs, dim=-1)
+    px = (torch.softmax(zs, dim=-1) * zs).sum(-1)
     local = targets.long() - vocab_start
     owned = (local >= 0) & (local < v)
     zt = z.gather(1, local.clamp(0, max(v - 1, 0)).unsqueeze(1)).squeeze(1)

@@ -1,44 +1,49 @@
 """lm_head matmul fused with log-softmax/gather (and the GRPO loss): logits never exist in full.
 
-Both ops walk the tokens in chunks. A chunk's logits ``(C, V_local)`` come from one cuBLAS
-matmul in the input dtype, the row statistics from the Triton kernel (``_logsoftmax``), and the
-logits gradient is written over the chunk's logits buffer in place before the two grad matmuls.
+Both ops walk the tokens in chunks of ``token_chunk`` rows and, when one token chunk over the
+whole local vocabulary would exceed the memory budget, the vocabulary in chunks of
+``vocab_chunk`` rows of ``weight`` (``_head_chunks``: the rule, the loops and the online
+log-sum-exp merge). A chunk's logits come from one cuBLAS matmul in the input dtype, the row
+statistics from the Triton kernel (``_logsoftmax``), and the logits gradient is written over the
+chunk's logits buffer in place before the two grad matmuls.
 
-Chunk rule (``default_chunk_size``): ``C`` is the largest power of two with
-``C·V_local <= N·H`` (a chunk's logits are never larger than ``hidden``), at least 32 rows (a
-matmul narrower than that wastes the tensor cores) and at most ``N``. At DeepSeekMath-7B's head
-(H=4096, V=102,400) and N=8192 that is 256 rows: 52 MB of bf16 logits instead of 3.4 GB of fp32.
-
-Extra memory: O(N) fp32 row statistics plus one chunk of logits. Vocabulary sharding across
-ranks is the tensor-parallel path (``tensor_parallel``); a single shard is never split further.
+Extra memory: O(N) fp32 row statistics, one ``(token_chunk, vocab_chunk)`` logits buffer and,
+with vocabulary chunks and low-precision inputs, a ``(token_chunk, H)`` fp32 accumulator for
+the hidden gradient. Vocabulary sharding across ranks is the tensor-parallel path
+(``tensor_parallel``); vocabulary chunks are slices inside this rank's shard.
 
 FLOPs: ``fused_linear_logprobs`` costs 2NHV forward and recomputes the logits in backward
-(2NHV + 4NHV). ``fused_linear_grpo_loss`` knows each token's ``dloss/dlogp`` as soon as its
-chunk's log-probs are known, so when gradients are needed it computes them in the forward
-chunk loop (6NHV in total) and backward only scales them by the incoming gradient.
+(2NHV + 4NHV), with or without vocabulary chunks. ``fused_linear_grpo_loss`` knows each token's
+``dloss/dlogp`` as soon as its chunk's log-probs are known, so when gradients are needed it
+computes them in the forward chunk loop: 6NHV in total over the full vocabulary; with ``K``
+vocabulary chunks the gradient pass recomputes ``K - 1`` of them (up to 8NHV).
 
 Precision: chunk logits are the matmul's output in the input dtype (as a materialised bf16
-lm_head would give); all softmax/loss math is fp32; ``grad_weight`` is accumulated over chunks
-with ``addmm_`` in the weight's dtype (cuBLAS accumulates each chunk in fp32), so no fp32 copy
-of the ``(V_local, H)`` gradient is ever held.
+lm_head would give); all softmax/loss math is fp32; ``grad_weight`` is accumulated over token
+chunks with ``addmm_`` in the weight's dtype (cuBLAS accumulates each chunk in fp32), so no
+fp32 copy of the ``(V_local, H)`` gradient is ever held; ``grad_hidden`` of a token chunk is
+summed over vocabulary chunks in fp32.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
 
 from . import library
 from ._dispatch import check_same_device, check_shape, resolve_impl
+from ._head_chunks import chunk_grads, chunk_stats, default_chunk_sizes, resolve_chunk_sizes
 from .grpo_common import (
     check_grpo_inputs,
     grpo_metrics,
-    grpo_token_advantages,
+    grpo_token_inputs,
     grpo_token_loss_and_grad,
-    grpo_token_weights,
 )
 from .grpo_loss import grpo_loss_ref
 from .kl import kl_k3_ref
+from .library import Backend
 from .logprobs import (
     LOGIT_DTYPES,
     check_targets,
@@ -47,17 +52,46 @@ from .logprobs import (
 )
 from .tensor_parallel import all_reduce_sum_, combine_stats, shard_info
 
-MIN_CHUNK = 32
+__all__ = [
+    "default_chunk_sizes",
+    "fused_linear_grpo_loss",
+    "fused_linear_grpo_loss_ref",
+    "fused_linear_logprobs",
+    "fused_linear_logprobs_ref",
+]
 
 
-def default_chunk_size(n: int, h: int, v_local: int) -> int:
-    """Token rows per chunk: see the module docstring for the rule."""
-    budget = max(1, (n * h) // max(v_local, 1))
-    c = 1 << (budget.bit_length() - 1)
-    return max(1, min(n, max(MIN_CHUNK, c)))
+class _Head(NamedTuple):
+    """What both fused ops need once their head arguments are checked."""
+
+    backend: Backend
+    inv_temp: float
+    vocab_start: int
+    token_chunk: int
+    vocab_chunk: int
 
 
-def _check_linear(hidden: torch.Tensor, weight: torch.Tensor) -> None:
+def _check_head(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    hidden_dims: int,
+    temperature: float,
+    tp_group: dist.ProcessGroup | None,
+    token_chunk: int | None,
+    vocab_chunk: int | None,
+    impl: str,
+) -> _Head:
+    """The argument checks shared by both fused ops; ValueError names the argument.
+
+    ``hidden`` is ``(N, H)`` (``hidden_dims=2``) or ``(B, T, H)`` (3); ``targets`` has its
+    leading shape.
+    """
+    path = resolve_impl(impl, hidden)
+    if hidden.dim() != hidden_dims:
+        want = "(N, H)" if hidden_dims == 2 else "(B, T, H)"
+        raise ValueError(f"hidden must be {hidden_dims}-D {want}, got shape {tuple(hidden.shape)}")
     if hidden.dtype not in LOGIT_DTYPES:
         raise ValueError(f"hidden must have dtype in {LOGIT_DTYPES}, got {hidden.dtype}")
     if weight.dim() != 2:
@@ -70,68 +104,68 @@ def _check_linear(hidden: torch.Tensor, weight: torch.Tensor) -> None:
         raise ValueError(
             f"hidden's last dim {hidden.shape[-1]} must equal weight's dim 1 {weight.shape[1]}"
         )
-    check_same_device(hidden=hidden, weight=weight)
-
-
-def _chunk_size(chunk_size: int | None, n: int, h: int, v_local: int) -> int:
-    if chunk_size is None:
-        return default_chunk_size(n, h, v_local)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    return chunk_size
+    check_same_device(hidden=hidden, weight=weight, targets=targets)
+    check_shape("targets", targets, tuple(hidden.shape[:-1]))
+    inv_temp = check_temperature(temperature)
+    n, h, v_local = hidden.shape[:-1].numel(), hidden.shape[-1], weight.shape[0]
+    vocab_start, v_global = shard_info(v_local, tp_group)
+    check_targets(targets.reshape(n), n, v_global, name="targets")
+    tc, vc = resolve_chunk_sizes(n, h, v_local, token_chunk, vocab_chunk)
+    return _Head(library.get_backend(path), inv_temp, vocab_start, tc, vc)
 
 
 class _FusedLinearLogprobs(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, inv_temp, group, backend, chunk):
+    def forward(ctx, hidden, weight, targets, group, head: _Head):
         n = hidden.shape[0]
-        vocab_start, _ = shard_info(weight.shape[0], group)
         lse = hidden.new_empty(n, dtype=torch.float32)
         tgt, px = torch.empty_like(lse), torch.empty_like(lse)
-        for s in range(0, n, chunk):
-            e = min(s + chunk, n)
-            logits = hidden[s:e] @ weight.T
-            stats = backend.stats(logits, targets[s:e], vocab_start, inv_temp)
+        for s in range(0, n, head.token_chunk):
+            e = min(s + head.token_chunk, n)
+            stats, _ = chunk_stats(
+                head.backend,
+                hidden[s:e],
+                weight,
+                targets[s:e],
+                head.vocab_start,
+                head.inv_temp,
+                head.vocab_chunk,
+            )
             lse[s:e], tgt[s:e], px[s:e] = combine_stats(*stats, group)
-            del logits
         ctx.save_for_backward(hidden, weight, targets, lse, px)
-        ctx.inv_temp, ctx.group, ctx.backend, ctx.chunk = inv_temp, group, backend, chunk
-        ctx.vocab_start = vocab_start
+        ctx.group, ctx.head = group, head
         return tgt - lse, lse - px
 
     @staticmethod
     def backward(ctx, grad_logp, grad_ent):
         hidden, weight, targets, lse, px = ctx.saved_tensors
+        head: _Head = ctx.head
         n = hidden.shape[0]
         if grad_logp is None:
             grad_logp = torch.zeros_like(lse)
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros_like(weight) if need_w else None
-        for s in range(0, n, ctx.chunk):
-            e = min(s + ctx.chunk, n)
-            logits = hidden[s:e] @ weight.T
-            g_ent = None if grad_ent is None else grad_ent[s:e]
-            dlogits = ctx.backend.grad(
-                logits,
+        for s in range(0, n, head.token_chunk):
+            e = min(s + head.token_chunk, n)
+            chunk_grads(
+                head.backend,
+                hidden[s:e],
+                weight,
                 targets[s:e],
                 lse[s:e],
                 px[s:e],
                 grad_logp[s:e],
-                g_ent,
-                None,
-                ctx.vocab_start,
-                ctx.inv_temp,
-                True,
+                None if grad_ent is None else grad_ent[s:e],
+                head.vocab_start,
+                head.inv_temp,
+                head.vocab_chunk,
+                grad_hidden=grad_h[s:e] if need_h else None,
+                grad_weight=grad_w,
             )
-            if need_h:
-                torch.matmul(dlogits, weight, out=grad_h[s:e])
-            if need_w:
-                grad_w.addmm_(dlogits.T, hidden[s:e])
-            del logits, dlogits
         if need_h:
             all_reduce_sum_(grad_h, ctx.group)
-        return grad_h, grad_w, None, None, None, None, None
+        return grad_h, grad_w, None, None, None
 
 
 def fused_linear_logprobs_ref(
@@ -156,7 +190,8 @@ def fused_linear_logprobs(
     temperature: float = 1.0,
     tp_group: dist.ProcessGroup | None = None,
     return_entropy: bool = False,
-    chunk_size: int | None = None,
+    token_chunk: int | None = None,
+    vocab_chunk: int | None = None,
     impl: str = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Log-probs of ``targets`` under ``softmax(hidden @ weight.T / temperature)``, chunked.
@@ -165,78 +200,99 @@ def fused_linear_logprobs(
         hidden: ``(N, H)`` fp32/bf16/fp16 (replicated on every rank with ``tp_group``).
         weight: ``(V_local, H)``, same dtype: the lm_head (this rank's vocabulary shard).
         targets: ``(N,)`` integer global ids in ``[0, V_local·world)``.
-        chunk_size: token rows per chunk (default: ``default_chunk_size``).
+        token_chunk, vocab_chunk: token rows and vocabulary rows (of ``weight``) per chunk;
+            ``None`` picks them by the memory budget (``default_chunk_sizes``; a missing one
+            is filled from the budget). ``vocab_chunk >= V_local`` disables vocabulary chunks.
         impl: ``"auto"``/``"triton"``/``"torch"``: which log-softmax primitives run on each
             chunk (``torch`` is the same chunked algorithm in plain PyTorch).
 
     Returns:
         fp32 ``(N,)`` log-probs (and ``(N,)`` entropy when ``return_entropy``); gradients flow
-        to ``hidden`` (all-reduced over ``tp_group``) and ``weight``. Never builds ``(N, V)``.
+        to ``hidden`` (all-reduced over ``tp_group``) and ``weight``. Never builds ``(N, V)``:
+        the largest temporary is one ``(token_chunk, vocab_chunk)`` logits buffer.
     """
-    path = resolve_impl(impl, hidden)
-    if hidden.dim() != 2:
-        raise ValueError(f"hidden must be 2-D (N, H), got shape {tuple(hidden.shape)}")
-    _check_linear(hidden, weight)
-    check_same_device(hidden=hidden, targets=targets)
-    inv_temp = check_temperature(temperature)
-    n, h = hidden.shape
-    v_local = weight.shape[0]
-    check_targets(targets, n, shard_info(v_local, tp_group)[1])
-    chunk = _chunk_size(chunk_size, n, h, v_local)
-    logp, ent = _FusedLinearLogprobs.apply(
+    head = _check_head(
         hidden,
         weight,
-        targets.contiguous(),
-        inv_temp,
-        tp_group,
-        library.get_backend(path),
-        chunk,
+        targets,
+        hidden_dims=2,
+        temperature=temperature,
+        tp_group=tp_group,
+        token_chunk=token_chunk,
+        vocab_chunk=vocab_chunk,
+        impl=impl,
     )
+    logp, ent = _FusedLinearLogprobs.apply(hidden, weight, targets.contiguous(), tp_group, head)
     return (logp, ent) if return_entropy else logp
+
+
+class _GRPOOpts(NamedTuple):
+    head: _Head
+    group: dist.ProcessGroup | None
+    want_grads: bool
+    clip_eps_low: float
+    clip_eps_high: float
+    beta: float
 
 
 class _FusedLinearGRPOLoss(torch.autograd.Function):
     """Loss and (when ``want_grads``) its gradients in one chunked pass over the tokens."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, old, ref, adv, w, valid, opts):
-        inv_temp, group, backend, chunk, want_grads, eps_lo, eps_hi, beta = opts
+    def forward(ctx, hidden, weight, targets, old, ref, adv, w, valid, opts: _GRPOOpts):
+        head, group = opts.head, opts.group
         n = hidden.shape[0]
-        vocab_start, _ = shard_info(weight.shape[0], group)
         logp = hidden.new_empty(n, dtype=torch.float32)
         terms = torch.empty_like(logp)
         loss = logp.new_zeros(())
-        grad_h = torch.empty_like(hidden) if want_grads else None
-        grad_w = torch.zeros_like(weight) if want_grads else None
-        for s in range(0, n, chunk):
-            e = min(s + chunk, n)
-            logits = hidden[s:e] @ weight.T
-            lse, tgt, px = combine_stats(
-                *backend.stats(logits, targets[s:e], vocab_start, inv_temp), group
+        grad_h = torch.empty_like(hidden) if opts.want_grads else None
+        grad_w = torch.zeros_like(weight) if opts.want_grads else None
+        for s in range(0, n, head.token_chunk):
+            e = min(s + head.token_chunk, n)
+            stats, kept = chunk_stats(
+                head.backend,
+                hidden[s:e],
+                weight,
+                targets[s:e],
+                head.vocab_start,
+                head.inv_temp,
+                head.vocab_chunk,
+                keep_last=opts.want_grads,
             )
+            lse, tgt, px = combine_stats(*stats, group)
             logp[s:e] = tgt - lse
             t_c, dl = grpo_token_loss_and_grad(
                 logp[s:e],
                 old[s:e],
                 ref[s:e],
                 adv[s:e],
-                clip_eps_low=eps_lo,
-                clip_eps_high=eps_hi,
-                beta=beta,
+                clip_eps_low=opts.clip_eps_low,
+                clip_eps_high=opts.clip_eps_high,
+                beta=opts.beta,
             )
             terms[s:e] = t_c
             # Masked tokens may hold non-finite terms; their weight is 0 but 0*inf is not.
             loss += torch.where(valid[s:e], w[s:e] * t_c, 0.0).sum()
-            if want_grads:
+            if opts.want_grads:
                 g = torch.where(valid[s:e], w[s:e] * dl, 0.0).float()
-                dlogits = backend.grad(
-                    logits, targets[s:e], lse, px, g, None, None, vocab_start, inv_temp, True
+                chunk_grads(
+                    head.backend,
+                    hidden[s:e],
+                    weight,
+                    targets[s:e],
+                    lse,
+                    px,
+                    g,
+                    None,
+                    head.vocab_start,
+                    head.inv_temp,
+                    head.vocab_chunk,
+                    grad_hidden=grad_h[s:e],
+                    grad_weight=grad_w,
+                    last_logits=kept,
                 )
-                torch.matmul(dlogits, weight, out=grad_h[s:e])
-                grad_w.addmm_(dlogits.T, hidden[s:e])
-                del dlogits
-            del logits
-        if want_grads:
+            del kept
+        if opts.want_grads:
             all_reduce_sum_(grad_h, group)
         ctx.grads = (grad_h, grad_w)
         ctx.mark_non_differentiable(logp, terms)
@@ -299,7 +355,8 @@ def fused_linear_grpo_loss(
     max_len: int | None = None,
     temperature: float = 1.0,
     tp_group: dist.ProcessGroup | None = None,
-    chunk_size: int | None = None,
+    token_chunk: int | None = None,
+    vocab_chunk: int | None = None,
     impl: str = "auto",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GRPO loss straight from the last hidden states; ``(B, T, V)`` logits never exist.
@@ -314,22 +371,31 @@ def fused_linear_grpo_loss(
         targets: ``(B, T)`` integer global ids; old_logp, ref_logp: ``(B, T)`` floats (no grad);
             mask: ``(B, T)`` bool or 0/1.
         advantages / rewards + group_size: the advantage source (exactly one).
+        token_chunk, vocab_chunk: chunk sizes over the ``N = B·T`` tokens and the vocabulary
+            rows of ``weight`` (default: ``default_chunk_sizes``, the memory-budget rule).
 
     Returns:
         ``(loss, metrics)``: 0-d fp32 loss and the ``grpo_metrics`` dict (0-d fp32 tensors).
         When grad mode is on and ``hidden`` or ``weight`` requires grad, both gradients are
-        computed during this call (6NHV FLOPs in all) and ``backward`` only scales them.
+        computed during this call (6NHV FLOPs in all without vocabulary chunks, up to 8NHV
+        with them) and ``backward`` only scales them.
     """
-    path = resolve_impl(impl, hidden)
-    if hidden.dim() != 3:
-        raise ValueError(f"hidden must be 3-D (B, T, H), got shape {tuple(hidden.shape)}")
-    _check_linear(hidden, weight)
+    head = _check_head(
+        hidden,
+        weight,
+        targets,
+        hidden_dims=3,
+        temperature=temperature,
+        tp_group=tp_group,
+        token_chunk=token_chunk,
+        vocab_chunk=vocab_chunk,
+        impl=impl,
+    )
     b, t, h = hidden.shape
-    check_same_device(hidden=hidden, targets=targets, old_logp=old_logp)
-    check_shape("targets", targets, (b, t))
+    check_same_device(hidden=hidden, old_logp=old_logp)
     check_shape("old_logp", old_logp, (b, t))
     check_grpo_inputs(
-        old_logp,
+        None,
         old_logp,
         ref_logp,
         mask,
@@ -341,30 +407,23 @@ def fused_linear_grpo_loss(
         loss_agg=loss_agg,
         max_len=max_len,
     )
-    inv_temp = check_temperature(temperature)
-    n, v_local = b * t, weight.shape[0]
-    flat_targets = targets.reshape(n).contiguous()
-    check_targets(flat_targets, n, shard_info(v_local, tp_group)[1], name="targets")
-    chunk = _chunk_size(chunk_size, n, h, v_local)
-
-    valid = mask if mask.dtype == torch.bool else mask != 0
-    adv = grpo_token_advantages(mask, advantages=advantages, rewards=rewards, group_size=group_size)
-    w = grpo_token_weights(mask, loss_agg, max_len=max_len)
+    n = b * t
+    valid, adv, w = grpo_token_inputs(
+        mask,
+        advantages=advantages,
+        rewards=rewards,
+        group_size=group_size,
+        loss_agg=loss_agg,
+        max_len=max_len,
+    )
     want_grads = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    opts = (
-        inv_temp,
-        tp_group,
-        library.get_backend(path),
-        chunk,
-        want_grads,
-        float(clip_eps_low),
-        float(clip_eps_high),
-        float(beta),
+    opts = _GRPOOpts(
+        head, tp_group, want_grads, float(clip_eps_low), float(clip_eps_high), float(beta)
     )
     loss, logp, terms = _FusedLinearGRPOLoss.apply(
         hidden.reshape(n, h),
         weight,
-        flat_targets,
+        targets.reshape(n).contiguous(),
         old_logp.detach().float().reshape(n),
         ref_logp.detach().float().reshape(n),
         adv.float().reshape(n),

@@ -59,6 +59,32 @@ def _valid(mask: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------
+# Argument checks (one definition each; every public GRPO entry point validates once)
+# --------------------------------------------------------------------------------------------
+
+
+def check_loss_agg(loss_agg: object) -> None:
+    """ValueError naming ``loss_agg`` unless it is one of ``LOSS_AGGS``."""
+    if loss_agg not in LOSS_AGGS:
+        raise ValueError(f"loss_agg must be one of {LOSS_AGGS}, got {loss_agg!r}")
+
+
+def check_max_len(max_len: object) -> None:
+    """ValueError naming ``max_len`` unless it is None or a positive int."""
+    if max_len is not None and (
+        isinstance(max_len, bool) or not isinstance(max_len, int) or max_len <= 0
+    ):
+        raise ValueError(f"max_len must be a positive int, got {max_len!r}")
+
+
+def check_clip_eps(clip_eps_low: float, clip_eps_high: float) -> None:
+    """ValueError naming the clip range bound that is negative or NaN."""
+    for name, eps in (("clip_eps_low", clip_eps_low), ("clip_eps_high", clip_eps_high)):
+        if not eps >= 0:
+            raise ValueError(f"{name} must be >= 0, got {eps!r}")
+
+
+# --------------------------------------------------------------------------------------------
 # Aggregation weights
 # --------------------------------------------------------------------------------------------
 
@@ -71,10 +97,8 @@ def grpo_row_scales(
     row_count: ``(B,)`` number of valid tokens per row (any float dtype; result has its dtype).
     seq_len: the padded length T (used by ``seq-mean-token-sum-norm`` unless ``max_len``).
     """
-    if loss_agg not in LOSS_AGGS:
-        raise ValueError(f"loss_agg must be one of {LOSS_AGGS}, got {loss_agg!r}")
-    if max_len is not None and max_len <= 0:
-        raise ValueError(f"max_len must be a positive int, got {max_len!r}")
+    check_loss_agg(loss_agg)
+    check_max_len(max_len)
     n_rows = row_count.shape[0]
     ones = torch.ones_like(row_count)
     if loss_agg == "seq-mean-token-mean":
@@ -184,10 +208,21 @@ def grpo_token_advantages(
     """
     if mask.dim() != 2:
         raise ValueError(f"mask must be 2-D (B, T), got shape {tuple(mask.shape)}")
-    batch, seq = mask.shape
     check_advantage_args(
-        batch, seq, mask.device, advantages=advantages, rewards=rewards, group_size=group_size
+        *mask.shape, mask.device, advantages=advantages, rewards=rewards, group_size=group_size
     )
+    return _token_advantages(mask, advantages, rewards, group_size, eps)
+
+
+def _token_advantages(
+    mask: Tensor,
+    advantages: Tensor | None,
+    rewards: Tensor | None,
+    group_size: int | None,
+    eps: float = ADV_EPS,
+) -> Tensor:
+    """``grpo_token_advantages`` without the checks (the caller validated the arguments)."""
+    batch, seq = mask.shape
     if advantages is not None:
         adv = advantages.detach().to(_float_dtype(advantages.dtype))
         return adv[:, None].expand(batch, seq) if adv.dim() == 1 else adv
@@ -196,7 +231,7 @@ def grpo_token_advantages(
 
 
 def check_grpo_inputs(
-    logp: Tensor,
+    logp: Tensor | None,
     old_logp: Tensor,
     ref_logp: Tensor,
     mask: Tensor,
@@ -209,13 +244,15 @@ def check_grpo_inputs(
     loss_agg: str,
     max_len: int | None,
 ) -> None:
-    """Validate ``grpo_loss`` arguments; ValueError names the offending one.
+    """Validate the GRPO loss arguments once; ValueError names the offending one.
 
-    ``logp`` may be a stand-in of the right shape/device (the fused path passes ``old_logp``).
+    ``logp`` is ``None`` on the fused path (log-probs do not exist yet): shapes and devices
+    are then checked against ``old_logp``.
     """
-    if logp.dim() != 2:
-        raise ValueError(f"logp must be 2-D (B, T), got shape {tuple(logp.shape)}")
-    shape = tuple(logp.shape)
+    first_name, first = ("logp", logp) if logp is not None else ("old_logp", old_logp)
+    if first.dim() != 2:
+        raise ValueError(f"{first_name} must be 2-D (B, T), got shape {tuple(first.shape)}")
+    shape = tuple(first.shape)
     check_same_device(
         logp=logp,
         old_logp=old_logp,
@@ -224,7 +261,10 @@ def check_grpo_inputs(
         advantages=advantages,
         rewards=rewards,
     )
-    for name, t in (("logp", logp), ("old_logp", old_logp), ("ref_logp", ref_logp)):
+    named = (("logp", logp), ("old_logp", old_logp), ("ref_logp", ref_logp))
+    for name, t in named:
+        if t is None:
+            continue
         check_shape(name, t, shape)
         if not t.is_floating_point():
             raise ValueError(f"{name} must be a floating tensor, got {t.dtype}")
@@ -232,17 +272,29 @@ def check_grpo_inputs(
     if mask.is_complex():
         raise ValueError(f"mask must be bool or real 0/1, got {mask.dtype}")
     check_advantage_args(
-        *shape, logp.device, advantages=advantages, rewards=rewards, group_size=group_size
+        *shape, first.device, advantages=advantages, rewards=rewards, group_size=group_size
     )
-    for name, eps in (("clip_eps_low", clip_eps_low), ("clip_eps_high", clip_eps_high)):
-        if not eps >= 0:
-            raise ValueError(f"{name} must be >= 0, got {eps!r}")
-    if loss_agg not in LOSS_AGGS:
-        raise ValueError(f"loss_agg must be one of {LOSS_AGGS}, got {loss_agg!r}")
-    if max_len is not None and (
-        isinstance(max_len, bool) or not isinstance(max_len, int) or max_len <= 0
-    ):
-        raise ValueError(f"max_len must be a positive int, got {max_len!r}")
+    check_clip_eps(clip_eps_low, clip_eps_high)
+    check_loss_agg(loss_agg)
+    check_max_len(max_len)
+
+
+def grpo_token_inputs(
+    mask: Tensor,
+    *,
+    advantages: Tensor | None,
+    rewards: Tensor | None,
+    group_size: int | None,
+    loss_agg: str,
+    max_len: int | None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(valid (B, T) bool, advantages (B, T), weights (B, T) in dtype)`` for arguments that
+    ``check_grpo_inputs`` already validated (so nothing is checked a second time)."""
+    valid = _valid(mask)
+    adv = _token_advantages(mask, advantages, rewards, group_size)
+    scales = grpo_row_scales(valid.to(dtype).sum(dim=1), loss_agg, mask.shape[1], max_len=max_len)
+    return valid, adv, valid.to(dtype) * scales[:, None]
 
 
 # --------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from .grpo_common import (
     grpo_metrics_from_partials,
     grpo_row_scales,
     grpo_token_advantages,
+    grpo_token_inputs,
     grpo_token_loss_and_grad,
     grpo_token_weights,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "grpo_metrics_from_partials",
     "grpo_row_scales",
     "grpo_token_advantages",
+    "grpo_token_inputs",
     "grpo_token_loss_and_grad",
     "grpo_token_weights",
 ]
@@ -91,21 +93,56 @@ def grpo_loss_ref(
         loss_agg=loss_agg,
         max_len=max_len,
     )
-    valid = mask if mask.dtype == torch.bool else mask != 0
-    adv = grpo_token_advantages(mask, advantages=advantages, rewards=rewards, group_size=group_size)
+    return _grpo_loss_torch(
+        logp,
+        old_logp,
+        ref_logp,
+        mask,
+        advantages=advantages,
+        rewards=rewards,
+        group_size=group_size,
+        clip_eps_low=clip_eps_low,
+        clip_eps_high=clip_eps_high,
+        beta=beta,
+        loss_agg=loss_agg,
+        max_len=max_len,
+    )
+
+
+def _grpo_loss_torch(
+    logp: Tensor,
+    old_logp: Tensor,
+    ref_logp: Tensor,
+    mask: Tensor,
+    *,
+    advantages: Tensor | None,
+    rewards: Tensor | None,
+    group_size: int | None,
+    clip_eps_low: float,
+    clip_eps_high: float,
+    beta: float,
+    loss_agg: str,
+    max_len: int | None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """``grpo_loss_ref`` for arguments ``check_grpo_inputs`` already validated."""
     old_logp, ref_logp = old_logp.detach(), ref_logp.detach()
     ratio = torch.exp(logp - old_logp)
+    source = advantages if advantages is not None else rewards
+    wide = torch.float64 in (ratio.dtype, ref_logp.dtype, source.dtype)
+    valid, adv, weights = grpo_token_inputs(
+        mask,
+        advantages=advantages,
+        rewards=rewards,
+        group_size=group_size,
+        loss_agg=loss_agg,
+        max_len=max_len,
+        dtype=torch.float64 if wide else torch.float32,
+    )
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1.0 - clip_eps_low, 1.0 + clip_eps_high) * adv
     d = ref_logp - logp
     k3 = torch.exp(d) - d - 1
     terms = -torch.minimum(unclipped, clipped) + beta * k3
-    weights = grpo_token_weights(
-        mask,
-        loss_agg,
-        max_len=max_len,
-        dtype=torch.float64 if terms.dtype == torch.float64 else torch.float32,
-    )
     loss = torch.where(valid, weights * terms, torch.zeros_like(terms)).sum()
     metrics = grpo_metrics(
         valid,
@@ -489,7 +526,7 @@ def grpo_loss(
     )
     if resolve_impl(impl, logp) == "torch":
         dtype = torch.float64 if logp.dtype == torch.float64 else torch.float32
-        loss, metrics = grpo_loss_ref(
+        loss, metrics = _grpo_loss_torch(
             logp.to(dtype),
             old_logp.to(dtype),
             ref_logp.to(dtype),

@@ -2,7 +2,7 @@
 
 Ops (namespace ``dsm_engine``), each with a fake (meta) implementation:
 
-* ``logsoftmax_stats(logits, targets, vocab_start, inv_temp) -> (lse, tgt, px)``
+* ``logsoftmax_stats(logits, targets, vocab_start, inv_temp, shift?) -> (lse, tgt, px)``
 * ``logsoftmax_grad(logits, targets, lse, px, grad_logp, grad_ent?, grad_lse?, vocab_start,
   inv_temp)``
   ``-> grad_logits`` and its in-place twin ``logsoftmax_grad_`` (mutates ``logits``)
@@ -25,13 +25,17 @@ from . import _logsoftmax as _ls
 
 @torch.library.custom_op("dsm_engine::logsoftmax_stats", mutates_args=())
 def logsoftmax_stats(
-    logits: torch.Tensor, targets: torch.Tensor, vocab_start: int, inv_temp: float
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    vocab_start: int,
+    inv_temp: float,
+    shift: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _ls.stats_triton(logits, targets, vocab_start, inv_temp)
+    return _ls.stats_triton(logits, targets, vocab_start, inv_temp, shift)
 
 
 @logsoftmax_stats.register_fake
-def _(logits, targets, vocab_start, inv_temp):
+def _(logits, targets, vocab_start, inv_temp, shift=None):
     n = logits.shape[0]
     return tuple(logits.new_empty((n,), dtype=torch.float32) for _ in range(3))
 
@@ -131,7 +135,7 @@ logprobs.register_autograd(_logprobs_backward, setup_context=_logprobs_setup)
 class Backend(NamedTuple):
     """The two primitives a chunked or sharded op needs, from Triton or from PyTorch.
 
-    ``stats(logits, targets, vocab_start, inv_temp) -> (lse, tgt, px)``;
+    ``stats(logits, targets, vocab_start, inv_temp, shift=None) -> (lse, tgt, px)``;
     ``grad(logits, targets, lse, px, grad_logp, grad_ent, grad_lse, vocab_start, inv_temp,
     inplace) -> grad_logits`` (``inplace`` writes into and returns ``logits``).
     """

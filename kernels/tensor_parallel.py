@@ -33,13 +33,28 @@ def shard_info(v_local: int, group: dist.ProcessGroup | None) -> tuple[int, int]
     return dist.get_rank(group) * v_local, dist.get_world_size(group) * v_local
 
 
+def merge_partial_stats(
+    lse: torch.Tensor, tgt: torch.Tensor, px: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Merge ``K`` partial ``(lse, tgt, px)`` over disjoint vocabulary slices into one.
+
+    Inputs are fp32 ``(K, N)``: row ``k`` holds the statistics of slice ``k`` alone (as
+    ``backend.stats`` returns them). The same algebra serves tensor-parallel shards and the
+    vocabulary chunks inside one shard: ``lse = logsumexp_k lse_k``, ``tgt = Σ_k tgt_k`` (only
+    the slice owning the target is non-zero) and ``px = Σ_k exp(lse_k − lse)·px_k`` (slice
+    ``k``'s softmax is the global one scaled by ``exp(lse − lse_k)``). Returns ``(N,)`` each.
+    """
+    lse_g = torch.logsumexp(lse, dim=0)
+    px_g = (torch.exp(lse - lse_g) * px).sum(0)
+    return lse_g, tgt.sum(0), px_g
+
+
 def combine_stats(
     lse: torch.Tensor, tgt: torch.Tensor, px: torch.Tensor, group: dist.ProcessGroup | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Merge per-shard ``(lse, tgt, px)`` (fp32 ``(N,)`` each) into the global ones.
 
-    One all-gather of ``3·N`` floats per rank. ``lse = logsumexp_r lse_r``, ``tgt = Σ_r tgt_r``
-    (only the owner contributes), ``px = Σ_r exp(lse_r − lse)·px_r``.
+    One all-gather of ``3·N`` floats per rank, then ``merge_partial_stats`` over the ranks.
     """
     if group is None or dist.get_world_size(group) == 1:
         return lse, tgt, px
@@ -47,10 +62,7 @@ def combine_stats(
     parts = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
     dist.all_gather(parts, local.contiguous(), group=group)
     allv = torch.stack(parts)  # (world, 3, N)
-    lse_g = torch.logsumexp(allv[:, 0], dim=0)
-    tgt_g = allv[:, 1].sum(0)
-    px_g = (torch.exp(allv[:, 0] - lse_g) * allv[:, 2]).sum(0)
-    return lse_g, tgt_g, px_g
+    return merge_partial_stats(allv[:, 0], allv[:, 1], allv[:, 2])
 
 
 def all_reduce_sum_(t: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:

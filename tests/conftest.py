@@ -24,12 +24,24 @@ def neox_tokenizer_path(shared_data: Path) -> Path:
     return shared_data / "tokenizers" / "gpt-neox-20b" / "tokenizer.json"
 
 
+@pytest.fixture(scope="session")
+def arithmetic_pretrained(tmp_path_factory):
+    """The tiny arithmetic policy of ``dsm_engine.grpo.arithmetic_demo``, pretrained once per
+    session (600 steps, ~66% held-out greedy accuracy): ``(paths, eos, checkpoint)``.
+
+    Shared and read-only: tests write their runs under their own ``tmp_path``, never under
+    ``paths.root``."""
+    from dsm_engine.grpo.arithmetic_demo import prepare, pretrain
+    from dsm_engine.models.parallel import destroy_parallel
+
+    paths, eos = prepare(tmp_path_factory.mktemp("arithmetic"))
+    checkpoint = pretrain(paths, eos, steps=600, progress=False)
+    destroy_parallel()
+    return paths, eos, checkpoint
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
-
-    # Kernel tests first: megatron-core wraps some fused ops in torch.compile, and once
-    # inductor's C++ kernels are loaded into a process, Triton's CPU interpreter can crash there.
-    items.sort(key=lambda item: 0 if "kernels" in Path(str(item.fspath)).parts else 1)
 
     if torch.cuda.is_available():
         return

@@ -3,11 +3,16 @@
 For N in {4096, 8192, 16384}: median time (do_bench) and peak extra memory, forward and
 forward+backward, of ``fused_linear_logprobs`` and ``fused_linear_grpo_loss`` against the
 materialised PyTorch reference (the one the tests use), ``torch.compile`` of it, and
-Liger-Kernel's fused linear GRPO loss when it is installed. TFLOP/s are counted against the
-algorithmic FLOPs: 2NHV (forward), 6NHV (forward+backward without recompute) and 8NHV (with
-the logits recomputed in backward), next to the measured bf16 matmul rate at the same shape.
+Liger-Kernel's fused linear GRPO loss when it is installed. Our ops run in two chunking modes:
+``full-vocab`` (token chunks over the whole vocabulary, the default rule at this head, 6NHV for
+the GRPO loss with gradients) and ``vocab-chunked`` (``--vocab-chunk`` rows of the lm_head per
+chunk, ``--vocab-token-chunk`` tokens: smaller temporaries, the logits recomputed once more).
+TFLOP/s are counted against the algorithmic FLOPs: 2NHV (forward), 6NHV (forward+backward
+without recompute) and 8NHV (with the logits recomputed), next to the measured bf16 matmul
+rate at the same shape.
 
 Usage: python benchmarks/kernels/bench_fused_linear.py [--n 4096 8192 16384] [--quick]
+       [--modes full-vocab vocab-chunked] [--vocab-chunk 16384] [--vocab-token-chunk 512]
 Writes benchmarks/results/fused_linear.{json,md}. Without CUDA it says so and exits 0.
 """
 
@@ -50,31 +55,61 @@ def _problem(n: int, t: int = 512):
     return hidden, weight, targets, old, ref, mask, rewards
 
 
-def _liger_grpo():
+def _liger_grpo(compiled: bool = True):
     """Liger-Kernel's fused linear GRPO loss as ``f(hidden, weight, targets, old, ref, mask,
-    adv) -> loss``, or None when it is not installed or its API differs."""
+    adv) -> loss`` with our objective, or None when liger-kernel is not installed.
+
+    Checked against liger-kernel 0.8.5 (``liger_kernel/chunked_loss/grpo_loss.py``):
+    ``LigerFusedLinearGRPOLoss(beta, compiled, use_ref_model, chunk_size, epsilon_low,
+    epsilon_high, loss_type, ...)`` then ``forward(_input (B, T, H), lin_weight (V, H),
+    selected_token_ids (B, T), attention_mask (B, T), advantages (B,), bias=None,
+    ref_per_token_logps=None, old_per_token_logps=None, ...)`` returning ``(loss, metrics)``.
+    Its default ``loss_type="dapo"`` divides by the batch's valid-token count; ``"grpo"`` is
+    the paper's seq-mean-token-mean (empty rows add 0 and count in B, as ours). Its KL term is
+    the same k3 estimator. ``chunk_size`` counts sequences (Liger's default 1 = T tokens per
+    chunk). Like ours it computes the input gradient inside forward, even under no_grad, so
+    its "fwd" rows include that matmul. ``compiled=False`` keeps torch.compile out (tests).
+    """
     try:
         from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss
-    except Exception:
+    except ImportError:
         return None
-    loss_mod = LigerFusedLinearGRPOLoss(beta=0.04, epsilon_low=0.2, epsilon_high=0.2)
+    loss_mod = LigerFusedLinearGRPOLoss(
+        beta=0.04,
+        epsilon_low=0.2,
+        epsilon_high=0.2,
+        loss_type="grpo",
+        compiled=compiled,
+        use_ref_model=True,
+        chunk_size=1,
+        temperature=1.0,
+    )
 
     def f(hidden, weight, targets, old, ref, mask, adv):
-        out = loss_mod(
+        loss, _metrics = loss_mod(
             hidden,
             weight,
             targets,
-            mask.long(),
-            adv,
+            mask.float(),
+            adv.float(),
             ref_per_token_logps=ref,
             old_per_token_logps=old,
         )
-        return out[0] if isinstance(out, tuple) else out
+        return loss
 
     return f
 
 
-def _variants(hidden, weight, targets, old, ref, mask, rewards):
+def _chunkings(modes: list[str], vocab_chunk: int, vocab_token_chunk: int) -> dict[str, dict]:
+    """Keyword arguments of our fused ops for each requested chunking mode."""
+    table = {
+        "full-vocab": {"vocab_chunk": V},  # token chunks from the default budget rule
+        "vocab-chunked": {"token_chunk": vocab_token_chunk, "vocab_chunk": vocab_chunk},
+    }
+    return {m: table[m] for m in modes}
+
+
+def _variants(hidden, weight, targets, old, ref, mask, rewards, chunkings):
     from dsm_engine.kernels import (
         fused_linear_grpo_loss,
         fused_linear_grpo_loss_ref,
@@ -87,24 +122,25 @@ def _variants(hidden, weight, targets, old, ref, mask, rewards):
     kw = {"rewards": rewards, "group_size": GROUP}
     compiled_ref = torch.compile(fused_linear_grpo_loss_ref)
     compiled_lp = torch.compile(fused_linear_logprobs_ref)
-    out = {
-        ("logprobs", "fused (ours)"): lambda h, w: fused_linear_logprobs(
-            h.view(-1, H), w, flat_t
-        ).sum(),
-        ("logprobs", "materialised torch"): lambda h, w: fused_linear_logprobs_ref(
-            h.view(-1, H), w, flat_t
-        ).sum(),
-        ("logprobs", "torch.compile"): lambda h, w: compiled_lp(h.view(-1, H), w, flat_t).sum(),
-        ("grpo", "fused (ours)"): lambda h, w: fused_linear_grpo_loss(
-            h, w, targets, old, ref, mask, **kw
-        )[0],
-        ("grpo", "materialised torch"): lambda h, w: fused_linear_grpo_loss_ref(
-            h, w, targets, old, ref, mask, **kw
-        )[0],
-        ("grpo", "torch.compile"): lambda h, w: compiled_ref(h, w, targets, old, ref, mask, **kw)[
-            0
-        ],
-    }
+    out = {}
+    for mode, ck in chunkings.items():
+        out[("logprobs", f"fused (ours, {mode})")] = lambda h, w, ck=ck: fused_linear_logprobs(
+            h.view(-1, H), w, flat_t, **ck
+        ).sum()
+    out[("logprobs", "materialised torch")] = lambda h, w: fused_linear_logprobs_ref(
+        h.view(-1, H), w, flat_t
+    ).sum()
+    out[("logprobs", "torch.compile")] = lambda h, w: compiled_lp(h.view(-1, H), w, flat_t).sum()
+    for mode, ck in chunkings.items():
+        out[("grpo", f"fused (ours, {mode})")] = lambda h, w, ck=ck: fused_linear_grpo_loss(
+            h, w, targets, old, ref, mask, **kw, **ck
+        )[0]
+    out[("grpo", "materialised torch")] = lambda h, w: fused_linear_grpo_loss_ref(
+        h, w, targets, old, ref, mask, **kw
+    )[0]
+    out[("grpo", "torch.compile")] = lambda h, w: compiled_ref(h, w, targets, old, ref, mask, **kw)[
+        0
+    ]
     liger = _liger_grpo()
     if liger is not None:
         adv = group_advantages(rewards, GROUP)
@@ -112,17 +148,22 @@ def _variants(hidden, weight, targets, old, ref, mask, rewards):
     return out
 
 
-def run(ns: list[int], quick: bool) -> None:
+def run(ns: list[int], quick: bool, chunkings: dict[str, dict]) -> None:
+    from dsm_engine.kernels import default_chunk_sizes
+
     env = environment()
     rows, notes = [], []
+    for mode, ck in chunkings.items():
+        notes.append(f"chunking {mode}: {ck or 'default rule'}")
     for n in ns:
+        notes.append(f"N={n}: default (token_chunk, vocab_chunk) = {default_chunk_sizes(n, H, V)}")
         problem = _problem(n)
         hidden, weight = problem[0], problem[1]
         mm = matmul_tflops(n, H, V)
         notes.append(f"N={n}: measured bf16 matmul ({n}x{H} @ {H}x{V}) {mm:.0f} TFLOP/s")
         flops = {"fwd": 2 * n * H * V, "fwd+bwd": 6 * n * H * V}
         logits_fp32 = n * V * 4
-        for (op, name), fn in _variants(*problem).items():
+        for (op, name), fn in _variants(*problem, chunkings).items():
             for mode in ("fwd", "fwd+bwd"):
                 h = hidden.detach().requires_grad_(mode == "fwd+bwd")
                 w = weight.detach().requires_grad_(mode == "fwd+bwd")
@@ -165,10 +206,21 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, nargs="+", default=[4096, 8192, 16384])
     p.add_argument("--quick", action="store_true", help="fewer timing repetitions")
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        choices=["full-vocab", "vocab-chunked"],
+        default=["full-vocab", "vocab-chunked"],
+        help="chunking modes of our fused ops to measure",
+    )
+    p.add_argument("--vocab-chunk", type=int, default=16384, help="lm_head rows per chunk")
+    p.add_argument("--vocab-token-chunk", type=int, default=512, help="tokens per chunk")
     args = p.parse_args(argv)
+    if args.vocab_chunk <= 0 or args.vocab_token_chunk <= 0:
+        p.error("--vocab-chunk and --vocab-token-chunk must be positive")
     if not require_cuda("bench_fused_linear"):
         return 0
-    run(args.n, args.quick)
+    run(args.n, args.quick, _chunkings(args.modes, args.vocab_chunk, args.vocab_token_chunk))
     return 0
 
 

@@ -16,15 +16,29 @@ def max_err(x: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def assert_close_to_ref(
-    name: str, out: torch.Tensor, ref: torch.Tensor, baseline: torch.Tensor, dtype: torch.dtype
+    name: str,
+    out: torch.Tensor,
+    ref: torch.Tensor,
+    baseline: torch.Tensor,
+    dtype: torch.dtype,
+    *,
+    inherent: torch.Tensor | None = None,
 ) -> None:
     """fp32: ``out`` within a tight tolerance of the fp64 ``ref``. Low precision: the error is
-    at most twice plain PyTorch's error (``baseline``, computed at ``dtype``) plus ``TOL``."""
+    at most twice plain PyTorch's error (``baseline``, computed at ``dtype``) plus ``TOL``.
+
+    ``inherent`` (optional): exact math applied after the roundings the op's contract fixes
+    (e.g. lm_head logits stored in ``dtype``). Plain PyTorch makes those roundings too, but its
+    further roundings sometimes cancel them by luck at a dominant element, so the bound uses
+    the larger of the two errors; a wrong kernel is still off by far more.
+    """
     err = max_err(out, ref)
     scale = max(1.0, ref.abs().max().item() if ref.numel() else 1.0)
     if dtype == torch.float32:
         assert err <= 1e-5 * scale + TOL[dtype], f"{name}: error {err:.3g} vs fp64"
     else:
         base = max_err(baseline, ref)
+        if inherent is not None:
+            base = max(base, max_err(inherent, ref))
         bound = 2 * base + TOL[dtype] * scale
         assert err <= bound, f"{name}: error {err:.3g} > 2 x torch's {base:.3g} + tol"

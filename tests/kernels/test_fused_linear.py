@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import random
+import zlib
+
 import pytest
 import torch
 from _kernel_checks import TOL, assert_close_to_ref, max_err
 
 from dsm_engine.kernels import (
     _logsoftmax,
-    default_chunk_size,
+    default_chunk_sizes,
     fused_linear_grpo_loss,
     fused_linear_grpo_loss_ref,
     fused_linear_logprobs,
     fused_linear_logprobs_ref,
     grpo_loss,
     logprobs_from_logits,
+    logprobs_from_logits_ref,
 )
 from dsm_engine.kernels.grpo_loss import grpo_loss_ref
 
@@ -26,8 +31,35 @@ def small_blocks(monkeypatch):
     monkeypatch.setattr(_logsoftmax, "MAX_BLOCK_V", 128)
 
 
+# Fresh inputs every run, reproducible: DSM_TEST_SEED=<printed seed> pytest ... replays a run.
+BASE_SEED = int(os.environ.get("DSM_TEST_SEED", random.randrange(2**31)))
+
+
 def _seed(*key) -> torch.Generator:
-    return torch.Generator().manual_seed(hash(tuple(str(k) for k in key)) % 2**31)
+    print(f"DSM_TEST_SEED={BASE_SEED}")  # shown by pytest when the test fails
+    mixed = (BASE_SEED + zlib.crc32(repr(tuple(str(k) for k in key)).encode())) % 2**31
+    return torch.Generator().manual_seed(mixed)
+
+
+class _RoundTo(torch.autograd.Function):
+    """fp64 value rounded to ``dtype``; its gradient is rounded to ``dtype`` as well."""
+
+    @staticmethod
+    def forward(ctx, x, dtype):
+        ctx.dtype = dtype
+        return x.to(dtype).double()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.to(ctx.dtype).double(), None
+
+
+def _exact_on_rounded_logits(hidden, weight, targets, temperature):
+    """fp64 log-probs and entropy from logits rounded to the inputs' dtype, whose gradient is
+    rounded to that dtype too: the error inherent to storing the lm_head output in ``dtype``
+    (see ``assert_close_to_ref``'s ``inherent``)."""
+    logits = _RoundTo.apply(hidden.double() @ weight.double().T, hidden.dtype)
+    return logprobs_from_logits_ref(logits, targets, temperature=temperature, return_entropy=True)
 
 
 def _head(n, h, v, dtype, gen):
@@ -43,22 +75,32 @@ def _materialised_at_dtype(hidden, weight, targets, temperature, entropy):
     return lp, (-(lp_all.exp() * lp_all).sum(-1) if entropy else None)
 
 
-# (N, H, V, chunk, temperature, entropy)
+# (N, H, V, token_chunk, vocab_chunk, temperature, entropy); vocab_chunk None = full vocab.
 LOGPROB_CASES = {
-    "N=1": (1, 16, 37, None, 1.0, False),
-    "ragged-chunks-V-not-block-multiple": (13, 24, 300, 4, 1.0, True),
-    "temperature": (8, 16, 200, 3, 0.6, True),
+    "N=1": (1, 16, 37, None, None, 1.0, False),
+    "ragged-chunks-V-not-block-multiple": (13, 24, 300, 4, None, 1.0, True),
+    "temperature": (8, 16, 200, 3, None, 0.6, True),
+    "vocab-chunks-ragged-last-chunk": (13, 24, 300, 4, 64, 1.0, True),
+    "vocab-chunks-N=1": (1, 16, 37, None, 16, 1.0, True),
+    "vocab-chunks-temperature": (8, 16, 200, 3, 48, 0.6, True),
 }
+
+
+def _targets(n, v, gen):
+    """Random ids, with the first token's id in the last (partial) vocabulary chunk."""
+    targets = torch.randint(0, v, (n,), generator=gen)
+    targets[0] = v - 1
+    return targets
 
 
 @pytest.mark.parametrize("impl", ["triton", "torch"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", LOGPROB_CASES.values(), ids=LOGPROB_CASES.keys())
 def test_fused_linear_logprobs_matches_fp64_reference(case, dtype, impl):
-    n, h, v, chunk, temp, entropy = case
+    n, h, v, token_chunk, vocab_chunk, temp, entropy = case
     gen = _seed(case, dtype, impl)
     hidden, weight = _head(n, h, v, dtype, gen)
-    targets = torch.randint(0, v, (n,), generator=gen)
+    targets = _targets(n, v, gen)
     g_lp, g_ent = torch.randn(n, generator=gen), torch.randn(n, generator=gen)
 
     def run(fn, hd, wt, gl, ge):
@@ -69,7 +111,14 @@ def test_fused_linear_logprobs_matches_fp64_reference(case, dtype, impl):
 
     out = run(
         lambda a, b: fused_linear_logprobs(
-            a, b, targets, temperature=temp, return_entropy=True, chunk_size=chunk, impl=impl
+            a,
+            b,
+            targets,
+            temperature=temp,
+            return_entropy=True,
+            token_chunk=token_chunk,
+            vocab_chunk=vocab_chunk,
+            impl=impl,
         ),
         hidden,
         weight,
@@ -92,16 +141,23 @@ def test_fused_linear_logprobs_matches_fp64_reference(case, dtype, impl):
         g_lp.to(dtype),
         g_ent.to(dtype),
     )
+    inherent = run(
+        lambda a, b: _exact_on_rounded_logits(a, b, targets, temp),
+        hidden,
+        weight,
+        g_lp.double(),
+        g_ent.double(),
+    )
     assert out[0].dtype == torch.float32 and out[0].shape == (n,)
     for i, name in enumerate(["logp", "entropy", "grad_hidden", "grad_weight"]):
         if name == "entropy" and not entropy:
             continue
-        assert_close_to_ref(name, out[i], ref[i], base[i], dtype)
+        assert_close_to_ref(name, out[i], ref[i], base[i], dtype, inherent=inherent[i])
 
 
 def _grpo_inputs(b, t, h, v, dtype, gen, *, far_ratios=True):
     hidden, weight = _head(b * t, h, v, dtype, gen)
-    targets = torch.randint(0, v, (b * t,), generator=gen)
+    targets = _targets(b * t, v, gen)
     with torch.no_grad():
         logp = fused_linear_logprobs_ref(hidden.double(), weight.double(), targets).float()
     old = logp + 0.15 * torch.randn(b * t, generator=gen)
@@ -155,19 +211,34 @@ def _with_dtype(kw, dtype):
     return {k: (v.to(dtype) if torch.is_tensor(v) else v) for k, v in kw.items()}
 
 
+# (token_chunk, vocab_chunk): full-vocabulary token chunks, and vocabulary chunks (200 = 3x64+8).
+CHUNKINGS = {"token-chunks": (7, None), "vocab-chunks": (7, 64)}
+
+
 @pytest.mark.parametrize("impl", ["triton", "torch"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("chunks", CHUNKINGS.values(), ids=CHUNKINGS.keys())
 @pytest.mark.parametrize("spec", GRPO_CASES.values(), ids=GRPO_CASES.keys())
-def test_fused_linear_grpo_loss_matches_materialised_reference(spec, dtype, impl):
+def test_fused_linear_grpo_loss_matches_materialised_reference(spec, chunks, dtype, impl):
     b, t, h, v = 6, 5, 16, 200
-    gen = _seed(spec, dtype, impl)
+    gen = _seed(spec, chunks, dtype, impl)
     hidden, weight, targets, old, ref, mask = _grpo_inputs(b, t, h, v, dtype, gen)
     kw = _grpo_kwargs(spec, b, t, gen)
     temp = kw.get("temperature", 1.0)
 
     hd, wt = hidden.detach().requires_grad_(), weight.detach().requires_grad_()
+    token_chunk, vocab_chunk = chunks
     loss, metrics = fused_linear_grpo_loss(
-        hd, wt, targets, old, ref, mask, chunk_size=7, impl=impl, **kw
+        hd,
+        wt,
+        targets,
+        old,
+        ref,
+        mask,
+        token_chunk=token_chunk,
+        vocab_chunk=vocab_chunk,
+        impl=impl,
+        **kw,
     )
     loss.backward()
 
@@ -205,8 +276,13 @@ def test_fused_linear_grpo_loss_matches_materialised_reference(spec, dtype, impl
         base = max(max_err(loss_b, loss_r), sens * max_err(logp_b.reshape(b, t), lr))
         err = max_err(loss, loss_r)
         assert err <= 2 * base + TOL[dtype] * max(1.0, abs(loss_r.item())), (err, base)
-    assert_close_to_ref("grad_hidden", hd.grad, hr.grad, hb.grad, dtype)
-    assert_close_to_ref("grad_weight", wt.grad, wr.grad, wb.grad, dtype)
+    hi, wi = hidden.detach().requires_grad_(), weight.detach().requires_grad_()
+    logp_i, _ = _exact_on_rounded_logits(hi.reshape(b * t, h), wi, targets.reshape(-1), temp)
+    kw64 = _with_dtype(grpo_kw, torch.float64)
+    loss_i, _ = grpo_loss_ref(logp_i.reshape(b, t), old.double(), ref.double(), mask, **kw64)
+    loss_i.backward()
+    assert_close_to_ref("grad_hidden", hd.grad, hr.grad, hb.grad, dtype, inherent=hi.grad)
+    assert_close_to_ref("grad_weight", wt.grad, wr.grad, wb.grad, dtype, inherent=wi.grad)
     assert set(metrics) == set(metrics_r)
     if dtype == torch.float32:
         for k in metrics:
@@ -226,7 +302,17 @@ def test_fused_grpo_loss_equals_grpo_loss_of_logprobs_from_logits(spec):
     temp = kw.pop("temperature", 1.0)
     hd, wt = hidden.detach().requires_grad_(), weight.detach().requires_grad_()
     loss, metrics = fused_linear_grpo_loss(
-        hd, wt, targets, old, ref, mask, temperature=temp, chunk_size=5, impl="triton", **kw
+        hd,
+        wt,
+        targets,
+        old,
+        ref,
+        mask,
+        temperature=temp,
+        token_chunk=5,
+        vocab_chunk=64,
+        impl="triton",
+        **kw,
     )
     loss.backward()
     h2, w2 = hidden.detach().requires_grad_(), weight.detach().requires_grad_()
@@ -237,8 +323,9 @@ def test_fused_grpo_loss_equals_grpo_loss_of_logprobs_from_logits(spec):
     torch.testing.assert_close(loss, loss2, rtol=1e-5, atol=1e-6)
     for k in metrics2:
         torch.testing.assert_close(metrics[k], metrics2[k], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(hd.grad, h2.grad, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(wt.grad, w2.grad, rtol=1e-5, atol=1e-6)
+    # Vocabulary chunks sum each gradient in another order: fp32 rounding relative to its scale.
+    for got, want in ((hd.grad, h2.grad), (wt.grad, w2.grad)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6 * want.abs().max().item())
 
 
 def test_fused_grpo_loss_without_grad_matches_with_grad():
@@ -257,7 +344,7 @@ def test_fused_grpo_loss_without_grad_matches_with_grad():
 def test_backward_scales_by_the_incoming_gradient():
     gen = _seed("scale")
     hidden, weight, targets, old, ref, mask = _grpo_inputs(2, 4, 8, 50, torch.float32, gen)
-    kw = {"advantages": torch.tensor([0.5, -1.0]), "impl": "triton", "chunk_size": 3}
+    kw = {"advantages": torch.tensor([0.5, -1.0]), "impl": "triton", "token_chunk": 3}
     grads = []
     for scale in (1.0, -2.5):
         w = weight.detach().requires_grad_()
@@ -267,12 +354,55 @@ def test_backward_scales_by_the_incoming_gradient():
     torch.testing.assert_close(grads[0], grads[1])
 
 
-def test_default_chunk_size_keeps_chunk_logits_no_larger_than_hidden():
-    n, h, v = 8192, 4096, 102400
-    c = default_chunk_size(n, h, v)
-    assert c == 256 and c * v <= n * h
-    assert default_chunk_size(5, 8, 1000) == 5  # never more rows than there are
-    assert default_chunk_size(4096, 16, 1000) == 64  # largest power of two under N*H/V
+def test_default_chunk_sizes_keep_full_vocab_token_chunks_when_they_fit_the_budget():
+    n, h, v = 8192, 4096, 102400  # DeepSeekMath-7B's head: the 6NHV path
+    tc, vc = default_chunk_sizes(n, h, v)
+    assert (tc, vc) == (256, v) and tc * v <= n * h
+    assert default_chunk_sizes(4096, 4096, v) == (128, v)
+    assert default_chunk_sizes(5, 8, 1000) == (5, 1000)  # never more rows than there are
+    assert default_chunk_sizes(4096, 16, 1000, budget=4 * 4096 * 16) == (256, 1000)
+
+
+def test_default_chunk_sizes_chunk_the_vocab_when_an_efficient_token_chunk_is_too_big():
+    tc, vc = default_chunk_sizes(1024, 4096, 256000)  # 128 rows x 256,000 > 2**24
+    assert (tc, vc) == (128, 131072) and tc * vc <= 2**24
+    tc, vc = default_chunk_sizes(512, 8, 1000, budget=64 * 1000)
+    assert tc == 128 and vc == 384 and tc * vc <= 64 * 1000
+    # A budget below one aligned block shrinks the token chunk instead.
+    assert default_chunk_sizes(512, 8, 1000, budget=4096) == (32, 128)
+
+
+def test_explicit_chunk_sizes_fill_the_missing_one_from_the_budget():
+    from dsm_engine.kernels._head_chunks import resolve_chunk_sizes
+
+    assert resolve_chunk_sizes(100, 8, 500, 16, None) == (16, 500)
+    assert resolve_chunk_sizes(100, 8, 500, None, 64) == (100, 64)
+    assert resolve_chunk_sizes(100, 8, 500, 7, 9999) == (7, 500)
+    tc, vc = resolve_chunk_sizes(4096, 4096, 256000, 1024, None)
+    assert tc == 1024 and tc * vc <= 4096 * 4096 and vc % 128 == 0
+
+
+def test_vocab_chunked_grpo_loss_of_one_token_equals_full_vocab():
+    gen = _seed("one-token")
+    hidden, weight, targets, old, ref, _ = _grpo_inputs(1, 1, 8, 70, torch.float32, gen)
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    outs = []
+    for vocab_chunk in (None, 32):
+        hd, wt = hidden.detach().requires_grad_(), weight.detach().requires_grad_()
+        loss, _ = fused_linear_grpo_loss(
+            hd,
+            wt,
+            targets,
+            old,
+            ref,
+            mask,
+            advantages=torch.tensor([1.5]),
+            vocab_chunk=vocab_chunk,
+            impl="triton",
+        )
+        outs.append((loss, *torch.autograd.grad(loss, (hd, wt))))
+    for a, b in zip(*outs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -287,7 +417,8 @@ def test_default_chunk_size_keeps_chunk_logits_no_larger_than_hidden():
         ({"mask": torch.ones(3, 3)}, "mask must have shape"),
         ({"loss_agg": "sum"}, "loss_agg must be one of"),
         ({"advantages": None, "rewards": torch.ones(2), "group_size": 4}, "group_size=4"),
-        ({"chunk_size": 0}, "chunk_size must be a positive int"),
+        ({"token_chunk": 0}, "token_chunk must be a positive int"),
+        ({"vocab_chunk": 2.5}, "vocab_chunk must be a positive int"),
         ({"weight": torch.zeros(10, 4, device="meta")}, "weight is on meta"),
     ],
 )
@@ -309,7 +440,8 @@ def test_bad_input_raises_value_error_naming_the_argument(change, match):
 
 
 @pytest.mark.gpu
-def test_deepseekmath_head_shape_on_gpu():
+@pytest.mark.parametrize("vocab_chunk", [None, 16384], ids=["default-chunks", "vocab-chunks"])
+def test_deepseekmath_head_shape_on_gpu(vocab_chunk):
     b, t, h, v = 4, 256, 4096, 102400
     gen = torch.Generator(device="cuda").manual_seed(7)
     hidden = torch.randn(b, t, h, device="cuda", generator=gen).bfloat16()
@@ -326,7 +458,7 @@ def test_deepseekmath_head_shape_on_gpu():
     kw = {"rewards": rewards, "group_size": 2}
 
     hd, wt = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
-    loss, _ = fused_linear_grpo_loss(hd, wt, targets, old, ref, mask, **kw)
+    loss, _ = fused_linear_grpo_loss(hd, wt, targets, old, ref, mask, vocab_chunk=vocab_chunk, **kw)
     loss.backward()
     hr, wr = hidden.double().requires_grad_(), weight.double().requires_grad_()
     kw64 = {"rewards": rewards.double(), "group_size": 2}

@@ -123,6 +123,10 @@ def test_registered_ops_pass_opcheck():
     targets = torch.randint(0, 40, (3,), generator=gen)
     torch.library.opcheck(torch.ops.dsm_engine.logprobs.default, (logits, targets, 1.25, False))
     lse, tgt, px = torch.ops.dsm_engine.logsoftmax_stats(logits.detach(), targets, 0, 1.0)
+    shift = torch.randn(3, generator=gen)
+    torch.library.opcheck(
+        torch.ops.dsm_engine.logsoftmax_stats.default, (logits.detach(), targets, 5, 0.5, shift)
+    )
     g = torch.randn(3, generator=gen)
     torch.library.opcheck(
         torch.ops.dsm_engine.logsoftmax_grad.default,
@@ -163,3 +167,19 @@ def test_deepseekmath_head_shape_on_gpu():
     assert_close_to_ref("logp", lp, lp_r, lp_b, torch.bfloat16)
     assert_close_to_ref("entropy", ent, ent_r, ent_b, torch.bfloat16)
     assert_close_to_ref("grad_logits", grad, grad_r, grad_b, torch.bfloat16)
+
+
+@pytest.mark.parametrize("impl", ["triton", "torch"])
+def test_stats_with_a_shift_report_lse_and_px_of_the_shifted_logits(impl):
+    gen = torch.Generator().manual_seed(11)
+    logits = torch.randn(4, 300, generator=gen, dtype=torch.float64) * 8
+    targets = torch.tensor([0, 299, 150, 7])
+    shift = torch.randn(4, generator=gen, dtype=torch.float64) * 20
+    stats = _logsoftmax.stats_triton if impl == "triton" else _logsoftmax.stats_torch
+    lse, tgt, px = stats(logits.float(), targets, 0, 0.7, shift.float())
+    z = logits * 0.7
+    want_lse = torch.logsumexp(z, -1) - shift
+    want_px = (torch.softmax(z, -1) * z).sum(-1) - shift
+    want_tgt = z.gather(1, targets[:, None]).squeeze(1)  # the target logit is not shifted
+    for got, want in ((lse, want_lse), (px, want_px), (tgt, want_tgt)):
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)

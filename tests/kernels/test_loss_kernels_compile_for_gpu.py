@@ -1,4 +1,4 @@
-"""The KL, GRPO-loss and advantage kernels compile for an H100 (sm_90) without one.
+"""The KL, GRPO-loss, advantage and log-softmax kernels compile for an H100 (sm_90) without one.
 
 CI has no GPU, so every other test runs the kernels under Triton's interpreter, which accepts
 some programs the real compiler rejects. This compiles each kernel specialisation down to PTX
@@ -21,9 +21,9 @@ SCRIPT = textwrap.dedent(
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    gl, kl, adv = (
+    gl, kl, adv, ls = (
         importlib.import_module("dsm_engine.kernels." + m)
-        for m in ("grpo_loss", "kl", "advantages")
+        for m in ("grpo_loss", "kl", "advantages", "_logsoftmax")
     )
     target = GPUTarget("cuda", 90, 32)
 
@@ -52,6 +52,15 @@ SCRIPT = textwrap.dedent(
     compile_(adv._process_advantages_fwd_kernel, dict(rew_ptr="*fp32", ends_ptr="*i64",
              smask_ptr="*u8", out_ptr="*fp32", steps="i32", group_size="i32",
              seq_len="i32", eps="fp32"), dict(BLOCK_GS=256, BLOCK_S=32, BLOCK_T=128))
+    for has_shift in (False, True):  # the vocabulary-chunk statistics use the shifted frame
+        compile_(ls._stats_kernel, dict(X="*bf16", stride_xn="i64", stride_xv="i64",
+                 TGT="*i64", LSE="*fp32", TLOGIT="*fp32", PX="*fp32", SHIFT="*fp32",
+                 vocab_start="i64", V="i32", inv_t="fp32"),
+                 dict(HAS_SHIFT=has_shift, BLOCK=4096))
+    compile_(ls._grad_kernel, dict(X="*bf16", stride_xn="i64", stride_xv="i64", DX="*bf16",
+             stride_dn="i64", stride_dv="i64", TGT="*i64", LSE="*fp32", PX="*fp32",
+             GA="*fp32", GB="*fp32", GC="*fp32", vocab_start="i64", V="i32", inv_t="fp32"),
+             dict(HAS_C=True, BLOCK=4096))
     print("compiled")
     """
 )

@@ -2,7 +2,8 @@
 
 Every rank builds the same random problem from the seed in argv[1], runs each op unsharded
 (TP=1) and on its vocabulary shard (TP=2), and checks forward values and gradients (the
-shard's slice for logits/weight; the full gradient for hidden). Exits non-zero on mismatch.
+shard's slice for logits/weight; the full gradient for hidden). The fused ops also run with
+vocabulary chunks inside the shard. Exits non-zero on mismatch.
 """
 
 from __future__ import annotations
@@ -65,26 +66,36 @@ def main() -> int:
         _check(f"{impl} entropy", outs["tp2"][1], outs["tp1"][1])
         _check(f"{impl} grad_logits", outs["tp2"][2], outs["tp1"][2][:, sl])
 
-        # fused_linear_logprobs
-        for tp, w in (("tp1", weight), ("tp2", weight[sl])):
+        # The fused ops, unsharded over the full vocabulary (the reference) against the shard,
+        # with full-vocabulary token chunks (None) and vocabulary chunks inside the shard (64:
+        # 150 = 64 + 64 + 22 per shard; 300 = 4 x 64 + 44 unsharded).
+        ref_cfg = ("tp1", None)
+        configs = (ref_cfg, ("tp2", None), ("tp1", 64), ("tp2", 64))
+        for tp, vocab_chunk in configs:
+            w = weight if tp == "tp1" else weight[sl]
             hd, wt = hidden.reshape(n, h).clone().requires_grad_(), w.clone().requires_grad_()
             lp, ent = fused_linear_logprobs(
                 hd,
                 wt,
                 flat,
                 return_entropy=True,
-                chunk_size=5,
+                token_chunk=5,
+                vocab_chunk=vocab_chunk,
                 tp_group=group if tp == "tp2" else None,
                 impl=impl,
             )
-            outs[tp] = (lp, ent, *torch.autograd.grad((lp * g_lp + ent * g_ent).sum(), (hd, wt)))
-        _check(f"{impl} fused logprobs", outs["tp2"][0], outs["tp1"][0])
-        _check(f"{impl} fused entropy", outs["tp2"][1], outs["tp1"][1])
-        _check(f"{impl} fused grad_hidden", outs["tp2"][2], outs["tp1"][2])
-        _check(f"{impl} fused grad_weight", outs["tp2"][3], outs["tp1"][3][sl])
+            grads = torch.autograd.grad((lp * g_lp + ent * g_ent).sum(), (hd, wt))
+            outs[tp, vocab_chunk] = (lp, ent, *grads)
+        for cfg in configs[1:]:
+            got, want = outs[cfg], outs[ref_cfg]
+            tag = f"{impl} fused {cfg}"
+            _check(f"{tag} logprobs", got[0], want[0])
+            _check(f"{tag} entropy", got[1], want[1])
+            _check(f"{tag} grad_hidden", got[2], want[2])
+            _check(f"{tag} grad_weight", got[3], want[3][sl] if cfg[0] == "tp2" else want[3])
 
-        # fused_linear_grpo_loss
-        for tp, w in (("tp1", weight), ("tp2", weight[sl])):
+        for tp, vocab_chunk in configs:
+            w = weight if tp == "tp1" else weight[sl]
             hd, wt = hidden.clone().requires_grad_(), w.clone().requires_grad_()
             loss, metrics = fused_linear_grpo_loss(
                 hd,
@@ -95,16 +106,20 @@ def main() -> int:
                 mask,
                 rewards=rewards,
                 group_size=3,
-                chunk_size=5,
+                token_chunk=5,
+                vocab_chunk=vocab_chunk,
                 tp_group=group if tp == "tp2" else None,
                 impl=impl,
             )
-            outs[tp] = (loss, metrics, *torch.autograd.grad(loss, (hd, wt)))
-        _check(f"{impl} grpo loss", outs["tp2"][0], outs["tp1"][0])
-        for k in outs["tp1"][1]:
-            _check(f"{impl} grpo metric {k}", outs["tp2"][1][k], outs["tp1"][1][k])
-        _check(f"{impl} grpo grad_hidden", outs["tp2"][2], outs["tp1"][2])
-        _check(f"{impl} grpo grad_weight", outs["tp2"][3], outs["tp1"][3][sl])
+            outs[tp, vocab_chunk] = (loss, metrics, *torch.autograd.grad(loss, (hd, wt)))
+        for cfg in configs[1:]:
+            got, want = outs[cfg], outs[ref_cfg]
+            tag = f"{impl} grpo {cfg}"
+            _check(f"{tag} loss", got[0], want[0])
+            for k in want[1]:
+                _check(f"{tag} metric {k}", got[1][k], want[1][k])
+            _check(f"{tag} grad_hidden", got[2], want[2])
+            _check(f"{tag} grad_weight", got[3], want[3][sl] if cfg[0] == "tp2" else want[3])
         print(f"rank {rank}: {impl} TP={world} equals TP=1", flush=True)
     dist.destroy_process_group()
     return 0

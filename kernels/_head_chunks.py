@@ -1,0 +1,198 @@
+"""Chunk sizes and the per-token-chunk loops of the fused lm_head ops.
+
+A token chunk ``hidden[s:e]`` meets the vocabulary (this rank's shard ``weight``) either whole
+(one ``(C, V_local)`` logits matmul) or in vocabulary chunks of ``vocab_chunk`` rows of
+``weight``. Each vocabulary chunk gives partial statistics ``(lse_k, tgt_k, px_k)`` over its
+columns; ``tensor_parallel.merge_partial_stats`` merges them with the same algebra that merges
+tensor-parallel shards, so inside a shard the chunks compose with the cross-rank combination.
+Chunks after the first report their statistics relative to the first chunk's ``lse`` (the
+``shift`` of ``_logsoftmax.stats``), so the merge weights ``exp(lse_k - lse)`` do not inherit
+the fp32 rounding of ``O(|logit|)``-sized partial LSEs (entropy and gradients then match the
+unchunked path's accuracy).
+
+Gradients need the final ``lse``/``px`` of a row before any column's softmax gradient, so with
+vocabulary chunks a second pass recomputes each chunk's logits (``chunk_grads``). The last chunk
+of the statistics pass is kept and consumed first by the gradient pass, so ``K`` vocabulary
+chunks cost ``K - 1`` extra chunk matmuls, not ``K``.
+
+Chunk rule (``default_chunk_sizes``): the logits buffer of one (token chunk, vocabulary chunk)
+pair is bounded by ``budget = max(N·H, MIN_BUDGET)`` elements: no larger than ``hidden``, but
+never forced below ``MIN_BUDGET`` (16 Mi elements: 32 MiB of bf16 logits, small beside any
+lm_head and its gradient). With ``C0 = min(N, EFFICIENT_TOKEN_CHUNK)`` rows (a matmul narrower
+than that underfills the tensor cores):
+
+* if ``C0·V_local <= budget``: no vocabulary chunking (the fast path: ``fused_linear_grpo_loss``
+  costs 6NHV with gradients). ``token_chunk`` is the largest power of two with
+  ``token_chunk·V_local <= budget``, clamped to ``[C0, N]``; ``vocab_chunk = V_local``.
+* otherwise ``token_chunk = C0`` and ``vocab_chunk`` is the largest multiple of
+  ``VOCAB_ALIGN`` with ``C0·vocab_chunk <= budget`` (at most ``V_local``; a budget below
+  ``C0·VOCAB_ALIGN`` keeps ``VOCAB_ALIGN`` columns and shrinks the token chunk instead).
+  The gradient pass then recomputes logits: up to 8NHV.
+
+At DeepSeekMath-7B's head (H=4096, V=102,400) this gives 256 full-vocabulary rows at N=8192
+and 128 at N <= 4096 (13 Mi logits), so the 6NHV path is kept; vocabulary chunks start at
+larger vocabularies (V_local > 131,072 at 128 <= N <= 4096) or when chunk sizes are passed explicitly.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .library import Backend
+from .tensor_parallel import merge_partial_stats
+
+EFFICIENT_TOKEN_CHUNK = 128
+MIN_BUDGET = 1 << 24
+VOCAB_ALIGN = 128
+
+
+def _pow2_floor(x: int) -> int:
+    return 1 << (max(x, 1).bit_length() - 1)
+
+
+def _vocab_chunk_for(budget: int, token_chunk: int, v_local: int) -> int:
+    """Largest multiple of ``VOCAB_ALIGN`` within ``budget / token_chunk``, in
+    ``[VOCAB_ALIGN, v_local]`` (``v_local`` when it is smaller)."""
+    vocab = (budget // token_chunk) // VOCAB_ALIGN * VOCAB_ALIGN
+    return min(v_local, max(VOCAB_ALIGN, vocab))
+
+
+def default_chunk_sizes(
+    n: int, h: int, v_local: int, *, budget: int | None = None
+) -> tuple[int, int]:
+    """``(token_chunk, vocab_chunk)`` for ``N`` tokens, hidden size ``H`` and a ``V_local`` shard.
+
+    ``budget``: most logits elements per chunk (default ``max(N·H, MIN_BUDGET)``); see the
+    module docstring for the rule. ``vocab_chunk == v_local`` means no vocabulary chunking.
+    """
+    budget = max(n * h, MIN_BUDGET) if budget is None else max(int(budget), 1)
+    c0 = max(1, min(n, EFFICIENT_TOKEN_CHUNK))
+    if c0 * v_local <= budget:
+        return max(1, min(n, max(c0, _pow2_floor(budget // v_local)))), v_local
+    vocab = _vocab_chunk_for(budget, c0, v_local)
+    return max(1, min(c0, budget // vocab)), vocab
+
+
+def _check_chunk(name: str, value: object) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+
+
+def resolve_chunk_sizes(
+    n: int, h: int, v_local: int, token_chunk: int | None, vocab_chunk: int | None
+) -> tuple[int, int]:
+    """Validate user chunk sizes; fill a missing one from the default budget
+    (``default_chunk_sizes``). Returns ``(token_chunk, vocab_chunk <= v_local)``."""
+    _check_chunk("token_chunk", token_chunk)
+    _check_chunk("vocab_chunk", vocab_chunk)
+    if token_chunk is None and vocab_chunk is None:
+        return default_chunk_sizes(n, h, v_local)
+    budget = max(n * h, MIN_BUDGET)
+    if vocab_chunk is None:
+        assert token_chunk is not None
+        if token_chunk * v_local <= budget:
+            return token_chunk, v_local
+        return token_chunk, _vocab_chunk_for(budget, token_chunk, v_local)
+    vocab_chunk = min(vocab_chunk, v_local)
+    if token_chunk is None:
+        token_chunk = max(1, min(n, _pow2_floor(budget // vocab_chunk)))
+    return token_chunk, vocab_chunk
+
+
+def chunk_stats(
+    backend: Backend,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    vocab_start: int,
+    inv_temp: float,
+    vocab_chunk: int,
+    *,
+    keep_last: bool = False,
+) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], list[torch.Tensor]]:
+    """This shard's ``(lse, tgt, px)`` (fp32 ``(C,)`` each) for the token chunk ``hidden (C, H)``.
+
+    Walks ``weight (V_local, H)`` in slices of ``vocab_chunk`` rows; only one slice's logits
+    ``(C, vocab_chunk)`` exist at a time. With ``keep_last`` the last slice's logits are
+    returned in a one-element list for ``chunk_grads`` to take (an empty list otherwise): the
+    caller holds no reference of its own, so the buffer dies as soon as it has been used.
+    """
+    v = weight.shape[0]
+    parts = []
+    logits = shift = None
+    for v0 in range(0, v, vocab_chunk):
+        logits = None  # free the previous slice before the next matmul allocates
+        logits = hidden @ weight[v0 : v0 + vocab_chunk].T
+        lse, tgt, px = backend.stats(logits, targets, vocab_start + v0, inv_temp, shift)
+        if shift is None and vocab_chunk < v:
+            # Later chunks report lse/px relative to this chunk's lse: merging small numbers
+            # keeps each chunk's fp32 rounding of an O(|logit|) lse out of the merge weights.
+            shift, lse, px = lse, torch.zeros_like(lse), px - lse
+        parts.append((lse, tgt, px))
+    if shift is None:
+        stats = parts[0]
+    else:
+        lse, tgt, px = (torch.stack(p) for p in zip(*parts, strict=True))
+        lse, tgt, px = merge_partial_stats(lse, tgt, px)
+        stats = (lse + shift, tgt, px + shift)
+    kept = [logits] if keep_last else []
+    del logits
+    return stats, kept
+
+
+def chunk_grads(
+    backend: Backend,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    lse: torch.Tensor,
+    px: torch.Tensor,
+    grad_logp: torch.Tensor,
+    grad_ent: torch.Tensor | None,
+    vocab_start: int,
+    inv_temp: float,
+    vocab_chunk: int,
+    *,
+    grad_hidden: torch.Tensor | None,
+    grad_weight: torch.Tensor | None,
+    last_logits: list[torch.Tensor] | None = None,
+) -> None:
+    """Backpropagate one token chunk through the lm_head, slice by vocabulary slice.
+
+    ``lse``/``px`` are the rows' global statistics; ``grad_logp``/``grad_ent`` (fp32 ``(C,)``)
+    the incoming gradients. Writes ``grad_hidden (C, H)`` (summed over slices, in fp32 when
+    ``hidden`` is low precision) and adds each slice's ``dlogits.T @ hidden`` into its rows of
+    ``grad_weight (V_local, H)`` (``addmm_`` in the weight dtype, as without chunking).
+    ``last_logits``: the list from ``chunk_stats(keep_last=True)``; its tensor (the last
+    slice's logits) is taken out, used first and overwritten by its gradient, not recomputed.
+    """
+    v = weight.shape[0]
+    starts = list(range(0, v, vocab_chunk))
+    kept = last_logits.pop() if last_logits else None
+    if kept is not None:
+        starts.reverse()
+    acc = None
+    if grad_hidden is not None and len(starts) > 1 and hidden.dtype != torch.float32:
+        acc = torch.zeros(grad_hidden.shape, dtype=torch.float32, device=grad_hidden.device)
+    for i, v0 in enumerate(starts):
+        w = weight[v0 : v0 + vocab_chunk]
+        if kept is not None:
+            logits, kept = kept, None
+        else:
+            logits = hidden @ w.T
+        dlogits = backend.grad(
+            logits, targets, lse, px, grad_logp, grad_ent, None, vocab_start + v0, inv_temp, True
+        )
+        logits = None
+        if grad_hidden is not None:
+            if acc is not None:
+                acc.add_(dlogits @ w)
+            elif i == 0:
+                torch.matmul(dlogits, w, out=grad_hidden)
+            else:
+                grad_hidden.addmm_(dlogits, w)
+        if grad_weight is not None:
+            grad_weight[v0 : v0 + vocab_chunk].addmm_(dlogits.T, hidden)
+        dlogits = None
+    if acc is not None:
+        grad_hidden.copy_(acc)
