@@ -8,7 +8,8 @@ YAML layout (every key optional; ``key=value`` overrides any of them)::
     grpo: {group_size, prompts_per_step, steps, mu, beta, clip_eps_low, ...}
     rollout: {backend, temperature, top_p, max_new_tokens}
     data: {path, template, tokenizer, ...}
-    reward: {name, kind, ...}
+    reward: {name, kind, supervision, model_path, ...}
+    rm_update: {steps, prompts, samples, ...}   # iterative RL: the reward model between iterations
     reference: {offload_to_cpu}
     eval: {path, every, num_prompts}
 """
@@ -135,6 +136,55 @@ class RewardConfig:
 
 
 @dataclass
+class RewardModelUpdateConfig:
+    """Iterative RL (paper §4.1.4): continue training the reward model at every iteration
+    boundary on the current policy's samples, with a replay share of historical data.
+
+    ``steps``: reward-model optimizer steps per boundary (0: off, the reward model stays fixed).
+    Labels: ``prompts`` GRPO training prompts (from the current data position), ``samples``
+    responses each, graded by the answer verifier (ORM labels); process supervision (prm /
+    mixed) adds Monte-Carlo step labels from ``completions`` rollouts per step. Batches hold
+    ``global_batch_size`` rows (``micro_batch_size`` per forward), ``replay_ratio`` of them
+    from the replay buffer (exactly, when ``global_batch_size * replay_ratio`` is an integer);
+    the buffer keeps at most ``replay_capacity`` rows. ``lr``: constant (the paper's 2e-5).
+    ``eval_fraction`` of the new labels is held out for the logged accuracy / AUC.
+    """
+
+    steps: int = 0
+    prompts: int = 64
+    samples: int = 4
+    completions: int = 4
+    global_batch_size: int = 20
+    micro_batch_size: int = 10
+    lr: float = 2e-5
+    replay_ratio: float = 0.1
+    replay_capacity: int = 100_000
+    eval_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise ConfigError(f"rm_update.steps must be >= 0 (0: off), got {self.steps}")
+        for name in ("prompts", "samples", "completions", "global_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"rm_update.{name} must be >= 1, got {getattr(self, name)}")
+        if self.micro_batch_size < 1 or self.global_batch_size % self.micro_batch_size:
+            raise ConfigError(
+                f"rm_update.micro_batch_size={self.micro_batch_size} must be >= 1 and divide "
+                f"rm_update.global_batch_size={self.global_batch_size}"
+            )
+        if self.lr <= 0:
+            raise ConfigError(f"rm_update.lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.replay_ratio < 1.0:
+            raise ConfigError(f"rm_update.replay_ratio must be in [0, 1), got {self.replay_ratio}")
+        if self.replay_capacity < 1:
+            raise ConfigError(f"rm_update.replay_capacity must be >= 1, got {self.replay_capacity}")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ConfigError(
+                f"rm_update.eval_fraction must be in [0, 1), got {self.eval_fraction}"
+            )
+
+
+@dataclass
 class ReferenceConfig:
     """The frozen reference policy; ``offload_to_cpu`` keeps it in CPU memory between uses."""
 
@@ -160,5 +210,19 @@ class GRPOConfig(RunConfig):
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     data: PromptDataConfig = field(default_factory=PromptDataConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    rm_update: RewardModelUpdateConfig = field(default_factory=RewardModelUpdateConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if self.rm_update.steps:
+            if self.reward.supervision == "verifier":
+                raise ConfigError(
+                    f"rm_update.steps={self.rm_update.steps}: retraining a reward model needs "
+                    "reward.supervision orm, prm or mixed (it is verifier)"
+                )
+            if self.grpo.iterations < 2:
+                raise ConfigError(
+                    f"rm_update.steps={self.rm_update.steps}: the reward model is retrained "
+                    f"between iterations, but grpo.iterations={self.grpo.iterations}"
+                )

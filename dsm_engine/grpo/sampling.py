@@ -3,6 +3,11 @@
 Only the first rank of each model-parallel group (tp x pp) holds a sampler: it generates its
 data-parallel share, scores it, and broadcasts the result to its TP/PP peers, so every rank of
 the group trains on identical rows without sampling twice.
+
+Weight sync gathers the whole policy onto that rank only, in memory: within each pipeline
+stage the TP shards are gathered onto its TP rank 0 (megatron's layout undone by
+``convert.unshard_tp``), then each stage's TP rank 0 sends its layers, already under global
+layer numbers (``layer_offset``), to the first stage. The other ranks never hold a full copy.
 """
 
 from __future__ import annotations
@@ -36,14 +41,77 @@ def _mp_broadcast(obj: object) -> object:
     return holder[0]
 
 
-def sync_weights(policy: torch.nn.Module, engine: RolloutEngine | None, model_cfg) -> float:
-    """Gather the policy over TP/PP into a HF state dict and load it into the sampler, in
-    memory. Collective: every rank calls it. Returns the seconds it took."""
-    from dsm_engine.models.convert import export_hf_state_dict
+@torch.no_grad()
+def _stage_canonical(policy: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """This pipeline stage's tensors, whole (TP shards joined) under canonical global names,
+    on its TP rank 0; ``None`` on the other TP ranks. Collective over the TP group."""
+    from megatron.core import parallel_state as ps
 
+    from dsm_engine.models.convert import _local_canonical, _tp_dim, unshard_tp
+
+    local = _local_canonical(policy)
+    size = ps.get_tensor_model_parallel_world_size()
+    if size == 1:
+        return local
+    group = ps.get_tensor_model_parallel_group()
+    first = ps.get_tensor_model_parallel_rank() == 0
+    dst = dist.get_process_group_ranks(group)[0]
+    out: dict[str, torch.Tensor] = {}
+    for name, t in local.items():
+        if _tp_dim(name) is None:  # replicated on every TP rank (norm weights)
+            out[name] = t
+            continue
+        shards = [torch.empty_like(t) for _ in range(size)] if first else None
+        dist.gather(t.contiguous(), shards, dst=dst, group=group)
+        if first:
+            out[name] = unshard_tp(name, shards)
+    return out if first else None
+
+
+@torch.no_grad()
+def gather_for_sampler(policy: torch.nn.Module, model_cfg) -> dict[str, torch.Tensor] | None:
+    """The whole policy as a Hugging Face Llama state dict on the sampler rank (TP rank 0 of the
+    first stage), ``None`` elsewhere. Collective over the TP and pipeline groups."""
+    from megatron.core import parallel_state as ps
+
+    from dsm_engine.models.convert import canonical_to_hf
+
+    stage = _stage_canonical(policy)
+    if stage is None:
+        return None
+    pp_size = ps.get_pipeline_model_parallel_world_size()
+    if pp_size > 1:  # among the TP-rank-0 processes of every stage
+        group = ps.get_pipeline_model_parallel_group()
+        ranks = dist.get_process_group_ranks(group)
+        pp_rank = ps.get_pipeline_model_parallel_rank()
+        if pp_rank != 0:
+            meta = [[(n, tuple(t.shape), t.dtype) for n, t in stage.items()]]
+            dist.send_object_list(meta, dst=ranks[0], group=group)
+            for t in stage.values():
+                dist.send(t.contiguous(), dst=ranks[0], group=group)
+            return None
+        device = next(iter(stage.values())).device
+        for src in ranks[1:]:
+            meta = [None]
+            dist.recv_object_list(meta, src=src, group=group)
+            for name, shape, dtype in meta[0]:
+                t = torch.empty(shape, dtype=dtype, device=device)
+                dist.recv(t, src=src, group=group)
+                stage[name] = t
+    sd = canonical_to_hf(stage, model_cfg)
+    if not model_cfg.untie_embeddings:
+        sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
+    return sd
+
+
+def sync_weights(policy: torch.nn.Module, engine: RolloutEngine | None, model_cfg) -> float:
+    """Gather the policy over TP/PP onto the sampler rank and load it into the sampler, in
+    memory. Collective: every rank calls it. Returns the seconds it took."""
     tic = time.perf_counter()
-    sd = export_hf_state_dict(policy, model_cfg)
+    sd = gather_for_sampler(policy, model_cfg)
     if engine is not None:
+        if sd is None:
+            raise RuntimeError("sync_weights: a rollout engine lives on a non-sampler rank")
         engine.update_weights(sd)
     return time.perf_counter() - tic
 

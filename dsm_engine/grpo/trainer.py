@@ -11,8 +11,22 @@
         μ updates of the clipped, k3-KL-penalised objective (fused_linear_grpo_loss)
         sync weights into the sampler (in memory)
 
+Iterative RL (§4.1.4; ``rm_update.steps > 0`` with a learned ``reward.supervision``): at each
+iteration boundary, before the next iteration's first step, the reward model is continued on
+newly sampled, verifier-labelled (and for prm / mixed Monte-Carlo step-labelled) responses of
+the current policy, with ``rm_update.replay_ratio`` (10%) of every reward-model batch drawn from
+the replay buffer of earlier labels; the scorer then switches to the new reward model
+(``dsm_engine.grpo.rm_refresh``: rank layout, files under ``<run_dir>/reward_model/``). Its
+metrics join the first step of the new iteration with an ``rm_`` prefix.
+
+Parallelism: tensor, pipeline and data parallel (``parallel.tp`` / ``pp``; no virtual pp).
+Log-probs and updates run through megatron-core's pipeline schedule (``grpo.step``); the
+sampler lives on the first rank of each tp x pp group, which receives the whole policy after
+every update and shares its scored rollouts with its peers (``grpo.sampling``).
+
 Checkpoints hold the policy + optimizer (``checkpoints/``), the reference (``reference/``),
-the step, the data position, the iteration and every rank's RNG states.
+the step, the data position, the iteration, the current reward-model checkpoint (whose own
+checkpoint holds the replay buffer) and every rank's RNG states.
 """
 
 from __future__ import annotations
@@ -28,6 +42,7 @@ import torch.distributed as dist
 from dsm_engine.config import ConfigError
 from dsm_engine.grpo.config import GRPOConfig
 from dsm_engine.grpo.data import PromptDataset, TextCodec
+from dsm_engine.grpo.rm_refresh import RewardModelRefresher
 from dsm_engine.grpo.sampling import (
     evaluate_greedy,
     is_sampler_rank,
@@ -120,8 +135,17 @@ def run_grpo(cfg: GRPOConfig, *, on_step_end: StepHook | None = None) -> list[di
     from dsm_engine.trainers.schedules import apply_lr, lr_at
 
     g, model_cfg = cfg.grpo, cfg.model_config()
-    if cfg.parallel.pp != 1 or cfg.parallel.virtual_pp:
-        raise ConfigError("parallel.pp: the GRPO trainer runs pp=1 (use tp and data parallel)")
+    if cfg.parallel.virtual_pp:
+        raise ConfigError(
+            "parallel.virtual_pp: the GRPO trainer runs the plain 1F1B pipeline schedule "
+            "(set parallel.pp alone)"
+        )
+    if cfg.parallel.pp > 1 and not model_cfg.untie_embeddings and cfg.optim.backend == "torch":
+        # the first and last stages each hold a copy of a tied embedding; only megatron's
+        # finalize_model_grads keeps them in step
+        raise ConfigError(
+            "model.untie_embeddings=false with parallel.pp > 1 needs optim.backend=megatron"
+        )
     codec = TextCodec(cfg.data.tokenizer)
     if codec.vocab_size > model_cfg.vocab_size:
         raise ConfigError(
@@ -139,6 +163,8 @@ def run_grpo(cfg: GRPOConfig, *, on_step_end: StepHook | None = None) -> list[di
         )
     local_prompts = g.prompts_per_step // ctx.dp_size
     run = prepare_run_dir(cfg.run_dir, cfg, overwrite=cfg.overwrite, resume=cfg.resume)
+    rm_refresh = RewardModelRefresher(cfg, run.path, codec, dataset)
+    rm_refresh.check(ctx.dp_size)
 
     policy = build_model(model_cfg, ctx)
     reference = build_model(model_cfg, ctx, init_weights=False)
@@ -158,6 +184,7 @@ def run_grpo(cfg: GRPOConfig, *, on_step_end: StepHook | None = None) -> list[di
         step, position = int(extra["step"]), int(extra["position"])
         load_checkpoint(run.path / REFERENCE_DIR, reference, step=step)
         set_rng_states(extra["rng"])
+        rm_refresh.load_state(extra)
     else:
         if cfg.checkpoint.load:
             load_checkpoint(cfg.checkpoint.load, policy)
@@ -174,7 +201,7 @@ def run_grpo(cfg: GRPOConfig, *, on_step_end: StepHook | None = None) -> list[di
     reward_fn = build_reward_fn(
         cfg.reward.name, kind=cfg.reward.kind, timeout_s=cfg.reward.timeout_s
     )
-    rm_scorer = _reward_model_scorer(cfg, cfg.reward.model_path)
+    rm_scorer = _reward_model_scorer(cfg, rm_refresh.path)
     tp_group = ctx.tp_group if ctx.tp_size > 1 else None
     # Rows are padded to a multiple of 16 tokens: a few distinct shapes, so the compiled
     # fusions of the model (torch.compile) are not rebuilt for every new response length.
@@ -215,8 +242,20 @@ def run_grpo(cfg: GRPOConfig, *, on_step_end: StepHook | None = None) -> list[di
         if eval_set is not None and step == 0:
             log.log(0, {"eval_accuracy": evaluate()})
         while step < g.steps:
+            refresh_metrics: dict[str, float] = {}
             if step > 0 and iteration_of(step, cfg) != iteration_of(step - 1, cfg):
                 copy_weights(reference, policy)  # a new iteration: π_ref ← π_θ
+                if rm_refresh.enabled:  # iterative RL: continue the reward model, switch to it
+                    rm_scorer = None  # free the old one before training the next
+                    refresh_metrics = rm_refresh.refresh(
+                        step,
+                        iteration_of(step, cfg),
+                        position,
+                        engine,
+                        dp_rank=ctx.dp_rank,
+                        dp_size=ctx.dp_size,
+                    )
+                    rm_scorer = _reward_model_scorer(cfg, rm_refresh.path)
             tic = time.perf_counter()
             lr = lr_at(cfg.schedule, step, g.steps)
             apply_lr(opt, lr)
@@ -276,6 +315,7 @@ def run_grpo(cfg: GRPOConfig, *, on_step_end: StepHook | None = None) -> list[di
                 impl=g.impl,
             )
             metrics.update(rm_metrics)
+            metrics.update(refresh_metrics)
             adv_tok, tis = token_advantages(
                 adv, old_logp, batch.sampler_logp, batch.mask, g.tis_cap
             )
@@ -328,6 +368,7 @@ def run_grpo(cfg: GRPOConfig, *, on_step_end: StepHook | None = None) -> list[di
                     "position": position,
                     "iteration": iteration_of(step - 1, cfg),
                     "rng": rng_states(),
+                    **rm_refresh.state(),
                 }
                 offload(reference, device)
                 save_checkpoint(run.path / REFERENCE_DIR, step, reference)

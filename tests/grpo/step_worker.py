@@ -1,7 +1,8 @@
-"""One GRPO loss/gradient evaluation on a tiny policy, at a given tensor-parallel size.
+"""One GRPO loss/gradient evaluation (and μ optimizer updates) on a tiny policy, at a given
+tensor- or pipeline-parallel size.
 
-Used in-process by test_step.py (TP=1) and under ``torchrun --nproc_per_node 2`` (TP=2):
-``python step_worker.py IN.pt OUT.pt TP``; rank 0 writes the outputs.
+Used in-process by test_step.py (TP=1, PP=1) and under ``torchrun --nproc_per_node 2``
+(TP=2 or PP=2): ``python step_worker.py IN.pt OUT.pt TP [PP]``; rank 0 writes the outputs.
 """
 
 from __future__ import annotations
@@ -29,18 +30,27 @@ def initial_state(seed: int = 0) -> dict[str, torch.Tensor]:
     return LlamaForCausalLM(hf_config(model_config(TINY))).state_dict()
 
 
-def grpo_step_outputs(hf_state, batch, tp: int, micro_batch_size: int = 5) -> dict:
-    """Log-probs, advantages, loss, metrics and HF-named gradients of one GRPO step."""
+def grpo_step_outputs(
+    hf_state, batch, tp: int, micro_batch_size: int = 5, pp: int = 1, updates: bool = False
+) -> dict:
+    """Log-probs, advantages, loss, metrics and HF-named gradients of one GRPO step; with
+    ``updates`` also the loss, grad norm and HF-named parameters after two optimizer steps
+    (``grpo_updates`` with μ = 2, AdamW, clipping at 1.0)."""
     from dsm_engine.grpo.config import GRPOAlgoConfig
+    from dsm_engine.grpo.sampling import gather_for_sampler
     from dsm_engine.grpo.step import accumulate_grads, advantages_of, sequence_logprobs
     from dsm_engine.models import ParallelConfig, build_model, initialize_parallel
     from dsm_engine.models.config import model_config
     from dsm_engine.models.convert import load_hf_weights
 
     cfg = model_config(TINY)
-    ctx = initialize_parallel(ParallelConfig(tp=tp), seed=1)
+    ctx = initialize_parallel(ParallelConfig(tp=tp, pp=pp), seed=1)
     model = build_model(cfg, ctx, init_weights=False)
     load_hf_weights(model, hf_state.__getitem__, cfg)
+    # what sync_weights hands the rollout engine (copied: on the sampler rank its own stage's
+    # tensors are views of the live parameters)
+    sampler_sd = gather_for_sampler(model, cfg)
+    sampler_sd = sampler_sd and {k: v.clone() for k, v in sampler_sd.items()}
     group = ctx.tp_group if tp > 1 else None
     logp, ent = sequence_logprobs(
         model,
@@ -67,7 +77,7 @@ def grpo_step_outputs(hf_state, batch, tp: int, micro_batch_size: int = 5) -> di
     loss, metrics = accumulate_grads(
         model, batch, old, ref, adv, algo, temperature=TEMP, tp_group=group
     )
-    return {
+    out = {
         "logp": logp,
         "entropy": ent,
         "old": old,
@@ -76,7 +86,37 @@ def grpo_step_outputs(hf_state, batch, tp: int, micro_batch_size: int = 5) -> di
         "loss": loss,
         "metrics": metrics,
         "grads": grads_as_hf(model, cfg),
+        "sampler_sd": sampler_sd,
     }
+    if updates:
+        out["updates"] = _two_updates(model, cfg, batch, old, ref, adv, algo, group)
+    return out
+
+
+def _two_updates(model, cfg, batch, old, ref, adv, algo, tp_group) -> dict:
+    from dataclasses import replace
+
+    from dsm_engine.grpo.step import grpo_updates
+    from dsm_engine.models.convert import export_hf_state_dict
+    from dsm_engine.trainers.optim import OptimConfig, TorchAdamW
+
+    opt = TorchAdamW([model], OptimConfig(weight_decay=0.1, clip_grad=1.0))
+    for group in opt.param_groups:
+        group["lr"] = 1e-2
+    res = grpo_updates(
+        model,
+        opt,
+        opt.zero_grad,
+        batch,
+        old,
+        ref,
+        adv,
+        replace(algo, mu=2),
+        temperature=TEMP,
+        tp_group=tp_group,
+    )
+    params = {k: v.detach().clone() for k, v in export_hf_state_dict(model, cfg).items()}
+    return {"loss": res.loss, "grad_norm": res.grad_norm, "metrics": res.metrics, "params": params}
 
 
 if __name__ == "__main__":
@@ -85,8 +125,9 @@ if __name__ == "__main__":
     from dsm_engine.models.parallel import destroy_parallel
 
     src, dst, tp = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    pp = int(sys.argv[4]) if len(sys.argv) > 4 else 1
     data = torch.load(src, weights_only=False)
-    out = grpo_step_outputs(data["state"], data["batch"], tp)
+    out = grpo_step_outputs(data["state"], data["batch"], tp, pp=pp, updates=pp > 1)
     if dist.get_rank() == 0:
         torch.save(out, dst)
     destroy_parallel()

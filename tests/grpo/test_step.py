@@ -1,5 +1,5 @@
 """One GRPO step on a tiny megatron-core policy equals the paper's formula written out in
-float64, and TP=2 equals TP=1."""
+float64, and TP=2 and PP=2 equal TP=1, PP=1."""
 
 from __future__ import annotations
 
@@ -52,11 +52,10 @@ def test_grpo_step_equals_paper_formula_fp64(parallel_teardown):
         torch.testing.assert_close(out["grads"][name].double(), g, rtol=1e-4, atol=1e-6, msg=name)
 
 
-@pytest.mark.dist
-def test_tp2_grpo_step_equals_tp1(tmp_path, parallel_teardown):
-    state = initial_state(1)
-    batch = random_batch(seed=5, groups=2, group_size=GROUP)
+def _torchrun_worker(tmp_path: Path, state, batch, tp: int, pp: int) -> dict:
+    """Run step_worker.py under ``torchrun --nproc_per_node 2`` (gloo, fp32); rank 0's outputs."""
     torch.save({"state": state, "batch": batch}, tmp_path / "in.pt")
+    out = tmp_path / f"tp{tp}pp{pp}.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(
         [
@@ -68,17 +67,58 @@ def test_tp2_grpo_step_equals_tp1(tmp_path, parallel_teardown):
             "2",
             str(HERE / "step_worker.py"),
             str(tmp_path / "in.pt"),
-            str(tmp_path / "tp2.pt"),
-            "2",
+            str(out),
+            str(tp),
+            str(pp),
         ],
         check=True,
         env=env,
         timeout=600,
     )
-    tp2 = torch.load(tmp_path / "tp2.pt", weights_only=False)
-    tp1 = grpo_step_outputs(state, batch, tp=1)
+    return torch.load(out, weights_only=False)
+
+
+def _assert_same_step(got: dict, want: dict, state: dict) -> None:
+    # rank 0 is the sampler rank: it received the whole model, shards and stages joined
+    assert set(got["sampler_sd"]) == set(state)
+    for name, w in state.items():
+        assert torch.equal(got["sampler_sd"][name], w), name
     for key in ("logp", "entropy", "adv"):
-        torch.testing.assert_close(tp2[key], tp1[key], rtol=1e-5, atol=1e-6, msg=key)
-    assert abs(tp2["loss"] - tp1["loss"]) <= 1e-5 * max(1.0, abs(tp1["loss"]))
-    for name, g in tp1["grads"].items():
-        torch.testing.assert_close(tp2["grads"][name], g, rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6, msg=key)
+    assert abs(got["loss"] - want["loss"]) <= 1e-5 * max(1.0, abs(want["loss"]))
+    assert set(got["grads"]) == set(want["grads"])
+    for name, g in want["grads"].items():
+        torch.testing.assert_close(got["grads"][name], g, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.dist
+def test_tp2_grpo_step_equals_tp1(tmp_path, parallel_teardown):
+    state = initial_state(1)
+    batch = random_batch(seed=5, groups=2, group_size=GROUP)
+    tp2 = _torchrun_worker(tmp_path, state, batch, tp=2, pp=1)
+    _assert_same_step(tp2, grpo_step_outputs(state, batch, tp=1), state)
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_pp2_grpo_step_equals_pp1(tmp_path, parallel_teardown):
+    """Each stage holds one of the two layers; 8 rows in microbatches of 5 + 3 run through the
+    1F1B schedule. Log-probs, entropy, loss and every gradient match PP=1, and so do the loss,
+    grad norm and parameters after two clipped AdamW updates (μ = 2)."""
+    state = initial_state(2)
+    batch = random_batch(seed=6, groups=2, group_size=GROUP)
+    pp2 = _torchrun_worker(tmp_path, state, batch, tp=1, pp=2)
+    pp1 = grpo_step_outputs(state, batch, tp=1, updates=True)
+    _assert_same_step(pp2, pp1, state)
+    got, want = pp2["updates"], pp1["updates"]
+    assert want["grad_norm"] > 0 and abs(want["loss"]) > 0
+    for key in ("loss", "grad_norm"):
+        assert abs(got[key] - want[key]) <= 1e-5 * max(1.0, abs(want[key])), key
+    for key, value in want["metrics"].items():
+        assert abs(got["metrics"][key] - value) <= 1e-5 * max(1.0, abs(value)), key
+    assert set(got["params"]) == set(want["params"])
+    moved = 0
+    for name, w in want["params"].items():
+        torch.testing.assert_close(got["params"][name], w, rtol=1e-5, atol=1e-6, msg=name)
+        moved += int(not torch.equal(w, state[name]))
+    assert moved == len(state)  # every tensor took the two steps
