@@ -47,9 +47,9 @@ def _stage_canonical(policy: torch.nn.Module) -> dict[str, torch.Tensor] | None:
     on its TP rank 0; ``None`` on the other TP ranks. Collective over the TP group."""
     from megatron.core import parallel_state as ps
 
-    from dsm_engine.models.convert import _local_canonical, _tp_dim, unshard_tp
+    from dsm_engine.models.convert import local_canonical, tp_split_dim, unshard_tp
 
-    local = _local_canonical(policy)
+    local = local_canonical(policy)
     size = ps.get_tensor_model_parallel_world_size()
     if size == 1:
         return local
@@ -58,7 +58,7 @@ def _stage_canonical(policy: torch.nn.Module) -> dict[str, torch.Tensor] | None:
     dst = dist.get_process_group_ranks(group)[0]
     out: dict[str, torch.Tensor] = {}
     for name, t in local.items():
-        if _tp_dim(name) is None:  # replicated on every TP rank (norm weights)
+        if tp_split_dim(name) is None:  # replicated on every TP rank (norm weights)
             out[name] = t
             continue
         shards = [torch.empty_like(t) for _ in range(size)] if first else None

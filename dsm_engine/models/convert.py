@@ -203,7 +203,7 @@ def canonical_to_hf(sd: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor
 # ----------------------------------------------------------------------------- TP sharding
 
 
-def _tp_dim(name: str) -> int | None:
+def tp_split_dim(name: str) -> int | None:
     """Dimension a canonical tensor is split along under TP (None = replicated)."""
     if name.endswith(("linear_proj.weight", "linear_fc2.weight")):
         return 1
@@ -216,7 +216,7 @@ def _tp_dim(name: str) -> int | None:
 
 def shard_tp(name: str, t: Tensor, rank: int, size: int) -> Tensor:
     """This TP rank's shard of canonical tensor ``name``."""
-    dim = _tp_dim(name)
+    dim = tp_split_dim(name)
     if dim is None or size == 1:
         return t
     if name.endswith("linear_fc1.weight"):
@@ -227,7 +227,7 @@ def shard_tp(name: str, t: Tensor, rank: int, size: int) -> Tensor:
 
 def unshard_tp(name: str, shards: list[Tensor]) -> Tensor:
     """Inverse of :func:`shard_tp` given every rank's shard in rank order."""
-    dim = _tp_dim(name)
+    dim = tp_split_dim(name)
     if dim is None or len(shards) == 1:
         return shards[0]
     if name.endswith("linear_fc1.weight"):
@@ -301,7 +301,7 @@ def load_hf_weights(models, get: Callable[[str], Tensor], cfg: ModelConfig) -> N
             dst.copy_(src)
 
 
-def _local_canonical(models, grads: bool = False) -> dict[str, Tensor]:
+def local_canonical(models, grads: bool = False) -> dict[str, Tensor]:
     """This rank's tensors (or their gradients) under canonical names (still TP shards)."""
     from dsm_engine.models.build import layer_offset
 
@@ -334,10 +334,10 @@ def gather_canonical(models, grads: bool = False) -> dict[str, Tensor]:
     from megatron.core import parallel_state as ps
 
     _, tp_size, tp_group = _tp_info()
-    local = _local_canonical(models, grads)
+    local = local_canonical(models, grads)
     full: dict[str, Tensor] = {}
     for name, t in local.items():
-        if tp_size > 1 and _tp_dim(name) is not None:
+        if tp_size > 1 and tp_split_dim(name) is not None:
             shards = [torch.empty_like(t) for _ in range(tp_size)]
             dist.all_gather(shards, t.contiguous(), group=tp_group)
             full[name] = unshard_tp(name, shards)
