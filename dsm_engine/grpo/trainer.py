@@ -106,8 +106,9 @@ def _rollout_metrics(ro, group_size: int) -> dict[str, float]:
 
 
 def _reward_model_scorer(cfg: GRPOConfig, model_path: str) -> TokenScorer | None:
-    """The learned reward model's scorer (None under verifier supervision). Every rank holds a
-    whole TP=1 copy: advantages are computed on each data-parallel rank's own rows."""
+    """The learned reward model's scorer (None under verifier supervision), in the policy's
+    TP/PP layout: scoring is collective over the model-parallel group, whose ranks hold the
+    same rollout rows; each data-parallel rank scores its own rows."""
     if cfg.reward.supervision == "verifier":
         return None
     kind = "orm" if cfg.reward.supervision == "orm" else "prm"
@@ -139,12 +140,6 @@ def run_grpo(cfg: GRPOConfig, *, on_step_end: StepHook | None = None) -> list[di
         raise ConfigError(
             "parallel.virtual_pp: the GRPO trainer runs the plain 1F1B pipeline schedule "
             "(set parallel.pp alone)"
-        )
-    if cfg.parallel.pp > 1 and not model_cfg.untie_embeddings and cfg.optim.backend == "torch":
-        # the first and last stages each hold a copy of a tied embedding; only megatron's
-        # finalize_model_grads keeps them in step
-        raise ConfigError(
-            "model.untie_embeddings=false with parallel.pp > 1 needs optim.backend=megatron"
         )
     codec = TextCodec(cfg.data.tokenizer)
     if codec.vocab_size > model_cfg.vocab_size:

@@ -31,6 +31,10 @@ dsm-engine special-cases the CPU. With CUDA present it does nothing. Each patch 
 6. ``_get_cuda_rng_state`` / ``_set_cuda_rng_state`` in ``megatron.core.tensor_parallel.random``
    -> the CPU generator's state. Activation recomputation (``CheckpointFunction``) saves and
    restores the device RNG around each recomputed region so dropout replays identically.
+7. ``LanguageModule.setup_embeddings_and_output_layer`` runs with ``Tensor.cuda`` returning the
+   tensor itself. With tied embeddings and pp > 1 it moves the last stage's copy of the word
+   embeddings with ``weight.data.cuda()`` before all-reducing it over the embedding group; the
+   data is already on the CPU, where the all-reduce runs.
 """
 
 from __future__ import annotations
@@ -160,6 +164,23 @@ def _cpu_set_rng_state(new_state: torch.Tensor, device: Any = -1, graph_safe: bo
     torch.set_rng_state(new_state)
 
 
+def _without_tensor_cuda(fn: Any) -> Any:
+    if getattr(fn, "_dsm_cpu", False):
+        return fn
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        real = torch.Tensor.cuda
+        torch.Tensor.cuda = lambda self, *a, **k: self
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.Tensor.cuda = real
+
+    wrapper._dsm_cpu = True  # type: ignore[attr-defined]
+    return wrapper
+
+
 def install_cpu_bridge() -> bool:
     """Install the patches above when CUDA is absent. Idempotent; returns whether active."""
     global _INSTALLED
@@ -187,6 +208,11 @@ def install_cpu_bridge() -> bool:
     moptimizer.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm  # patch 5
     mrandom._get_cuda_rng_state = _cpu_get_rng_state  # patch 6
     mrandom._set_cuda_rng_state = _cpu_set_rng_state
+    from megatron.core.models.common.language_module.language_module import LanguageModule
+
+    LanguageModule.setup_embeddings_and_output_layer = _without_tensor_cuda(  # patch 7
+        LanguageModule.setup_embeddings_and_output_layer
+    )
     _INSTALLED = True
     return True
 

@@ -10,6 +10,11 @@ Two backends, chosen by ``optim.backend``:
   Gradients are averaged over the data-parallel group, and the clipping norm is the global
   norm over all TP/PP shards, counting parameters replicated across TP ranks (norm weights)
   once — the same quantity megatron computes, so both backends take the same steps in fp32.
+  With tied input/output embeddings and pp > 1, megatron-core keeps a copy of the word
+  embedding on the last stage as the output layer (``shared_embedding=True`` on both copies,
+  ``shared=True`` on the last stage's). As megatron's ``finalize_model_grads`` does, the two
+  copies' gradients are summed over the embedding group (first and last stage) so both take
+  the pp=1 step, and like megatron's grad norm the ``shared`` copy is left out of the norm.
 
 Checked against megatron-core 0.16.1. Its ``get_megatron_optimizer`` marks norm/bias
 parameters with ``wd_mult=0`` but builds the torch/TE Adam with one ``weight_decay`` for every
@@ -89,6 +94,7 @@ class TorchAdamW:
         )
         self.dp_group = parallel_state.get_data_parallel_group()
         self.mp_group = parallel_state.get_model_parallel_group()
+        self.embd_group, self.tied_embedding = _tied_embedding_copy(self.params)
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
@@ -108,23 +114,37 @@ class TorchAdamW:
         for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
             g.copy_(synced)
 
+    def _sum_tied_embedding_grads(self) -> None:
+        # The first stage's embedding and the last stage's output layer are one weight of the
+        # model: its gradient is the sum of both uses (megatron's _allreduce_word_embedding_grads).
+        if self.tied_embedding is not None:
+            dist.all_reduce(self.tied_embedding.grad, group=self.embd_group)
+
     def grad_norm(self) -> float:
-        """Global L2 norm of the gradients over every TP/PP shard (TP replicas counted once)."""
+        """Global L2 norm of the gradients over every TP/PP shard, each weight counted once
+        (TP replicas and the last stage's copy of a tied embedding are skipped)."""
         from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
+        from megatron.core.transformer.module import param_is_not_shared
 
         sq = torch.zeros((), dtype=torch.float64, device=self.params[0].device)
         for p in self.params:
-            if p.grad is not None and param_is_not_tensor_parallel_duplicate(p):
+            if (
+                p.grad is not None
+                and param_is_not_shared(p)
+                and param_is_not_tensor_parallel_duplicate(p)
+            ):
                 sq += p.grad.detach().double().pow(2).sum()
         dist.all_reduce(sq, group=self.mp_group)
         return float(sq.sqrt())
 
     def step(self) -> tuple[bool, float, None]:
-        """Average grads over DP, clip to ``clip_grad``, take an AdamW step."""
+        """Average grads over DP, sum a tied embedding's over its stages, clip to
+        ``clip_grad``, take an AdamW step."""
         for p in self.params:
             if p.grad is None:  # a shard that took no part in the loss still steps in lockstep
                 p.grad = torch.zeros_like(p)
         self._average_over_dp()
+        self._sum_tied_embedding_grads()
         norm = self.grad_norm()
         if self.cfg.clip_grad > 0 and norm > self.cfg.clip_grad:
             coef = self.cfg.clip_grad / (norm + 1e-6)
@@ -172,6 +192,28 @@ class TorchAdamW:
             for s in state["state"].values():
                 s["step"] = torch.tensor(float(step))
         self.optimizer.load_state_dict(state)
+
+
+def _tied_embedding_copy(
+    params: list[torch.nn.Parameter],
+) -> tuple[dist.ProcessGroup | None, torch.nn.Parameter | None]:
+    """``(embedding group, this rank's copy)`` of a word embedding tied to the output layer
+    across pipeline stages, or ``(None, None)`` when this rank holds no such copy (pp=1, untied
+    weights, a middle stage). megatron-core marks the copies ``shared_embedding`` only when
+    pp > 1 (at pp=1 the one weight already receives both gradients)."""
+    from megatron.core import parallel_state
+
+    tied = [p for p in params if getattr(p, "shared_embedding", False)]
+    if not tied:
+        return None, None
+    if len(tied) > 1:
+        raise RuntimeError(f"optimizer: {len(tied)} tied-embedding copies on one rank, expected 1")
+    group = parallel_state.get_embedding_group(check_initialized=False)
+    if group is None or dist.get_world_size(group) == 1:
+        return None, None
+    if dist.get_rank() not in dist.get_process_group_ranks(group):
+        raise RuntimeError("optimizer: a tied-embedding copy on a rank outside the embedding group")
+    return group, tied[0]
 
 
 def wrap_and_build_optimizer(
