@@ -141,23 +141,30 @@ def evaluate(
 ) -> dict[str, float]:
     """Held-out loss, accuracy (threshold probability 0.5) and AUC of the labelled positions."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
+    from megatron.core.utils import get_model_config
 
     if not rows:
         return {}
     mbs = _microbatches(rows, cfg.kind, cfg.eval.micro_batch_size, seq, cfg.data.pad_id)
     was = model.training
     model.eval()
-    with torch.no_grad():
-        out = get_forward_backward_func()(
-            forward_step_func=_forward_step(ctx, cfg.kind, 1.0, collect=True),
-            data_iterator=iter(mbs),
-            model=[model],
-            num_microbatches=len(mbs),
-            seq_length=seq,
-            micro_batch_size=cfg.eval.micro_batch_size,
-            forward_only=True,
-        )
-    model.train(was)
+    # The last microbatch may hold fewer rows: at pp > 1 stages must exchange shapes first.
+    config = get_model_config(model)
+    saved, config.variable_seq_lengths = config.variable_seq_lengths, True
+    try:
+        with torch.no_grad():
+            out = get_forward_backward_func()(
+                forward_step_func=_forward_step(ctx, cfg.kind, 1.0, collect=True),
+                data_iterator=iter(mbs),
+                model=[model],
+                num_microbatches=len(mbs),
+                seq_length=seq,
+                micro_batch_size=cfg.eval.micro_batch_size,
+                forward_only=True,
+            )
+    finally:
+        config.variable_seq_lengths = saved
+        model.train(was)
     vals = [0.0] * 3
     if ctx.is_last_stage:
         s = torch.cat([o["scores"] for o in out])
