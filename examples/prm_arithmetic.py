@@ -1,135 +1,84 @@
-"""Process reward model on the tiny arithmetic task, end to end on CPU (a few minutes).
-
-1. the GRPO demo's data and pretrained tiny policy (``dsm_engine.grpo.arithmetic_demo``);
-2. ``dsm rm label --kind prm``: Monte-Carlo step labels on policy samples of the train split
-   (and, for evaluation, of the held-out split), steps split at "." (the task's solutions are
-   one line: " 3 + 4 = 7. The answer is \\boxed{7}.");
-3. ``dsm train rm --kind prm`` from the pretrained policy; prints held-out step accuracy / AUC.
+"""Process supervision on the tiny arithmetic task, end to end on CPU.
 
     python examples/prm_arithmetic.py --root runs/prm-demo
+
+1. the GRPO demo's data and pretrained tiny policy (``dsm_engine.grpo.arithmetic_demo``;
+   reused when ``ROOT/pretrain`` already holds a checkpoint);
+2. ``dsm rm label --kind prm``: Monte-Carlo step labels on policy samples of the train split
+   and, for evaluation, of the held-out split; steps end at "." (a solution reads
+   " 3 + 4 = 7. The answer is \\boxed{7}.": the equation, then the boxed answer);
+3. ``dsm train rm --kind prm`` from the policy; prints held-out step accuracy and AUC;
+4. ``dsm train grpo`` with ``reward.supervision: prm``: per-token process advantages from
+   the PRM's step scores; prints the held-out greedy accuracy curve and plots the run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 
-def run(
-    root: Path,
-    *,
-    pretrain_steps: int,
-    label_prompts: int,
-    rm_steps: int,
-    temperature: float = 0.7,
-) -> dict[str, float]:
-    from dsm_engine.grpo import arithmetic_demo as demo
-    from dsm_engine.rewards.labeling import main as label_main
-    from dsm_engine.tasks.arithmetic import PROMPT_TEMPLATE
-    from dsm_engine.trainers.reward_model import main as rm_main
-
-    paths, eos = demo.prepare(root)
-    ckpt = paths.pretrain_run / "checkpoints"
-    if not (ckpt / "latest").is_file():
-        ckpt = demo.pretrain(paths, eos, steps=pretrain_steps, progress=False)
-    common = [
-        "--kind",
-        "prm",
-        "--policy",
-        str(ckpt),
-        "--tokenizer",
-        str(paths.tokenizer),
-        "--template",
-        PROMPT_TEMPLATE,
-        "--samples",
-        "4",
-        "--completions",
-        "4",
-        "--delimiter",
-        ".",
-        "--max-new-tokens",
-        "32",
-        "--answer-kind",
-        "auto",
-        "--temperature",
-        str(temperature),
-    ]
-    train_labels, held_labels = root / "prm_train.jsonl", root / "prm_heldout.jsonl"
-    assert (
-        label_main(
-            [
-                *common,
-                "--prompts",
-                str(paths.train),
-                "--out",
-                str(train_labels),
-                "--num-prompts",
-                str(label_prompts),
-                "--seed",
-                "1",
-            ]
-        )
-        == 0
-    )
-    assert (
-        label_main(
-            [
-                *common,
-                "--prompts",
-                str(paths.heldout),
-                "--out",
-                str(held_labels),
-                "--num-prompts",
-                str(max(label_prompts // 3, 50)),
-                "--seed",
-                "2",
-            ]
-        )
-        == 0
-    )
-    model = ",".join(f"{k}: {v}" for k, v in demo.TINY_MODEL.items())
-    run_dir = root / "prm"
-    rc = rm_main(
-        [
-            "--kind",
-            "prm",
-            "--config",
-            "configs/rm/tiny-arithmetic-prm.yaml",
-            f"run_dir={run_dir}",
-            "overwrite=true",
-            f"model={{{model}}}",
-            f"data.train_path={train_labels}",
-            f"data.eval_path={held_labels}",
-            f"checkpoint.load={ckpt}",
-            f"train.steps={rm_steps}",
-        ]
-    )
-    assert rc == 0
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    final = rows[-1]
-    labels = [y for x in held_labels.read_text().splitlines() for y in json.loads(x)["step_labels"]]
-    final["heldout_good_step_share"] = sum(labels) / len(labels)
-    return final
-
-
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", default="runs/prm-demo")
-    ap.add_argument("--pretrain-steps", type=int, default=300)
+    ap.add_argument("--pretrain-steps", type=int, default=600)
     ap.add_argument("--label-prompts", type=int, default=300)
+    ap.add_argument("--heldout-prompts", type=int, default=100)
+    ap.add_argument("--completions", type=int, default=1, help="Monte-Carlo rollouts per step")
     ap.add_argument("--rm-steps", type=int, default=150)
-    ap.add_argument("--temperature", type=float, default=0.7)
+    ap.add_argument("--grpo-steps", type=int, default=30)
+    ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args()
-    final = run(
-        Path(a.root),
-        pretrain_steps=a.pretrain_steps,
+
+    from dsm_engine.grpo import arithmetic_demo as demo
+    from dsm_engine.grpo.trainer import run_grpo
+    from dsm_engine.models.parallel import destroy_parallel
+    from dsm_engine.plotting import plot_run
+
+    root = Path(a.root)
+    t0 = time.process_time()
+    paths, eos = demo.prepare(root)
+    policy = paths.pretrain_run / "checkpoints"
+    if not (policy / "latest").is_file():
+        policy = demo.pretrain(paths, eos, steps=a.pretrain_steps)
+        destroy_parallel()
+    t1 = time.process_time()
+    prm, final = demo.label_and_train_prm(
+        paths,
+        policy,
+        root,
         label_prompts=a.label_prompts,
+        heldout_prompts=a.heldout_prompts,
+        completions=a.completions,
         rm_steps=a.rm_steps,
-        temperature=a.temperature,
+        seed=a.seed,
     )
-    print(json.dumps({k: final[k] for k in final if k.startswith("eval_") or "share" in k}))
+    destroy_parallel()
+    t2 = time.process_time()
+    print(
+        f"PRM on {final['heldout_step_labels']:.0f} held-out step labels "
+        f"({final['heldout_good_step_share']:.2f} good): AUC {final['eval_auc']:.3f}, "
+        f"accuracy {final['eval_acc']:.3f}"
+    )
+    cfg = demo.prm_grpo_config(
+        paths, policy, prm, run_dir=str(root / "grpo-prm"), grpo={"steps": a.grpo_steps}
+    )
+    run_grpo(cfg)
+    destroy_parallel()
+    t3 = time.process_time()
+    rows = [json.loads(x) for x in (Path(cfg.run_dir) / "metrics.jsonl").read_text().splitlines()]
+    evals = [(r["step"], r["eval_accuracy"]) for r in rows if "eval_accuracy" in r]
+    for png in plot_run(cfg.run_dir):
+        print("wrote", png)
+    print("held-out accuracy by step:", ", ".join(f"{s}: {acc:.3f}" for s, acc in evals))
+    print(
+        f"gain {evals[-1][1] - evals[0][1]:+.3f}; CPU time: data+pretrain {t1 - t0:.0f}s, "
+        f"PRM labels+training {t2 - t1:.0f}s, process-supervised GRPO {t3 - t2:.0f}s"
+    )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

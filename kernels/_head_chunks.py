@@ -32,9 +32,15 @@ than that underfills the tensor cores):
 At DeepSeekMath-7B's head (H=4096, V=102,400) this gives 256 full-vocabulary rows at N=8192
 and 128 at N <= 4096 (13 Mi logits), so the 6NHV path is kept; vocabulary chunks start at
 larger vocabularies (V_local > 131,072 at 128 <= N <= 4096) or when chunk sizes are passed explicitly.
+
+Gradient accumulators (``addmm_fp32_``): ``grad_weight`` may be an fp32 buffer while the
+inputs are bf16/fp16 (``grad_weight_accum="fp32"`` of the fused ops); each chunk's product is
+then added to it without ever being rounded to the low-precision dtype.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 
@@ -44,6 +50,35 @@ from .tensor_parallel import merge_partial_stats
 EFFICIENT_TOKEN_CHUNK = 128
 MIN_BUDGET = 1 << 24
 VOCAB_ALIGN = 128
+
+
+# Whether CUDA's ``addmm(..., out_dtype=torch.float32)`` accepted an fp32 ``self``; older
+# torch builds require ``self`` in the inputs' dtype, and then the upcast fallback is used.
+_OUT_DTYPE_ADDMM: dict[str, bool] = {}
+
+
+def addmm_fp32_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``acc += a @ b`` for fp32 ``acc (M, K)`` and ``a (M, C)``, ``b (C, K)`` of any float dtype.
+
+    The product is accumulated in fp32 and added to ``acc`` before any rounding to the inputs'
+    dtype. On CUDA with bf16/fp16 inputs this is one cuBLAS call with ``out_dtype=float32``
+    writing into ``acc`` (no temporary); elsewhere (CPU, or a torch build without that
+    overload) the inputs are upcast to fp32 first: a ``(M, C)`` and ``(C, K)`` temporary, exact
+    products, slower on GPU.
+    """
+    if a.dtype == acc.dtype:
+        acc.addmm_(a, b)
+        return
+    if acc.is_cuda and _OUT_DTYPE_ADDMM.get("ok", True):
+        try:
+            torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+            _OUT_DTYPE_ADDMM["ok"] = True
+            return
+        except torch.OutOfMemoryError:
+            raise
+        except (RuntimeError, TypeError):  # the overload's dtype checks: use the fallback
+            _OUT_DTYPE_ADDMM["ok"] = False
+    acc.addmm_(a.float(), b.float())
 
 
 def _pow2_floor(x: int) -> int:
@@ -97,6 +132,22 @@ def resolve_chunk_sizes(
     if token_chunk is None:
         token_chunk = max(1, min(n, _pow2_floor(budget // vocab_chunk)))
     return token_chunk, vocab_chunk
+
+
+GradWeightAccum = Literal["auto", "fp32", "param"]
+GRAD_WEIGHT_ACCUM = ("auto", "fp32", "param")
+
+
+def resolve_grad_weight_accum(
+    mode: str, weight_dtype: torch.dtype, n: int, token_chunk: int
+) -> bool:
+    """Whether ``grad_weight`` is summed in an fp32 buffer; ``mode`` is the fused ops'
+    ``grad_weight_accum`` (see ``fused_linear``'s module docstring). ValueError names it."""
+    if mode not in GRAD_WEIGHT_ACCUM:
+        raise ValueError(f"grad_weight_accum must be one of {GRAD_WEIGHT_ACCUM}, got {mode!r}")
+    if weight_dtype == torch.float32 or mode == "param":
+        return False
+    return mode == "fp32" or n > token_chunk
 
 
 def chunk_stats(
@@ -162,7 +213,8 @@ def chunk_grads(
     ``lse``/``px`` are the rows' global statistics; ``grad_logp``/``grad_ent`` (fp32 ``(C,)``)
     the incoming gradients. Writes ``grad_hidden (C, H)`` (summed over slices, in fp32 when
     ``hidden`` is low precision) and adds each slice's ``dlogits.T @ hidden`` into its rows of
-    ``grad_weight (V_local, H)`` (``addmm_`` in the weight dtype, as without chunking).
+    ``grad_weight (V_local, H)``: in the weight's dtype when ``grad_weight`` has it (one
+    rounding per call), exactly in fp32 when ``grad_weight`` is an fp32 accumulator.
     ``last_logits``: the list from ``chunk_stats(keep_last=True)``; its tensor (the last
     slice's logits) is taken out, used first and overwritten by its gradient, not recomputed.
     """
@@ -186,13 +238,13 @@ def chunk_grads(
         logits = None
         if grad_hidden is not None:
             if acc is not None:
-                acc.add_(dlogits @ w)
+                addmm_fp32_(acc, dlogits, w)
             elif i == 0:
                 torch.matmul(dlogits, w, out=grad_hidden)
             else:
                 grad_hidden.addmm_(dlogits, w)
         if grad_weight is not None:
-            grad_weight[v0 : v0 + vocab_chunk].addmm_(dlogits.T, hidden)
+            addmm_fp32_(grad_weight[v0 : v0 + vocab_chunk], dlogits.T, hidden)
         dlogits = None
     if acc is not None:
         grad_hidden.copy_(acc)

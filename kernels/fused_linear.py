@@ -9,8 +9,10 @@ chunk's logits buffer in place before the two grad matmuls.
 
 Extra memory: O(N) fp32 row statistics, one ``(token_chunk, vocab_chunk)`` logits buffer and,
 with vocabulary chunks and low-precision inputs, a ``(token_chunk, H)`` fp32 accumulator for
-the hidden gradient. Vocabulary sharding across ranks is the tensor-parallel path
-(``tensor_parallel``); vocabulary chunks are slices inside this rank's shard.
+the hidden gradient; with ``grad_weight_accum`` resolving to ``"fp32"`` (below), an fp32
+``(V_local, H)`` accumulator for the weight gradient. Vocabulary sharding across ranks is the
+tensor-parallel path (``tensor_parallel``); vocabulary chunks are slices inside this rank's
+shard.
 
 FLOPs: ``fused_linear_logprobs`` costs 2NHV forward and recomputes the logits in backward
 (2NHV + 4NHV), with or without vocabulary chunks. ``fused_linear_grpo_loss`` knows each token's
@@ -19,10 +21,25 @@ computes them in the forward chunk loop: 6NHV in total over the full vocabulary;
 vocabulary chunks the gradient pass recomputes ``K - 1`` of them (up to 8NHV).
 
 Precision: chunk logits are the matmul's output in the input dtype (as a materialised bf16
-lm_head would give); all softmax/loss math is fp32; ``grad_weight`` is accumulated over token
-chunks with ``addmm_`` in the weight's dtype (cuBLAS accumulates each chunk in fp32), so no
-fp32 copy of the ``(V_local, H)`` gradient is ever held; ``grad_hidden`` of a token chunk is
-summed over vocabulary chunks in fp32.
+lm_head would give); all softmax/loss math is fp32; ``grad_hidden`` of a token chunk is summed
+over vocabulary chunks in fp32. ``grad_weight`` sums over *all* token chunks, and where that
+sum is held is the ``grad_weight_accum`` keyword (``GRAD_WEIGHT_ACCUM``):
+
+* ``"fp32"``: an fp32 ``(V_local, H)`` accumulator (vocabulary chunks add into their rows),
+  cast to the weight's dtype once at the end: one rounding, as plain PyTorch's single matmul
+  over the materialised logits. Costs ``V_local·H·4`` bytes while the op runs (forward of
+  ``fused_linear_grpo_loss``, backward of ``fused_linear_logprobs``).
+* ``"param"``: accumulate with ``addmm_`` in the weight's dtype: no extra memory, but one
+  bf16/fp16 rounding of the running sum per token chunk (``ceil(N / token_chunk)`` of them,
+  32 at N=8192 with 256-row chunks), whose error grows with the chunk count and can exceed
+  twice plain PyTorch's error.
+* ``"auto"`` (default): ``"fp32"`` when the weight is bf16/fp16 and there is more than one
+  token chunk, ``"param"`` otherwise (an fp32 weight, or a single chunk, rounds once anyway).
+
+Memory against the issue's target (peak beyond inputs and gradients < 5% of the materialised
+fp32 logits ``N·V·4``): the fp32 accumulator is ``V·H·4`` bytes, i.e. ``H/N`` of those logits:
+100% at H=4096, N=4096; 50% at N=8192; 25% at N=16384 (V=102,400). Only ``"param"`` meets the
+target; ``"auto"`` trades it for PyTorch-level ``grad_weight`` accuracy in low precision.
 """
 
 from __future__ import annotations
@@ -34,7 +51,15 @@ import torch.distributed as dist
 
 from . import library
 from ._dispatch import check_same_device, check_shape, resolve_impl
-from ._head_chunks import chunk_grads, chunk_stats, default_chunk_sizes, resolve_chunk_sizes
+from ._head_chunks import (
+    GRAD_WEIGHT_ACCUM,
+    GradWeightAccum,
+    chunk_grads,
+    chunk_stats,
+    default_chunk_sizes,
+    resolve_chunk_sizes,
+    resolve_grad_weight_accum,
+)
 from .grpo_common import (
     check_grpo_inputs,
     grpo_metrics,
@@ -53,6 +78,7 @@ from .logprobs import (
 from .tensor_parallel import all_reduce_sum_, combine_stats, shard_info
 
 __all__ = [
+    "GRAD_WEIGHT_ACCUM",
     "default_chunk_sizes",
     "fused_linear_grpo_loss",
     "fused_linear_grpo_loss_ref",
@@ -69,6 +95,12 @@ class _Head(NamedTuple):
     vocab_start: int
     token_chunk: int
     vocab_chunk: int
+    fp32_grad_weight: bool  # accumulate grad_weight in an fp32 buffer (see grad_weight_accum)
+
+
+def _grad_weight_buffer(weight: torch.Tensor, head: _Head) -> torch.Tensor:
+    dtype = torch.float32 if head.fp32_grad_weight else weight.dtype
+    return torch.zeros(weight.shape, dtype=dtype, device=weight.device)
 
 
 def _check_head(
@@ -81,6 +113,7 @@ def _check_head(
     tp_group: dist.ProcessGroup | None,
     token_chunk: int | None,
     vocab_chunk: int | None,
+    grad_weight_accum: str,
     impl: str,
 ) -> _Head:
     """The argument checks shared by both fused ops; ValueError names the argument.
@@ -111,7 +144,8 @@ def _check_head(
     vocab_start, v_global = shard_info(v_local, tp_group)
     check_targets(targets.reshape(n), n, v_global, name="targets")
     tc, vc = resolve_chunk_sizes(n, h, v_local, token_chunk, vocab_chunk)
-    return _Head(library.get_backend(path), inv_temp, vocab_start, tc, vc)
+    fp32_gw = resolve_grad_weight_accum(grad_weight_accum, weight.dtype, n, tc)
+    return _Head(library.get_backend(path), inv_temp, vocab_start, tc, vc, fp32_gw)
 
 
 class _FusedLinearLogprobs(torch.autograd.Function):
@@ -145,7 +179,7 @@ class _FusedLinearLogprobs(torch.autograd.Function):
             grad_logp = torch.zeros_like(lse)
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros_like(weight) if need_w else None
+        grad_w = _grad_weight_buffer(weight, head) if need_w else None
         for s in range(0, n, head.token_chunk):
             e = min(s + head.token_chunk, n)
             chunk_grads(
@@ -165,6 +199,8 @@ class _FusedLinearLogprobs(torch.autograd.Function):
             )
         if need_h:
             all_reduce_sum_(grad_h, ctx.group)
+        if need_w and grad_w.dtype != weight.dtype:
+            grad_w = grad_w.to(weight.dtype)  # the one rounding of the fp32 accumulator
         return grad_h, grad_w, None, None, None
 
 
@@ -192,6 +228,7 @@ def fused_linear_logprobs(
     return_entropy: bool = False,
     token_chunk: int | None = None,
     vocab_chunk: int | None = None,
+    grad_weight_accum: GradWeightAccum = "auto",
     impl: str = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Log-probs of ``targets`` under ``softmax(hidden @ weight.T / temperature)``, chunked.
@@ -203,13 +240,19 @@ def fused_linear_logprobs(
         token_chunk, vocab_chunk: token rows and vocabulary rows (of ``weight``) per chunk;
             ``None`` picks them by the memory budget (``default_chunk_sizes``; a missing one
             is filled from the budget). ``vocab_chunk >= V_local`` disables vocabulary chunks.
+        grad_weight_accum: ``"fp32"`` sums ``grad_weight`` over token chunks in an fp32
+            ``(V_local, H)`` buffer during backward (``V_local·H·4`` extra bytes; rounded once,
+            as plain PyTorch), ``"param"`` in the weight's dtype (no extra memory, one rounding
+            per token chunk), ``"auto"``: ``"fp32"`` for a bf16/fp16 weight with more than one
+            token chunk, else ``"param"``. See the module docstring.
         impl: ``"auto"``/``"triton"``/``"torch"``: which log-softmax primitives run on each
             chunk (``torch`` is the same chunked algorithm in plain PyTorch).
 
     Returns:
         fp32 ``(N,)`` log-probs (and ``(N,)`` entropy when ``return_entropy``); gradients flow
         to ``hidden`` (all-reduced over ``tp_group``) and ``weight``. Never builds ``(N, V)``:
-        the largest temporary is one ``(token_chunk, vocab_chunk)`` logits buffer.
+        the temporaries are one ``(token_chunk, vocab_chunk)`` logits buffer and, in
+        ``"fp32"`` mode, the ``(V_local, H)`` fp32 grad_weight accumulator.
     """
     head = _check_head(
         hidden,
@@ -220,6 +263,7 @@ def fused_linear_logprobs(
         tp_group=tp_group,
         token_chunk=token_chunk,
         vocab_chunk=vocab_chunk,
+        grad_weight_accum=grad_weight_accum,
         impl=impl,
     )
     logp, ent = _FusedLinearLogprobs.apply(hidden, weight, targets.contiguous(), tp_group, head)
@@ -246,7 +290,7 @@ class _FusedLinearGRPOLoss(torch.autograd.Function):
         terms = torch.empty_like(logp)
         loss = logp.new_zeros(())
         grad_h = torch.empty_like(hidden) if opts.want_grads else None
-        grad_w = torch.zeros_like(weight) if opts.want_grads else None
+        grad_w = _grad_weight_buffer(weight, head) if opts.want_grads else None
         for s in range(0, n, head.token_chunk):
             e = min(s + head.token_chunk, n)
             stats, kept = chunk_stats(
@@ -294,6 +338,9 @@ class _FusedLinearGRPOLoss(torch.autograd.Function):
             del kept
         if opts.want_grads:
             all_reduce_sum_(grad_h, group)
+            if grad_w.dtype != weight.dtype:
+                # Round once here and drop the fp32 buffer, rather than hold it until backward.
+                grad_w = grad_w.to(weight.dtype)
         ctx.grads = (grad_h, grad_w)
         ctx.mark_non_differentiable(logp, terms)
         return loss, logp, terms
@@ -357,6 +404,7 @@ def fused_linear_grpo_loss(
     tp_group: dist.ProcessGroup | None = None,
     token_chunk: int | None = None,
     vocab_chunk: int | None = None,
+    grad_weight_accum: GradWeightAccum = "auto",
     impl: str = "auto",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GRPO loss straight from the last hidden states; ``(B, T, V)`` logits never exist.
@@ -373,6 +421,9 @@ def fused_linear_grpo_loss(
         advantages / rewards + group_size: the advantage source (exactly one).
         token_chunk, vocab_chunk: chunk sizes over the ``N = B·T`` tokens and the vocabulary
             rows of ``weight`` (default: ``default_chunk_sizes``, the memory-budget rule).
+        grad_weight_accum: where ``grad_weight`` is summed over token chunks, as in
+            ``fused_linear_logprobs``; with ``"fp32"`` the ``V_local·H·4``-byte buffer lives
+            during this call (gradients are computed here) and is rounded once at its end.
 
     Returns:
         ``(loss, metrics)``: 0-d fp32 loss and the ``grpo_metrics`` dict (0-d fp32 tensors).
@@ -389,6 +440,7 @@ def fused_linear_grpo_loss(
         tp_group=tp_group,
         token_chunk=token_chunk,
         vocab_chunk=vocab_chunk,
+        grad_weight_accum=grad_weight_accum,
         impl=impl,
     )
     b, t, h = hidden.shape

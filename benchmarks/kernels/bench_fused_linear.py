@@ -6,13 +6,17 @@ materialised PyTorch reference (the one the tests use), ``torch.compile`` of it,
 Liger-Kernel's fused linear GRPO loss when it is installed. Our ops run in two chunking modes:
 ``full-vocab`` (token chunks over the whole vocabulary, the default rule at this head, 6NHV for
 the GRPO loss with gradients) and ``vocab-chunked`` (``--vocab-chunk`` rows of the lm_head per
-chunk, ``--vocab-token-chunk`` tokens: smaller temporaries, the logits recomputed once more).
+chunk, ``--vocab-token-chunk`` tokens: smaller temporaries, the logits recomputed once more),
+each with the ``--grad-weight-accum`` modes asked for (``fp32``: an fp32 ``(V, H)`` grad_weight
+accumulator, ``V·H·4`` = 1.6 GiB here, rounded once as plain PyTorch; ``param``: accumulated in
+bf16, no extra memory; ``auto`` = fp32 at these shapes).
 TFLOP/s are counted against the algorithmic FLOPs: 2NHV (forward), 6NHV (forward+backward
 without recompute) and 8NHV (with the logits recomputed), next to the measured bf16 matmul
 rate at the same shape.
 
 Usage: python benchmarks/kernels/bench_fused_linear.py [--n 4096 8192 16384] [--quick]
        [--modes full-vocab vocab-chunked] [--vocab-chunk 16384] [--vocab-token-chunk 512]
+       [--grad-weight-accum fp32 param]
 Writes benchmarks/results/fused_linear.{json,md}. Without CUDA it says so and exits 0.
 """
 
@@ -100,13 +104,15 @@ def _liger_grpo(compiled: bool = True):
     return f
 
 
-def _chunkings(modes: list[str], vocab_chunk: int, vocab_token_chunk: int) -> dict[str, dict]:
-    """Keyword arguments of our fused ops for each requested chunking mode."""
+def _chunkings(
+    modes: list[str], vocab_chunk: int, vocab_token_chunk: int, accums: list[str]
+) -> dict[str, dict]:
+    """Keyword arguments of our fused ops for each requested (chunking, grad_weight_accum)."""
     table = {
         "full-vocab": {"vocab_chunk": V},  # token chunks from the default budget rule
         "vocab-chunked": {"token_chunk": vocab_token_chunk, "vocab_chunk": vocab_chunk},
     }
-    return {m: table[m] for m in modes}
+    return {f"{m}, gw={a}": {**table[m], "grad_weight_accum": a} for m in modes for a in accums}
 
 
 def _variants(hidden, weight, targets, old, ref, mask, rewards, chunkings):
@@ -157,6 +163,10 @@ def run(ns: list[int], quick: bool, chunkings: dict[str, dict]) -> None:
         notes.append(f"chunking {mode}: {ck or 'default rule'}")
     for n in ns:
         notes.append(f"N={n}: default (token_chunk, vocab_chunk) = {default_chunk_sizes(n, H, V)}")
+        notes.append(
+            f"N={n}: gw=fp32 accumulator V*H*4 = {V * H * 4 / 2**20:.0f} MiB = "
+            f"{100 * H / n:.0f}% of the fp32 logits N*V*4 (the memory target is < 5%)"
+        )
         problem = _problem(n)
         hidden, weight = problem[0], problem[1]
         mm = matmul_tflops(n, H, V)
@@ -215,12 +225,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--vocab-chunk", type=int, default=16384, help="lm_head rows per chunk")
     p.add_argument("--vocab-token-chunk", type=int, default=512, help="tokens per chunk")
+    p.add_argument(
+        "--grad-weight-accum",
+        nargs="+",
+        choices=["auto", "fp32", "param"],
+        default=["fp32", "param"],
+        help="grad_weight accumulation modes of our fused ops to measure (peak memory differs)",
+    )
     args = p.parse_args(argv)
     if args.vocab_chunk <= 0 or args.vocab_token_chunk <= 0:
         p.error("--vocab-chunk and --vocab-token-chunk must be positive")
     if not require_cuda("bench_fused_linear"):
         return 0
-    run(args.n, args.quick, _chunkings(args.modes, args.vocab_chunk, args.vocab_token_chunk))
+    chunkings = _chunkings(
+        args.modes, args.vocab_chunk, args.vocab_token_chunk, args.grad_weight_accum
+    )
+    run(args.n, args.quick, chunkings)
     return 0
 
 

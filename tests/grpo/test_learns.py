@@ -11,21 +11,22 @@ import pytest
 
 
 @pytest.mark.slow
-def test_grpo_raises_heldout_accuracy_by_20_points(tmp_path):
-    from dsm_engine.grpo.arithmetic_demo import grpo_config, prepare, pretrain
+def test_grpo_raises_heldout_accuracy_by_20_points(arithmetic_pretrained, tmp_path):
+    from dsm_engine.grpo.arithmetic_demo import grpo_config
     from dsm_engine.grpo.trainer import run_grpo
     from dsm_engine.models.parallel import destroy_parallel
     from dsm_engine.plotting import plot_run
 
-    paths, eos = prepare(tmp_path)
-    init = pretrain(paths, eos, steps=600, progress=False)
-    destroy_parallel()
+    paths, _, init = arithmetic_pretrained  # shared by the session: read-only
+    run_dir = tmp_path / "grpo"
     cpu0 = time.process_time()
-    cfg = grpo_config(paths, init, logging={"progress": False, "tensorboard": False})
+    cfg = grpo_config(
+        paths, init, run_dir=str(run_dir), logging={"progress": False, "tensorboard": False}
+    )
     run_grpo(cfg)
     destroy_parallel()
     grpo_cpu = time.process_time() - cpu0
-    rows = [json.loads(x) for x in (paths.grpo_run / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     evals = [r["eval_accuracy"] for r in rows if "eval_accuracy" in r]
     before, after = evals[0], max(evals[-2:])
     print(
@@ -33,5 +34,5 @@ def test_grpo_raises_heldout_accuracy_by_20_points(tmp_path):
     )
     assert after - before >= 0.20
     assert grpo_cpu < 600
-    pngs = plot_run(paths.grpo_run)
+    pngs = plot_run(run_dir)
     assert any(p.name == "reward.png" for p in pngs)

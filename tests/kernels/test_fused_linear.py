@@ -8,7 +8,7 @@ import zlib
 
 import pytest
 import torch
-from _kernel_checks import TOL, assert_close_to_ref, max_err
+from _kernel_checks import TOL, assert_close_to_ref, exact_on_rounded_logits, max_err
 
 from dsm_engine.kernels import (
     _logsoftmax,
@@ -19,7 +19,6 @@ from dsm_engine.kernels import (
     fused_linear_logprobs_ref,
     grpo_loss,
     logprobs_from_logits,
-    logprobs_from_logits_ref,
 )
 from dsm_engine.kernels.grpo_loss import grpo_loss_ref
 
@@ -39,27 +38,6 @@ def _seed(*key) -> torch.Generator:
     print(f"DSM_TEST_SEED={BASE_SEED}")  # shown by pytest when the test fails
     mixed = (BASE_SEED + zlib.crc32(repr(tuple(str(k) for k in key)).encode())) % 2**31
     return torch.Generator().manual_seed(mixed)
-
-
-class _RoundTo(torch.autograd.Function):
-    """fp64 value rounded to ``dtype``; its gradient is rounded to ``dtype`` as well."""
-
-    @staticmethod
-    def forward(ctx, x, dtype):
-        ctx.dtype = dtype
-        return x.to(dtype).double()
-
-    @staticmethod
-    def backward(ctx, g):
-        return g.to(ctx.dtype).double(), None
-
-
-def _exact_on_rounded_logits(hidden, weight, targets, temperature):
-    """fp64 log-probs and entropy from logits rounded to the inputs' dtype, whose gradient is
-    rounded to that dtype too: the error inherent to storing the lm_head output in ``dtype``
-    (see ``assert_close_to_ref``'s ``inherent``)."""
-    logits = _RoundTo.apply(hidden.double() @ weight.double().T, hidden.dtype)
-    return logprobs_from_logits_ref(logits, targets, temperature=temperature, return_entropy=True)
 
 
 def _head(n, h, v, dtype, gen):
@@ -142,7 +120,7 @@ def test_fused_linear_logprobs_matches_fp64_reference(case, dtype, impl):
         g_ent.to(dtype),
     )
     inherent = run(
-        lambda a, b: _exact_on_rounded_logits(a, b, targets, temp),
+        lambda a, b: exact_on_rounded_logits(a, b, targets, temp),
         hidden,
         weight,
         g_lp.double(),
@@ -277,7 +255,7 @@ def test_fused_linear_grpo_loss_matches_materialised_reference(spec, chunks, dty
         err = max_err(loss, loss_r)
         assert err <= 2 * base + TOL[dtype] * max(1.0, abs(loss_r.item())), (err, base)
     hi, wi = hidden.detach().requires_grad_(), weight.detach().requires_grad_()
-    logp_i, _ = _exact_on_rounded_logits(hi.reshape(b * t, h), wi, targets.reshape(-1), temp)
+    logp_i, _ = exact_on_rounded_logits(hi.reshape(b * t, h), wi, targets.reshape(-1), temp)
     kw64 = _with_dtype(grpo_kw, torch.float64)
     loss_i, _ = grpo_loss_ref(logp_i.reshape(b, t), old.double(), ref.double(), mask, **kw64)
     loss_i.backward()
@@ -442,7 +420,9 @@ def test_bad_input_raises_value_error_naming_the_argument(change, match):
 @pytest.mark.gpu
 @pytest.mark.parametrize("vocab_chunk", [None, 16384], ids=["default-chunks", "vocab-chunks"])
 def test_deepseekmath_head_shape_on_gpu(vocab_chunk):
-    b, t, h, v = 4, 256, 4096, 102400
+    # N = 8,192 tokens: 32 token chunks of 256 rows by default, so grad_weight's accumulation
+    # matters; "auto" (the default) accumulates it in fp32 for this bf16 head.
+    b, t, h, v = 8, 1024, 4096, 102400
     gen = torch.Generator(device="cuda").manual_seed(7)
     hidden = torch.randn(b, t, h, device="cuda", generator=gen).bfloat16()
     weight = (torch.randn(v, h, device="cuda", generator=gen) * (3 / h**0.5)).bfloat16()
@@ -454,11 +434,13 @@ def test_deepseekmath_head_shape_on_gpu(vocab_chunk):
     old = (logp + 0.1 * torch.randn_like(logp)).view(b, t)
     ref = (logp + 0.1 * torch.randn_like(logp)).view(b, t)
     mask = torch.rand(b, t, device="cuda", generator=gen) > 0.2
-    rewards = torch.tensor([1.0, 0.0, 1.0, 1.0], device="cuda")
+    rewards = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0], device="cuda")
     kw = {"rewards": rewards, "group_size": 2}
 
     hd, wt = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
-    loss, _ = fused_linear_grpo_loss(hd, wt, targets, old, ref, mask, vocab_chunk=vocab_chunk, **kw)
+    loss, _ = fused_linear_grpo_loss(
+        hd, wt, targets, old, ref, mask, vocab_chunk=vocab_chunk, grad_weight_accum="auto", **kw
+    )
     loss.backward()
     hr, wr = hidden.double().requires_grad_(), weight.double().requires_grad_()
     kw64 = {"rewards": rewards.double(), "group_size": 2}

@@ -1,5 +1,7 @@
 """The fused paths never create a tensor with N·V elements (forward and backward); with
-vocabulary chunks, none larger than one (token_chunk, vocab_chunk) logits block."""
+vocabulary chunks, none larger than one (token_chunk, vocab_chunk) logits block; and what the
+``grad_weight_accum`` modes cost: ``"param"`` nothing beyond the gradients, ``"fp32"`` one
+fp32 ``(V_local, H)`` accumulator (``V_local·H·4`` bytes)."""
 
 from __future__ import annotations
 
@@ -41,13 +43,15 @@ class LargestTensor(TorchDispatchMode):
 
 
 class PeakLiveElements(TorchDispatchMode):
-    """Records the peak of the summed sizes (in elements) of the storages that ops produce
-    while active and that are still alive: two chunk buffers alive at once count twice."""
+    """Records the peak of the summed sizes (in elements, or in bytes with ``in_bytes``) of
+    the storages that ops produce while active and that are still alive: two chunk buffers
+    alive at once count twice. Storages of ``inputs`` (and their views) are not counted."""
 
-    def __init__(self):
+    def __init__(self, *, in_bytes: bool = False, inputs: tuple[torch.Tensor, ...] = ()):
         super().__init__()
+        self.in_bytes = in_bytes
         self.live = self.peak = 0
-        self._storages: set[int] = set()
+        self._storages: set[int] = {x.untyped_storage().data_ptr() for x in inputs}
 
     def _release(self, key: int, n: int) -> None:
         self._storages.discard(key)
@@ -61,7 +65,7 @@ class PeakLiveElements(TorchDispatchMode):
             key = t.untyped_storage().data_ptr()
             if key in self._storages:  # a view or an in-place result: no new memory
                 continue
-            n = t.untyped_storage().nbytes() // t.element_size()
+            n = t.untyped_storage().nbytes() // (1 if self.in_bytes else t.element_size())
             self._storages.add(key)
             self.live += n
             self.peak = max(self.peak, self.live)
@@ -193,3 +197,46 @@ def test_vocab_chunked_grpo_loss_holds_one_chunk_block_at_a_time():
     grads = n * h + V * h
     # A second live block would add 116 x 32 = 3,712 elements; the O(N) vectors take < 64·N.
     assert rec.peak <= grads + token_chunk * vocab_chunk + 64 * n, rec.peak
+
+
+@pytest.mark.parametrize("mode", ["param", "fp32", "auto"])
+def test_grad_weight_accumulator_size_per_mode(mode):
+    """bf16, 8 token chunks. Live bytes beyond the two bf16 gradients: "param" only a chunk's
+    buffers; "fp32" (and "auto", which picks it here) also the ``V·H·4``-byte accumulator, held
+    while the gradients are computed and dropped after its one rounding (at the very end its
+    bf16 copy is born while it is still alive, so the peak holds both)."""
+    b, t, h, token_chunk = 4, 8, 256, 4  # N = 32 tokens, 8 chunks; V·H = 128,000
+    hidden, weight, targets, old, ref, mask = _inputs(b, t, h)
+    hidden = hidden.detach().bfloat16().requires_grad_()
+    weight = weight.detach().bfloat16().requires_grad_()
+    adv = torch.ones(b)
+    with PeakLiveElements(
+        in_bytes=True, inputs=(hidden, weight, targets, old, ref, mask, adv)
+    ) as rec:
+        loss, _ = fused_linear_grpo_loss(
+            hidden,
+            weight,
+            targets,
+            old,
+            ref,
+            mask,
+            advantages=adv,
+            token_chunk=token_chunk,
+            grad_weight_accum=mode,
+            impl="torch",
+        )
+        loss.backward()
+    n = b * t
+    grads = 2 * (n * h + V * h)
+    accumulator = 4 * V * h  # 512,000 bytes
+    # One chunk's bf16 logits, the torch impl's fp32 softmax intermediates (a few at once),
+    # the CPU fallback's fp32 copies of a chunk (dlogits, hidden) and O(N) fp32 vectors:
+    # well below the accumulator.
+    chunk = 2 * token_chunk * V + 8 * 4 * token_chunk * V + 4 * token_chunk * h
+    slack = chunk + 64 * 4 * n
+    assert slack < accumulator / 3
+    if mode == "param":
+        assert rec.peak <= grads + slack, rec.peak
+    else:
+        assert grads + accumulator <= rec.peak <= grads + accumulator + slack, rec.peak
+    assert weight.grad.dtype == torch.bfloat16

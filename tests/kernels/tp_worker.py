@@ -22,8 +22,15 @@ from dsm_engine.kernels import (
 RTOL, ATOL = 1e-5, 1e-6
 
 
-def _check(name: str, got: torch.Tensor, want: torch.Tensor) -> None:
-    torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL, msg=lambda m: f"{name}: {m}")
+# Results that cancel large fp32 terms, summed in another order by the shards: entropy is
+# lse - Σp·z, two O(|logit|) numbers (|logit| up to ~12, ulp 9.5e-7), and the fused grad_hidden
+# sums Σ_v dlogits·w over shards and vocabulary chunks. A few ulps of those terms exceeded 1e-6
+# on honest reorderings (seeds 1923966992: entropy 1.9e-6; 39099544: grad_hidden 1.3e-6).
+REORDER_ATOL = 8 * ATOL
+
+
+def _check(name: str, got: torch.Tensor, want: torch.Tensor, atol: float = ATOL) -> None:
+    torch.testing.assert_close(got, want, rtol=RTOL, atol=atol, msg=lambda m: f"{name}: {m}")
 
 
 def main() -> int:
@@ -63,7 +70,7 @@ def main() -> int:
             (gx,) = torch.autograd.grad((lp * g_lp + ent * g_ent).sum(), x)
             outs[tp] = (lp, ent, gx)
         _check(f"{impl} logprobs", outs["tp2"][0], outs["tp1"][0])
-        _check(f"{impl} entropy", outs["tp2"][1], outs["tp1"][1])
+        _check(f"{impl} entropy", outs["tp2"][1], outs["tp1"][1], REORDER_ATOL)
         _check(f"{impl} grad_logits", outs["tp2"][2], outs["tp1"][2][:, sl])
 
         # The fused ops, unsharded over the full vocabulary (the reference) against the shard,
@@ -90,8 +97,8 @@ def main() -> int:
             got, want = outs[cfg], outs[ref_cfg]
             tag = f"{impl} fused {cfg}"
             _check(f"{tag} logprobs", got[0], want[0])
-            _check(f"{tag} entropy", got[1], want[1])
-            _check(f"{tag} grad_hidden", got[2], want[2])
+            _check(f"{tag} entropy", got[1], want[1], REORDER_ATOL)
+            _check(f"{tag} grad_hidden", got[2], want[2], REORDER_ATOL)
             _check(f"{tag} grad_weight", got[3], want[3][sl] if cfg[0] == "tp2" else want[3])
 
         for tp, vocab_chunk in configs:
@@ -118,7 +125,7 @@ def main() -> int:
             _check(f"{tag} loss", got[0], want[0])
             for k in want[1]:
                 _check(f"{tag} metric {k}", got[1][k], want[1][k])
-            _check(f"{tag} grad_hidden", got[2], want[2])
+            _check(f"{tag} grad_hidden", got[2], want[2], REORDER_ATOL)
             _check(f"{tag} grad_weight", got[3], want[3][sl] if cfg[0] == "tp2" else want[3])
         print(f"rank {rank}: {impl} TP={world} equals TP=1", flush=True)
     dist.destroy_process_group()
