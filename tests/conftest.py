@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,29 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"{SHARED_DATA} is missing: tests read real data from ../shared/data")
     return SHARED_DATA
+
+
+def run_torchrun(
+    worker: str | Path, *args: object, nproc: int = 2, timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
+    """``torchrun --standalone --nproc_per_node nproc worker *args`` on the CPU (gloo, one
+    thread per rank); a non-zero exit fails the calling test with the tail of the output."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)  # a launcher's leftovers would join the wrong rendezvous
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    cmd += ["--nproc_per_node", str(nproc), str(worker), *map(str, args)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr)[-6000:]
+        pytest.fail(f"{Path(worker).name} {args} exited with {proc.returncode}:\n{tail}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def torchrun() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """:func:`run_torchrun`: multi-process tests launch their worker scripts with it."""
+    return run_torchrun
 
 
 @pytest.fixture(scope="session")

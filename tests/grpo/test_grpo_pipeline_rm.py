@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +15,7 @@ HERE = Path(__file__).resolve().parent
 
 @pytest.mark.dist
 @pytest.mark.slow
-def test_pp2_orm_supervised_grpo_runs_and_refreshes_the_reward_model(tmp_path):
+def test_pp2_orm_supervised_grpo_runs_and_refreshes_the_reward_model(tmp_path, torchrun):
     from dsm_engine.grpo.arithmetic_demo import DemoPaths
     from dsm_engine.models.checkpoint import latest_checkpoint
     from dsm_engine.tasks import arithmetic as ar
@@ -27,24 +24,7 @@ def test_pp2_orm_supervised_grpo_runs_and_refreshes_the_reward_model(tmp_path):
     ar.build_tokenizer(ar.pretraining_texts(500), paths.tokenizer)
     ar.write_jsonl(ar.make_problems("train", 40), paths.train)
     out = tmp_path / "history.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(HERE / "pp_orm_worker.py"),
-            str(tmp_path),
-            str(out),
-        ],
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-6000:]
+    torchrun(HERE / "pp_orm_worker.py", tmp_path, out)
     history = json.loads(out.read_text())
 
     assert len(history) == 2

@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,30 +14,15 @@ import pytest
 HERE = Path(__file__).resolve().parent
 
 
-def _run_worker(root: Path) -> dict:
+def _run_worker(torchrun, root: Path) -> dict:
     out = root / "histories.json"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(HERE / "pp_run_worker.py"),
-            str(root),
-            str(out),
-        ],
-        check=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        timeout=900,
-    )
+    torchrun(HERE / "pp_run_worker.py", root, out)
     return json.loads(out.read_text())
 
 
 @pytest.mark.dist
 @pytest.mark.slow
-def test_pp2_grpo_run_trains_checkpoints_and_resumes(tmp_path):
+def test_pp2_grpo_run_trains_checkpoints_and_resumes(tmp_path, torchrun):
     from dsm_engine.grpo.arithmetic_demo import DemoPaths
     from dsm_engine.models.checkpoint import latest_checkpoint
     from dsm_engine.tasks import arithmetic as ar
@@ -48,7 +30,7 @@ def test_pp2_grpo_run_trains_checkpoints_and_resumes(tmp_path):
     paths = DemoPaths(tmp_path)
     ar.build_tokenizer(ar.pretraining_texts(500), paths.tokenizer)
     ar.write_jsonl(ar.make_problems("train", 50), paths.train)
-    hist = _run_worker(tmp_path)
+    hist = _run_worker(torchrun, tmp_path)
     straight, resumed = hist["straight"], hist["resumed"]
 
     assert len(straight) == 3 and len(resumed) == 1

@@ -6,10 +6,7 @@ iteration 2 scores with the new reward model; a resumed run continues with the r
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -352,15 +349,12 @@ def test_process_supervision_retrains_a_prm_on_monte_carlo_step_labels(setup, tm
 @pytest.mark.slow
 @pytest.mark.dist
 @pytest.mark.parametrize("tp", [1, 2])
-def test_two_ranks_label_train_and_switch_identically(setup, tmp_path, tp):
+def test_two_ranks_label_train_and_switch_identically(setup, tmp_path, tp, torchrun):
     """dp=2 (each sampler labels its share of the prompts) or tp=2 (one sampler): every rank
     trains the same reward model in the job's layout and switches to it at the boundary."""
     paths, rm = setup
     run, out = tmp_path / "g", tmp_path / "out.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    args = [str(HERE / "iterative_rm_worker.py"), str(paths.root), str(rm), str(run), str(tp)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([*cmd, *args, str(out)], check=True, env=env, timeout=600)
+    torchrun(HERE / "iterative_rm_worker.py", paths.root, rm, run, tp, out, timeout=600)
     got = json.loads(out.read_text())
     iteration = run / "reward_model" / "iter_001"
     new_rm = iteration / "run" / "checkpoints" / "step_0000003"

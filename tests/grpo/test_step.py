@@ -3,8 +3,6 @@ float64, and TP=2 and PP=2 equal TP=1, PP=1."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -52,29 +50,11 @@ def test_grpo_step_equals_paper_formula_fp64(parallel_teardown):
         torch.testing.assert_close(out["grads"][name].double(), g, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def _torchrun_worker(tmp_path: Path, state, batch, tp: int, pp: int) -> dict:
+def _torchrun_worker(torchrun, tmp_path: Path, state, batch, tp: int, pp: int) -> dict:
     """Run step_worker.py under ``torchrun --nproc_per_node 2`` (gloo, fp32); rank 0's outputs."""
     torch.save({"state": state, "batch": batch}, tmp_path / "in.pt")
     out = tmp_path / f"tp{tp}pp{pp}.pt"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(HERE / "step_worker.py"),
-            str(tmp_path / "in.pt"),
-            str(out),
-            str(tp),
-            str(pp),
-        ],
-        check=True,
-        env=env,
-        timeout=600,
-    )
+    torchrun(HERE / "step_worker.py", tmp_path / "in.pt", out, tp, pp, timeout=600)
     return torch.load(out, weights_only=False)
 
 
@@ -92,22 +72,22 @@ def _assert_same_step(got: dict, want: dict, state: dict) -> None:
 
 
 @pytest.mark.dist
-def test_tp2_grpo_step_equals_tp1(tmp_path, parallel_teardown):
+def test_tp2_grpo_step_equals_tp1(tmp_path, parallel_teardown, torchrun):
     state = initial_state(1)
     batch = random_batch(seed=5, groups=2, group_size=GROUP)
-    tp2 = _torchrun_worker(tmp_path, state, batch, tp=2, pp=1)
+    tp2 = _torchrun_worker(torchrun, tmp_path, state, batch, tp=2, pp=1)
     _assert_same_step(tp2, grpo_step_outputs(state, batch, tp=1), state)
 
 
 @pytest.mark.dist
 @pytest.mark.slow
-def test_pp2_grpo_step_equals_pp1(tmp_path, parallel_teardown):
+def test_pp2_grpo_step_equals_pp1(tmp_path, parallel_teardown, torchrun):
     """Each stage holds one of the two layers; 8 rows in microbatches of 5 + 3 run through the
     1F1B schedule. Log-probs, entropy, loss and every gradient match PP=1, and so do the loss,
     grad norm and parameters after two clipped AdamW updates (μ = 2)."""
     state = initial_state(2)
     batch = random_batch(seed=6, groups=2, group_size=GROUP)
-    pp2 = _torchrun_worker(tmp_path, state, batch, tp=1, pp=2)
+    pp2 = _torchrun_worker(torchrun, tmp_path, state, batch, tp=1, pp=2)
     pp1 = grpo_step_outputs(state, batch, tp=1, updates=True)
     _assert_same_step(pp2, pp1, state)
     got, want = pp2["updates"], pp1["updates"]

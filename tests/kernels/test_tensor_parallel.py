@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,22 +11,12 @@ WORKER = Path(__file__).with_name("tp_worker.py")
 
 
 @pytest.mark.dist
-def test_tp2_equals_tp1():
+def test_tp2_equals_tp1(torchrun, monkeypatch):
     seed = random.randrange(2**31)  # fresh inputs every run; printed on failure
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(WORKER),
-        str(seed),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    print(f"seed {seed}")  # shown with the failure
+    proc = torchrun(WORKER, seed, timeout=600)
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"seed {seed}:\n{out[-6000:]}"
     for rank in (0, 1):
         for impl in ("triton", "torch"):
             assert f"rank {rank}: {impl} TP=2 equals TP=1" in out

@@ -4,9 +4,6 @@ same PRM loss, same gradients for every tensor including the replicated score he
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,29 +12,9 @@ WORKER = Path(__file__).with_name("tp_worker.py")
 
 
 @pytest.mark.dist
-def test_tp2_equals_tp1(tmp_path):
+def test_tp2_equals_tp1(tmp_path, torchrun):
     out = tmp_path / "result.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--standalone",
-            str(WORKER),
-            "--out",
-            str(out),
-            "--ckpt",
-            str(tmp_path / "ckpt"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    torchrun(WORKER, "--out", out, "--ckpt", tmp_path / "ckpt", timeout=300)
     r = json.loads(out.read_text())
     assert r["head_grad_norm"] > 0 and r["num_tensors"] > 10
     for key in ("score_diff_tp2", "score_diff_sp"):

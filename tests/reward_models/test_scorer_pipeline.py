@@ -4,9 +4,6 @@ last stage) and at TP=2 with sequence parallelism returns, on every rank, the PP
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,27 +13,11 @@ WORKER = Path(__file__).with_name("scorer_pp_worker.py")
 
 @pytest.mark.dist
 @pytest.mark.slow
-def test_pp2_scores_at_equal_pp1_on_every_rank(tmp_path, monkeypatch):
+def test_pp2_scores_at_equal_pp1_on_every_rank(tmp_path, monkeypatch, torchrun):
     monkeypatch.syspath_prepend(str(WORKER.parent))
     from scorer_pp_worker import LENGTHS, MICRO_BATCH, rows_and_positions
 
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(WORKER),
-            str(tmp_path),
-        ],
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    torchrun(WORKER, tmp_path, timeout=300)
     assert len(LENGTHS) > MICRO_BATCH and len(set(LENGTHS)) == len(LENGTHS)
     _, orm_pos, prm_pos = rows_and_positions()
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]

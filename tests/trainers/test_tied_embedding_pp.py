@@ -8,37 +8,18 @@ norm, and so keep the two copies equal and take exactly the pp=1 steps.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from trainers_testlib import free_port
 
 HERE = Path(__file__).resolve().parent
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict:
+def runs(tmp_path_factory, torchrun) -> dict:
     out = tmp_path_factory.mktemp("tied") / "runs.pt"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(var, None)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(free_port()),
-        str(HERE / "tied_embedding_pp_worker.py"),
-        str(out),
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    torchrun(HERE / "tied_embedding_pp_worker.py", out, timeout=400)
     return torch.load(out)
 
 
