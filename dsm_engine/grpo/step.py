@@ -301,6 +301,7 @@ def accumulate_grads(
             temperature=temperature,
             tp_group=tp_group,
             impl=cfg.impl,
+            grad_weight_accum=cfg.grad_weight_accum,
         )
         info = {"loss": loss.detach(), "share": share, "tokens": n, "metrics": m}
         return loss * share, info
