@@ -63,24 +63,13 @@ def train_rm(root: Path) -> Path:
 
 
 def grpo_cfg(paths, rm: Path, run_dir: Path):
-    from dsm_engine.grpo.arithmetic_demo import grpo_config
+    from pp_run_worker import tiny_pp2_config
 
-    return grpo_config(
+    return tiny_pp2_config(
         paths,
-        paths.root / "none",
-        run_dir=str(run_dir),
-        model={"num_layers": 2, "hidden_size": 32, "ffn_hidden_size": 64},
-        parallel={"pp": 2},
-        checkpoint={"load": None, "every": 1000},
-        grpo={
-            "steps": 2,
-            "iterations": 2,
-            "prompts_per_step": 2,
-            "group_size": 4,
-            "micro_batch_size": 3,  # 8 rows: 3 + 3 + 2 through both schedules
-        },
-        rollout={"max_new_tokens": 6},
-        schedule={"lr": 1e-2},
+        run_dir,
+        steps=2,
+        every=1000,
         reward={"supervision": "orm", "model_path": str(rm)},
         rm_update={
             "steps": 2,
@@ -91,8 +80,6 @@ def grpo_cfg(paths, rm: Path, run_dir: Path):
             "lr": 1e-3,
             "eval_fraction": 0.0,
         },
-        eval={"every": 0},
-        logging={"progress": False, "tensorboard": False},
     )
 
 

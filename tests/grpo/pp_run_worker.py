@@ -18,30 +18,29 @@ class _Stop(Exception):
     pass
 
 
-def _config(paths, run_dir: Path, **over):
+def tiny_pp2_config(paths, run_dir: Path, *, steps: int = 3, every: int = 1, **over):
+    """A 2-layer policy split over 2 stages, 8 rows per step in microbatches of 3 + 3 + 2;
+    ``over`` replaces whole top-level sections (merged into the demo's by ``grpo_config``)."""
     from dsm_engine.grpo.arithmetic_demo import grpo_config
 
-    return grpo_config(
-        paths,
-        paths.root / "none",
-        run_dir=str(run_dir),
-        model={"num_layers": 2, "hidden_size": 32, "ffn_hidden_size": 64},
-        parallel={"pp": 2},
-        checkpoint={"load": None, "every": 1},
-        grpo={
-            "steps": 3,
+    sections = {
+        "model": {"num_layers": 2, "hidden_size": 32, "ffn_hidden_size": 64},
+        "parallel": {"pp": 2},
+        "checkpoint": {"load": None, "every": every},
+        "grpo": {
+            "steps": steps,
             "iterations": 2,
             "prompts_per_step": 2,
             "group_size": 4,
-            "micro_batch_size": 3,  # 8 rows: microbatches of 3 + 3 + 2 through the schedule
+            "micro_batch_size": 3,
         },
-        rollout={"max_new_tokens": 6},
-        schedule={"lr": 1e-2},
-        reward={"name": "parity"},
-        eval={"every": 0},
-        logging={"progress": False, "tensorboard": False},
-        **over,
-    )
+        "rollout": {"max_new_tokens": 6},
+        "schedule": {"lr": 1e-2},
+        "reward": {"name": "parity"},
+        "eval": {"every": 0},
+        "logging": {"progress": False, "tensorboard": False},
+    }
+    return grpo_config(paths, paths.root / "none", run_dir=str(run_dir), **{**sections, **over})
 
 
 def main(root: Path, out: Path) -> None:
@@ -56,7 +55,7 @@ def main(root: Path, out: Path) -> None:
     paths = DemoPaths(root)
     register_reward_fn("parity", lambda **kw: _ParityReward(str(paths.tokenizer), **kw))
 
-    straight = run_grpo(_config(paths, root / "a"))
+    straight = run_grpo(tiny_pp2_config(paths, root / "a"))
     destroy_parallel(keep_process_group=True)
 
     def stop_after_two(step, _metrics):
@@ -64,12 +63,12 @@ def main(root: Path, out: Path) -> None:
             raise _Stop
 
     try:
-        run_grpo(_config(paths, root / "b"), on_step_end=stop_after_two)
+        run_grpo(tiny_pp2_config(paths, root / "b"), on_step_end=stop_after_two)
         raise AssertionError("run b did not stop after step 2")
     except _Stop:
         pass
     destroy_parallel(keep_process_group=True)
-    resumed = run_grpo(_config(paths, root / "b", resume="auto"))
+    resumed = run_grpo(tiny_pp2_config(paths, root / "b", resume="auto"))
     if dist.get_rank() == 0:
         out.write_text(json.dumps({"straight": straight, "resumed": resumed}))
     destroy_parallel()

@@ -59,3 +59,36 @@ def test_orm_and_prm_rewards_score_last_token_and_steps(model):
             ends = [e for e in ends] if text.endswith("\n") else [*ends, len(text) - 1]
             want = min(float(probs[lp + e]) for e in ends)
             assert got_prm[i] == pytest.approx(want, abs=1e-6)
+
+
+# Input handling: bad positions fail before any model work (so every rank of a model-parallel
+# group fails alike), nothing to score returns empty lists, microbatch splits change no score.
+
+
+def test_positions_outside_a_row_are_named_before_scoring(model, monkeypatch):
+    from dsm_engine.reward_models.scorer import RewardModelScorer
+
+    scorer = RewardModelScorer(model, micro_batch_size=1)
+    monkeypatch.setattr(scorer, "_score_one_stage", lambda *a: pytest.fail("model was run"))
+    with pytest.raises(ValueError, match=r"row 1: positions \[3\] outside \[0, 3\)"):
+        scorer.scores_at([[5, 6], [7, 8, 9]], [[1], [3]])
+    with pytest.raises(ValueError, match="rows \\(1\\) and positions \\(2\\)"):
+        scorer.scores_at([[5]], [[0], [0]])
+    assert scorer.scores_at([[5, 6], [7]], [[], []]) == [[], []]
+    assert scorer.scores_at([], []) == []
+
+
+def test_microbatch_split_and_padding_do_not_change_scores(model):
+    from dsm_engine.reward_models.scorer import RewardModelScorer
+
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.randint(3, 256, (n,), generator=g).tolist() for n in (4, 11, 7, 2, 9)]
+    pos = [list(range(len(r))) for r in rows]
+    alone = [
+        RewardModelScorer(model, micro_batch_size=1).scores_at([r], [p])[0]
+        for r, p in zip(rows, pos)
+    ]
+    batched = RewardModelScorer(model, micro_batch_size=2).scores_at(rows, pos)
+    for a, b in zip(alone, batched):
+        assert a == pytest.approx(b, abs=1e-6)
+    assert len({round(v, 4) for s in batched for v in s}) > 5
