@@ -5,11 +5,13 @@
 1. the GRPO demo's data and pretrained tiny policy (``dsm_engine.grpo.arithmetic_demo``;
    reused when ``ROOT/pretrain`` already holds a checkpoint);
 2. ``dsm rm label --kind prm``: Monte-Carlo step labels on policy samples of the train split
-   and, for evaluation, of the held-out split; steps end at "." (a solution reads
-   " 3 + 4 = 7. The answer is \\boxed{7}.": the equation, then the boxed answer);
+   (at temperatures 1.0 and 1.5) and, for evaluation, of the held-out split; steps end at "."
+   (a solution reads " 3 + 4 = 7. The answer is \\boxed{7}.": the equation, then the boxed
+   answer);
 3. ``dsm train rm --kind prm`` from the policy; prints held-out step accuracy and AUC;
 4. ``dsm train grpo`` with ``reward.supervision: prm``: per-token process advantages from
-   the PRM's step scores; prints the held-out greedy accuracy curve and plots the run.
+   the PRM's step scores, anchored by a strong KL penalty (β = 1.0, where the PRM is blind);
+   prints the held-out greedy accuracy curve and plots the run.
 """
 
 from __future__ import annotations
@@ -24,11 +26,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", default="runs/prm-demo")
     ap.add_argument("--pretrain-steps", type=int, default=600)
-    ap.add_argument("--label-prompts", type=int, default=300)
+    ap.add_argument("--label-prompts", type=int, default=600)
     ap.add_argument("--heldout-prompts", type=int, default=100)
     ap.add_argument("--completions", type=int, default=1, help="Monte-Carlo rollouts per step")
-    ap.add_argument("--rm-steps", type=int, default=150)
-    ap.add_argument("--grpo-steps", type=int, default=30)
+    ap.add_argument(
+        "--temperatures", default="1.0,1.5", help="label sampling temperatures (comma-separated)"
+    )
+    ap.add_argument("--rm-steps", type=int, default=400)
+    ap.add_argument("--grpo-steps", type=int, default=90)
+    ap.add_argument("--beta", type=float, default=1.0, help="KL coefficient of the GRPO run")
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args()
 
@@ -52,6 +58,7 @@ def main() -> int:
         label_prompts=a.label_prompts,
         heldout_prompts=a.heldout_prompts,
         completions=a.completions,
+        temperatures=[float(t) for t in a.temperatures.split(",")],
         rm_steps=a.rm_steps,
         seed=a.seed,
     )
@@ -63,7 +70,11 @@ def main() -> int:
         f"accuracy {final['eval_acc']:.3f}"
     )
     cfg = demo.prm_grpo_config(
-        paths, policy, prm, run_dir=str(root / "grpo-prm"), grpo={"steps": a.grpo_steps}
+        paths,
+        policy,
+        prm,
+        run_dir=str(root / "grpo-prm"),
+        grpo={"steps": a.grpo_steps, "beta": a.beta},
     )
     run_grpo(cfg)
     destroy_parallel()

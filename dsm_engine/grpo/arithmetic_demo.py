@@ -17,6 +17,7 @@ Process supervision (``examples/prm_arithmetic.py``, ``tests/reward_models/test_
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,7 +193,7 @@ def prm_config(
     policy: Path,
     run_dir: Path,
     *,
-    steps: int = 150,
+    steps: int = 400,
     lr: float = 1e-3,
     seed: int = 1234,
     progress: bool = True,
@@ -244,21 +245,25 @@ def prm_grpo_config(paths: DemoPaths, init: Path, prm: Path, **overrides: Any):
     """The process-supervised GRPO run of the demo: ``grpo_config`` with the advantages from
     the PRM at ``prm`` (``reward.supervision: prm``; the verifier only logs accuracy).
 
-    Gentler and shorter than the outcome run (30 steps at lr 2e-4 instead of 90 at 5e-4, KL
-    β 0.1 instead of 0.04, sampling at temperature 0.7), because a learned reward is exploited
-    where it is wrong. Measured: the PRM's mean step score on the policy's samples rises
-    (0.44-0.50 -> 0.71-0.72 over the run) but held-out greedy accuracy does not follow
-    (0.66 -> 0.74, 0.64 and 0.48 after 30 steps with three PRMs; 60 steps at lr 3e-4 peaked
-    at 0.69 and fell to 0.56). The PRM tells a wrong operation from the right one well but
-    scores a wrong result of the right operation as high as the correct one, and the policy
-    drifts there: the reward hacking that iterative RL (retraining the reward model on the
-    new policy's samples, paper §4.1.4) is meant to counter.
+    Same steps, learning rate and temperature as the outcome run; the one change is the KL
+    coefficient, β = 1.0 instead of 0.04. The tiny PRM learns which operation a word problem
+    needs (right vs wrong operation: AUC ~0.9) but not the arithmetic or the operands: it
+    scores " 2 * 2 = 6." about like " 2 * 2 = 4." and, having learned the result's size as a
+    proxy for the operation, some PRMs slightly prefer results one too large. The optimum of
+    the KL-regularised objective is π_ref · exp(A / β): with β = 1 the operation, where the
+    PRM's advantage gap is large, moves, while digits the reference policy already gets right
+    (and the PRM barely separates) mostly stay put.
+
+    Measured (held-out greedy accuracy, 200 problems, start 0.66): β 0.04 or 0.2 collapse it
+    to 0.0-0.29 while the PRM score climbs (results off by one, operands copied wrong, broken
+    answer formats); β = 1.0 over three PRMs (seeds 1-3 of ``label_and_train_prm``) ends at
+    0.78, 0.84 and 0.71 (best of the last two evaluations): the third PRM prefers off-by-one
+    results on one template and the policy's arithmetic there drifts. Iterative RM refresh
+    (three iterations, 128 prompts relabelled per boundary) did not rescue that seed (0.66).
     """
     sections: dict[str, Any] = {
         "reward": {"supervision": "prm", "model_path": str(prm), "delimiter": STEP_DELIMITER},
-        "grpo": {"steps": 30, "beta": 0.1},
-        "schedule": {"lr": 2e-4},
-        "rollout": {"temperature": 0.7},
+        "grpo": {"beta": 1.0},
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(sections.get(key), dict):
@@ -273,18 +278,23 @@ def label_and_train_prm(
     policy: Path,
     root: Path,
     *,
-    label_prompts: int = 300,
+    label_prompts: int = 600,
     heldout_prompts: int = 100,
     samples: int = 4,
     completions: int = 1,
-    temperature: float = 1.0,
-    rm_steps: int = 150,
+    temperatures: Sequence[float] = (1.0, 1.5),
+    rm_steps: int = 400,
     lr: float = 1e-3,
     seed: int = 1,
     progress: bool = True,
 ) -> tuple[Path, dict[str, float]]:
     """The PRM proof's stages under ``root``: Monte-Carlo step labels of ``policy``'s samples
-    on the train split (to train) and the held-out split (to evaluate), then the PRM.
+    on the train split at each of ``temperatures`` (to train) and on the held-out split at the
+    first temperature (to evaluate), then the PRM.
+
+    The hotter samples (1.5) are mostly broken solutions, labelled bad by their completions: a
+    PRM that never saw them scores some of them high, and GRPO finds them (measured: held-out
+    accuracy fell to 0 on answers like " 4. The answer is \\boxed{10}.").
 
     ``completions=1`` by default: a step's label is then an unbiased one-sample estimate of the
     chance that the policy finishes it correctly, the same expectation as the final step's
@@ -294,17 +304,31 @@ def label_and_train_prm(
     """
     import json
 
+    if not temperatures:
+        raise ValueError("temperatures must name at least one sampling temperature")
     root = Path(root)
-    kw = {"samples": samples, "completions": completions, "temperature": temperature}
-    train = label_prm(
-        paths, policy, root / "prm_train.jsonl", num_prompts=label_prompts, seed=seed, **kw
-    )
+    kw = {"samples": samples, "completions": completions}
+    parts = [
+        label_prm(
+            paths,
+            policy,
+            root / f"prm_train_t{t:g}.jsonl",
+            num_prompts=label_prompts,
+            temperature=t,
+            seed=seed + 17 * i,
+            **kw,
+        )
+        for i, t in enumerate(temperatures)
+    ]
+    train = root / "prm_train.jsonl"
+    train.write_text("".join(p.read_text() for p in parts))
     held = label_prm(
         paths,
         policy,
         root / "prm_heldout.jsonl",
         split="heldout",
         num_prompts=heldout_prompts,
+        temperature=temperatures[0],
         seed=seed + 1000,
         **kw,
     )

@@ -4,9 +4,11 @@
 * a PRM trained on Monte-Carlo step labels (``dsm rm label --kind prm``) of the policy's
   samples separates good from bad steps of *held-out* problems: AUC >= 0.75;
 * GRPO with ``reward.supervision: prm`` (per-token process advantages from that PRM's step
-  scores, no verifier in the advantages) climbs the PRM's score. It does not (yet) raise
-  held-out accuracy the way outcome supervision does (``tests/grpo/test_learns.py``): the
-  policy learns to please the PRM where the PRM is blind (the arithmetic).
+  scores; the verifier only measures) climbs the PRM's score without the collapse of held-out
+  accuracy that a weakly anchored run suffers (β <= 0.2: 0.66 -> 0.0-0.29). Whether it
+  *raises* held-out accuracy depends on the PRM's seed (+18, +12 and +4.5 points at 90 steps
+  over three PRMs; see ``arithmetic_demo.prm_grpo_config``), so the gain is printed, not
+  asserted.
 """
 
 from __future__ import annotations
@@ -44,17 +46,16 @@ def test_prm_beats_chance_on_heldout_step_labels(arithmetic_prm):
     assert 0.2 <= final["heldout_good_step_share"] <= 0.8
     assert final["heldout_step_labels"] >= 400
     assert final["eval_auc"] >= 0.75
-    assert cpu < 480  # 52 s on 2 idle cores; CPU time swells when the cores are shared
+    assert cpu < 600  # ~165 s on 2 idle cores; CPU time swells when the cores are shared
 
 
 @pytest.mark.slow
-def test_process_supervised_grpo_climbs_the_prm_score(
+def test_process_supervised_grpo_climbs_the_prm_score_without_collapse(
     arithmetic_pretrained, arithmetic_prm, tmp_path
 ):
-    """GRPO with ``reward.supervision: prm`` optimises the PRM: the mean step score of its own
-    samples rises. Held-out accuracy is printed, not asserted: this PRM checks the operation
-    of a solution but not its arithmetic, and measured runs trade accuracy for PRM score
-    (reward hacking; see ``arithmetic_demo.prm_grpo_config``)."""
+    """The PRM alone drives the advantages; the KL anchor (β = 1.0) holds what it cannot see
+    (the arithmetic, the operands), so held-out accuracy ends no more than 5 points below its
+    start while the PRM's score on the policy's own samples rises."""
     from dsm_engine.grpo.arithmetic_demo import prm_grpo_config
     from dsm_engine.grpo.trainer import run_grpo
     from dsm_engine.models.parallel import destroy_parallel
@@ -72,15 +73,16 @@ def test_process_supervised_grpo_climbs_the_prm_score(
     grpo_cpu = time.process_time() - cpu0
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     evals = [r["eval_accuracy"] for r in rows if "eval_accuracy" in r]
+    before, after = evals[0], max(evals[-2:])
     steps = [r for r in rows if "rm_step_score" in r]
     mean = lambda key, part: sum(r[key] for r in part) / len(part)  # noqa: E731
-    first, last = steps[:5], steps[-5:]
+    first, last = steps[:10], steps[-10:]
     print(
-        f"process-supervised GRPO: mean PRM step score {mean('rm_step_score', first):.3f} -> "
-        f"{mean('rm_step_score', last):.3f}, sampled accuracy {mean('accuracy', first):.3f} -> "
-        f"{mean('accuracy', last):.3f}, held-out greedy accuracy curve {evals}, "
-        f"GRPO CPU {grpo_cpu:.0f}s"
+        f"process-supervised GRPO: held-out accuracy {before:.3f} -> {after:.3f} (curve "
+        f"{evals}); mean PRM step score {mean('rm_step_score', first):.3f} -> "
+        f"{mean('rm_step_score', last):.3f}; GRPO CPU {grpo_cpu:.0f}s"
     )
     assert len(steps) == cfg.grpo.steps  # every step's advantages came from the PRM
     assert mean("rm_step_score", last) - mean("rm_step_score", first) >= 0.1
-    assert grpo_cpu < 400  # 64 s on 2 idle cores
+    assert after >= before - 0.05
+    assert grpo_cpu < 600  # ~215 s on 2 idle cores
