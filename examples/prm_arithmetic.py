@@ -8,10 +8,12 @@
    (at temperatures 1.0 and 1.5) and, for evaluation, of the held-out split; steps end at "."
    (a solution reads " 3 + 4 = 7. The answer is \\boxed{7}.": the equation, then the boxed
    answer);
-3. ``dsm train rm --kind prm`` from the policy; prints held-out step accuracy and AUC;
+3. ``dsm train rm --kind prm`` from the policy (``--ensemble N``: N PRMs, seeds apart, whose
+   scores are averaged); prints held-out step accuracy and AUC;
 4. ``dsm train grpo`` with ``reward.supervision: prm``: per-token process advantages from
-   the PRM's step scores, anchored by a strong KL penalty (β = 1.0, where the PRM is blind);
-   prints the held-out greedy accuracy curve and plots the run.
+   the PRM's step scores, anchored by a strong KL penalty (β = 1.0, where the PRM is blind)
+   under a cosine learning-rate decay; prints the held-out greedy accuracy curve and plots
+   the run.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def main() -> int:
         "--temperatures", default="1.0,1.5", help="label sampling temperatures (comma-separated)"
     )
     ap.add_argument("--rm-steps", type=int, default=400)
+    ap.add_argument("--ensemble", type=int, default=1, help="PRMs trained (seeds) and averaged")
     ap.add_argument("--grpo-steps", type=int, default=90)
     ap.add_argument("--beta", type=float, default=1.0, help="KL coefficient of the GRPO run")
     ap.add_argument("--seed", type=int, default=1)
@@ -51,7 +54,7 @@ def main() -> int:
         policy = demo.pretrain(paths, eos, steps=a.pretrain_steps)
         destroy_parallel()
     t1 = time.process_time()
-    prm, final = demo.label_and_train_prm(
+    prms, final = demo.label_and_train_prm(
         paths,
         policy,
         root,
@@ -60,19 +63,20 @@ def main() -> int:
         completions=a.completions,
         temperatures=[float(t) for t in a.temperatures.split(",")],
         rm_steps=a.rm_steps,
+        ensemble=a.ensemble,
         seed=a.seed,
     )
     destroy_parallel()
     t2 = time.process_time()
     print(
-        f"PRM on {final['heldout_step_labels']:.0f} held-out step labels "
+        f"{len(prms)} PRM(s) on {final['heldout_step_labels']:.0f} held-out step labels "
         f"({final['heldout_good_step_share']:.2f} good): AUC {final['eval_auc']:.3f}, "
-        f"accuracy {final['eval_acc']:.3f}"
+        f"accuracy {final['eval_acc']:.3f} (weakest PRM's AUC {final['member_auc_min']:.3f})"
     )
     cfg = demo.prm_grpo_config(
         paths,
         policy,
-        prm,
+        prms,
         run_dir=str(root / "grpo-prm"),
         grpo={"steps": a.grpo_steps, "beta": a.beta},
     )

@@ -241,29 +241,47 @@ def train_prm(
     return Path(run_dir) / "checkpoints", final
 
 
-def prm_grpo_config(paths: DemoPaths, init: Path, prm: Path, **overrides: Any):
+def prm_grpo_config(paths: DemoPaths, init: Path, prms: Path | Sequence[Path], **overrides: Any):
     """The process-supervised GRPO run of the demo: ``grpo_config`` with the advantages from
-    the PRM at ``prm`` (``reward.supervision: prm``; the verifier only logs accuracy).
+    the PRM at ``prms`` (``reward.supervision: prm``), or from the mean of several PRMs when
+    ``prms`` names more than one (the first as ``reward.model_path``, the others as
+    ``reward.ensemble``); the verifier only logs accuracy.
 
-    Same steps, learning rate and temperature as the outcome run; the one change is the KL
-    coefficient, β = 1.0 instead of 0.04. The tiny PRM learns which operation a word problem
-    needs (right vs wrong operation: AUC ~0.9) but not the arithmetic or the operands: it
-    scores " 2 * 2 = 6." about like " 2 * 2 = 4." and, having learned the result's size as a
-    proxy for the operation, some PRMs slightly prefer results one too large. The optimum of
-    the KL-regularised objective is π_ref · exp(A / β): with β = 1 the operation, where the
-    PRM's advantage gap is large, moves, while digits the reference policy already gets right
-    (and the PRM barely separates) mostly stay put.
+    Same steps, peak learning rate and temperature as the outcome run; two changes, both
+    because the PRM is a flawed judge. The tiny PRM learns which operation a word problem
+    needs (right vs wrong operation: AUC ~0.9) but not the arithmetic or the operands (right
+    operation, wrong result: AUC ~0.5, even with balanced perturbed-result examples added): it
+    scores " 2 * 2 = 6." about like " 2 * 2 = 4.", and each PRM has its own proxies (one
+    prefers results one too large on one template). So:
 
-    Measured (held-out greedy accuracy, 200 problems, start 0.66): β 0.04 or 0.2 collapse it
-    to 0.0-0.29 while the PRM score climbs (results off by one, operands copied wrong, broken
-    answer formats); β = 1.0 over three PRMs (seeds 1-3 of ``label_and_train_prm``) ends at
-    0.78, 0.84 and 0.71 (best of the last two evaluations): the third PRM prefers off-by-one
-    results on one template and the policy's arithmetic there drifts. Iterative RM refresh
-    (three iterations, 128 prompts relabelled per boundary) did not rescue that seed (0.66).
+    * β = 1.0 instead of 0.04: the optimum of the KL-regularised objective is
+      π_ref · exp(A / β), so the operation, where the PRM's advantage gap is large, moves while
+      the digits the reference policy already gets right mostly stay put. β 0.04 or 0.2
+      collapse held-out accuracy (0.66 -> 0.0-0.29) while the PRM score climbs;
+    * a cosine learning-rate decay (5e-4 -> 5e-5) instead of a constant rate: at a constant
+      rate the greedy policy keeps swinging between evaluations as it chases the PRM's proxies
+      (e.g. 0.95, 0.875, 0.905, 0.715 over the last four), and where a run ends is luck.
+
+    Measured (held-out greedy accuracy on 200 problems, start 0.66; the evaluations at steps
+    60 / 70 / 80 / 90) with the PRMs of seeds 1-3 of ``label_and_train_prm``. Constant rate:
+    best of the last two 0.78 / 0.84 / 0.71, with swings of up to 0.2; the seed-3 PRM's
+    off-by-one preference drifted the policy's arithmetic. Cosine: seed 1 0.81 / 0.815 /
+    0.875 / 0.89, seed 2 0.805 / 0.83 / 0.905 / 0.89, seed 3 0.825 / 0.80 / 0.825 / 0.825.
+    An ensemble of the three (same labels, training seeds 1-3; ``reward.ensemble``), cosine:
+    0.855 / 0.85 / 0.895 / 0.925 (constant rate: 0.81 / 0.84 / 0.685 / 0.58).
     """
+    prms = [prms] if isinstance(prms, (str, Path)) else list(prms)
+    if not prms:
+        raise ValueError("prm_grpo_config needs at least one PRM checkpoint")
     sections: dict[str, Any] = {
-        "reward": {"supervision": "prm", "model_path": str(prm), "delimiter": STEP_DELIMITER},
+        "reward": {
+            "supervision": "prm",
+            "model_path": str(prms[0]),
+            "ensemble": [str(p) for p in prms[1:]],
+            "delimiter": STEP_DELIMITER,
+        },
         "grpo": {"beta": 1.0},
+        "schedule": {"name": "cosine", "min_lr_ratio": 0.1},
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(sections.get(key), dict):
@@ -271,6 +289,28 @@ def prm_grpo_config(paths: DemoPaths, init: Path, prm: Path, **overrides: Any):
         else:
             sections[key] = value
     return grpo_config(paths, init, **sections)
+
+
+def heldout_step_auc(paths: DemoPaths, prms: Sequence[Path], labels: Path) -> tuple[float, float]:
+    """``(AUC, accuracy at 0.5)`` of the mean score of ``prms`` on the step labels in
+    ``labels`` (what process-supervised GRPO with that ensemble is rewarded by)."""
+    import json
+
+    from dsm_engine.grpo.data import TextCodec
+    from dsm_engine.reward_models.metrics import accuracy, auc
+    from dsm_engine.reward_models.scorer import MeanScorer, PRMReward, load_reward_fn
+
+    members = [load_reward_fn("prm", str(p), str(paths.tokenizer)).scorer for p in prms]
+    prm = PRMReward(MeanScorer(members), TextCodec(str(paths.tokenizer)), delimiter=STEP_DELIMITER)
+    rows = [json.loads(line) for line in Path(labels).read_text().splitlines()]
+    scores = prm.step_scores(
+        [r["prompt_ids"] for r in rows],
+        [r["response_ids"] for r in rows],
+        [r["step_ends"] for r in rows],
+    )
+    flat = [v for row in scores for v in row]
+    targets = [y for r in rows for y in r["step_labels"]]
+    return auc(flat, targets), accuracy(flat, targets, threshold=0.5)
 
 
 def label_and_train_prm(
@@ -285,12 +325,14 @@ def label_and_train_prm(
     temperatures: Sequence[float] = (1.0, 1.5),
     rm_steps: int = 400,
     lr: float = 1e-3,
+    ensemble: int = 1,
     seed: int = 1,
     progress: bool = True,
-) -> tuple[Path, dict[str, float]]:
+) -> tuple[list[Path], dict[str, float]]:
     """The PRM proof's stages under ``root``: Monte-Carlo step labels of ``policy``'s samples
     on the train split at each of ``temperatures`` (to train) and on the held-out split at the
-    first temperature (to evaluate), then the PRM.
+    first temperature (to evaluate), then ``ensemble`` PRMs on those labels (training seeds
+    ``seed``, ``seed + 1``, ...: head initialisation and batch order).
 
     The hotter samples (1.5) are mostly broken solutions, labelled bad by their completions: a
     PRM that never saw them scores some of them high, and GRPO finds them (measured: held-out
@@ -299,13 +341,17 @@ def label_and_train_prm(
     ``completions=1`` by default: a step's label is then an unbiased one-sample estimate of the
     chance that the policy finishes it correctly, the same expectation as the final step's
     verdict, so the PRM's scores at the two steps of a solution are comparable (with K > 1 the
-    intermediate labels are optimistic). Returns the PRM checkpoint root and its final metrics
-    plus ``heldout_good_step_share`` (the positive share of the held-out step labels).
+    intermediate labels are optimistic). Returns the PRM checkpoint roots and metrics: the
+    ensemble's held-out step ``eval_auc`` / ``eval_acc``, the weakest member's
+    ``member_auc_min``, ``heldout_good_step_share`` (the positive share of the held-out step
+    labels) and ``heldout_step_labels``.
     """
     import json
 
     if not temperatures:
         raise ValueError("temperatures must name at least one sampling temperature")
+    if ensemble < 1:
+        raise ValueError(f"ensemble must be >= 1 PRM, got {ensemble}")
     root = Path(root)
     kw = {"samples": samples, "completions": completions}
     parts = [
@@ -332,10 +378,20 @@ def label_and_train_prm(
         seed=seed + 1000,
         **kw,
     )
-    ckpt, final = train_prm(
-        train, held, policy, root / "prm", steps=rm_steps, lr=lr, seed=seed, progress=progress
-    )
+    ckpts, member_aucs = [], []
+    for k in range(ensemble):
+        run_dir = root / ("prm" if k == 0 else f"prm_{k}")
+        ckpt, final = train_prm(
+            train, held, policy, run_dir, steps=rm_steps, lr=lr, seed=seed + k, progress=progress
+        )
+        ckpts.append(ckpt)
+        member_aucs.append(final["eval_auc"])
+    ens_auc, ens_acc = heldout_step_auc(paths, ckpts, held)
     labels = [y for line in held.read_text().splitlines() for y in json.loads(line)["step_labels"]]
-    final["heldout_good_step_share"] = sum(labels) / max(len(labels), 1)
-    final["heldout_step_labels"] = float(len(labels))
-    return ckpt, final
+    return ckpts, {
+        "eval_auc": ens_auc,
+        "eval_acc": ens_acc,
+        "member_auc_min": min(member_aucs),
+        "heldout_good_step_share": sum(labels) / max(len(labels), 1),
+        "heldout_step_labels": float(len(labels)),
+    }

@@ -119,7 +119,9 @@ class RewardConfig:
     advantages from step scores; steps split at ``delimiter``) or ``mixed`` (verifier outcome
     + ``prm_weight`` × process). ``model_path``: a ``dsm train rm`` checkpoint, needed unless
     ``supervision`` is ``verifier``. (``name`` and ``kind`` already had their meanings, hence
-    a new field.)
+    a new field.) ``ensemble``: more checkpoints of the same kind (e.g. the same labels, other
+    seeds); the learned score is then the mean of all members' probabilities, which blunts the
+    errors a policy would otherwise find and exploit in any single reward model.
     """
 
     name: str = "verifier"
@@ -129,6 +131,7 @@ class RewardConfig:
     model_path: str = ""
     delimiter: str = "\n"
     prm_weight: float = 1.0
+    ensemble: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.supervision != "verifier" and not self.model_path:
@@ -136,6 +139,13 @@ class RewardConfig:
                 f"reward.model_path: reward.supervision={self.supervision} needs a reward-model "
                 "checkpoint (dsm train rm)"
             )
+        if self.ensemble and self.supervision == "verifier":
+            raise ConfigError(
+                "reward.ensemble: extra reward models need reward.supervision orm, prm or mixed "
+                "(it is verifier)"
+            )
+        if any(not p for p in self.ensemble):
+            raise ConfigError(f"reward.ensemble: empty checkpoint path in {self.ensemble}")
         if not self.delimiter:
             raise ConfigError("reward.delimiter must not be empty")
 
@@ -225,6 +235,11 @@ class GRPOConfig(RunConfig):
                 raise ConfigError(
                     f"rm_update.steps={self.rm_update.steps}: retraining a reward model needs "
                     "reward.supervision orm, prm or mixed (it is verifier)"
+                )
+            if self.reward.ensemble:
+                raise ConfigError(
+                    f"reward.ensemble: iterative refresh (rm_update.steps={self.rm_update.steps})"
+                    " continues one reward model; use reward.model_path alone"
                 )
             if self.grpo.iterations < 2:
                 raise ConfigError(

@@ -56,7 +56,7 @@ from dsm_engine.grpo.step import (
     token_advantages,
 )
 from dsm_engine.reward_models.grpo_rewards import compute_advantages
-from dsm_engine.reward_models.scorer import TokenScorer, load_reward_fn
+from dsm_engine.reward_models.scorer import MeanScorer, TokenScorer, load_reward_fn
 from dsm_engine.rollout.base import SamplingParams, build_rollout_engine
 
 StepHook = Callable[[int, dict[str, float]], None]
@@ -106,20 +106,24 @@ def _rollout_metrics(ro, group_size: int) -> dict[str, float]:
 
 
 def _reward_model_scorer(cfg: GRPOConfig, model_path: str) -> TokenScorer | None:
-    """The learned reward model's scorer (None under verifier supervision), in the policy's
-    TP/PP layout: scoring is collective over the model-parallel group, whose ranks hold the
-    same rollout rows; each data-parallel rank scores its own rows."""
+    """The learned reward model's scorer (None under verifier supervision; the mean of the
+    members with ``reward.ensemble``), in the policy's TP/PP layout: scoring is collective over
+    the model-parallel group, whose ranks hold the same rollout rows; each data-parallel rank
+    scores its own rows."""
     if cfg.reward.supervision == "verifier":
         return None
     kind = "orm" if cfg.reward.supervision == "orm" else "prm"
-    rm = load_reward_fn(
-        kind,
-        model_path,
-        cfg.data.tokenizer,
-        delimiter=cfg.reward.delimiter,
-        micro_batch_size=cfg.grpo.micro_batch_size,
-    )
-    return rm.scorer
+    scorers = [
+        load_reward_fn(
+            kind,
+            path,
+            cfg.data.tokenizer,
+            delimiter=cfg.reward.delimiter,
+            micro_batch_size=cfg.grpo.micro_batch_size,
+        ).scorer
+        for path in [model_path, *cfg.reward.ensemble]
+    ]
+    return scorers[0] if len(scorers) == 1 else MeanScorer(scorers)
 
 
 def run_grpo(cfg: GRPOConfig, *, on_step_end: StepHook | None = None) -> list[dict[str, float]]:

@@ -163,6 +163,26 @@ class RewardModelScorer:
         return flat.cpu()
 
 
+class MeanScorer:
+    """An ensemble of reward models: the mean of its members' probabilities.
+
+    A policy optimised against one learned reward finds that model's idiosyncratic errors
+    (over-optimisation); members trained with different seeds rarely share them, so the mean
+    blunts each one's errors while keeping what they agree on."""
+
+    def __init__(self, members: Sequence[TokenScorer]) -> None:
+        if not members:
+            raise ValueError("MeanScorer needs at least one member")
+        self.members = list(members)
+
+    def scores_at(
+        self, rows: Sequence[Sequence[int]], positions: Sequence[Sequence[int]]
+    ) -> list[list[float]]:
+        per_member = [m.scores_at(rows, positions) for m in self.members]
+        n = len(self.members)
+        return [[sum(v) / n for v in zip(*row)] for row in zip(*per_member)]
+
+
 def _pick(probs: torch.Tensor, pos: Sequence[Sequence[int]]) -> torch.Tensor:
     """Flat fp32 ``probs[i, pos[i][j]]`` in row-major order (probs [b, w])."""
     rows = [i for i, p in enumerate(pos) for _ in p]

@@ -303,6 +303,9 @@ def test_bad_rm_update_configs_name_the_field(setup, tmp_path):
     mixed = _config(paths, rm, run, reward={"supervision": "mixed"})
     with pytest.raises(ConfigError, match=r"reward\.model_path: .* orm checkpoint.*prm"):
         RewardModelRefresher(mixed, run, None, None).check(1)
+    # Iterative refresh continues one reward model, not an ensemble.
+    with pytest.raises(ConfigError, match=r"reward\.ensemble: iterative refresh"):
+        _config(paths, rm, run, reward={"ensemble": [str(rm)]})
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """GRPO with a learned reward (``reward.supervision``): a PRM gives the update per-token
 ``(B, T)`` process advantages, an ORM group-normalised scores at the last response token, and a
-learned supervision without a checkpoint is a config error naming ``reward.model_path``."""
+learned supervision without a checkpoint is a config error naming ``reward.model_path``;
+``reward.ensemble`` scores with the mean of several reward models."""
 
 from __future__ import annotations
 
@@ -12,14 +13,14 @@ from dsm_engine.config import ConfigError
 GROUP = 4
 
 
-def _rm_checkpoint(root):
+def _rm_checkpoint(root, seed=5):
     """A randomly initialised reward model (large score-head weights: scores far apart)."""
     from dsm_engine.models import ParallelConfig, destroy_parallel, initialize_parallel
     from dsm_engine.models.checkpoint import save_checkpoint
     from dsm_engine.models.config import model_config
     from dsm_engine.reward_models.model import build_reward_model
 
-    ctx = initialize_parallel(ParallelConfig(), seed=5)
+    ctx = initialize_parallel(ParallelConfig(), seed=seed)
     cfg = model_config(
         "tiny",
         num_layers=1,
@@ -48,6 +49,11 @@ def setup(tmp_path_factory):
     ar.build_tokenizer(ar.pretraining_texts(500), paths.tokenizer)
     ar.write_jsonl(ar.make_problems("train", 20), paths.train)
     return paths, _rm_checkpoint(root / "rm")
+
+
+@pytest.fixture(scope="module")
+def second_rm(tmp_path_factory):
+    return _rm_checkpoint(tmp_path_factory.mktemp("rk2") / "rm", seed=6)
 
 
 def _config(paths, run_dir, reward):
@@ -133,6 +139,35 @@ def test_orm_supervision_group_normalises_last_token_scores(setup, tmp_path, mon
     assert metrics["rm_score"] == pytest.approx(float(scores.mean()), abs=1e-5)
 
 
+def test_an_ensemble_scores_with_the_mean_of_its_members(setup, second_rm, tmp_path, monkeypatch):
+    from dsm_engine.grpo.data import TextCodec
+    from dsm_engine.models.parallel import destroy_parallel
+    from dsm_engine.reward_models.grpo_rewards import compute_advantages
+    from dsm_engine.reward_models.scorer import MeanScorer, load_reward_fn
+
+    paths, rm = setup
+    reward = {"supervision": "prm", "model_path": str(rm), "ensemble": [str(second_rm)]}
+    reward["delimiter"] = "\n"
+    try:
+        batch, adv, metrics = _one_step(monkeypatch, _config(paths, tmp_path / "g", reward))
+        members = [
+            load_reward_fn("prm", str(p), str(paths.tokenizer)).scorer for p in (rm, second_rm)
+        ]
+        decode = TextCodec(str(paths.tokenizer)).decode
+        want, want_metrics = compute_advantages(
+            "prm", batch, GROUP, scorer=MeanScorer(members), decode=decode, delimiter="\n"
+        )
+        alone, alone_metrics = compute_advantages(
+            "prm", batch, GROUP, scorer=members[0], decode=decode, delimiter="\n"
+        )
+    finally:
+        destroy_parallel()
+    torch.testing.assert_close(adv, want.to(adv.dtype), rtol=0, atol=0)
+    assert metrics["rm_step_score"] == pytest.approx(want_metrics["rm_step_score"], abs=1e-6)
+    # The second member changes the scores: the ensemble is not the first model alone.
+    assert metrics["rm_step_score"] != pytest.approx(alone_metrics["rm_step_score"], abs=1e-3)
+
+
 def test_learned_supervision_without_checkpoint_names_model_path(setup, tmp_path):
     paths, _ = setup
     for kind in ("orm", "prm", "mixed"):
@@ -140,3 +175,7 @@ def test_learned_supervision_without_checkpoint_names_model_path(setup, tmp_path
             _config(paths, tmp_path / "g", {"supervision": kind})
     with pytest.raises(ConfigError, match=r"reward\.supervision"):
         _config(paths, tmp_path / "g", {"supervision": "value-model"})
+    with pytest.raises(ConfigError, match=r"reward\.ensemble: .*verifier"):
+        _config(paths, tmp_path / "g", {"ensemble": ["rm2"]})
+    with pytest.raises(ConfigError, match=r"reward\.ensemble: empty"):
+        _config(paths, tmp_path / "g", {"supervision": "orm", "model_path": "rm", "ensemble": [""]})

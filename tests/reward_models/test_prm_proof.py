@@ -4,11 +4,12 @@
 * a PRM trained on Monte-Carlo step labels (``dsm rm label --kind prm``) of the policy's
   samples separates good from bad steps of *held-out* problems: AUC >= 0.75;
 * GRPO with ``reward.supervision: prm`` (per-token process advantages from that PRM's step
-  scores; the verifier only measures) climbs the PRM's score without the collapse of held-out
-  accuracy that a weakly anchored run suffers (β <= 0.2: 0.66 -> 0.0-0.29). Whether it
-  *raises* held-out accuracy depends on the PRM's seed (+18, +12 and +4.5 points at 90 steps
-  over three PRMs; see ``arithmetic_demo.prm_grpo_config``), so the gain is printed, not
-  asserted.
+  scores; the verifier only measures) climbs the PRM's score and raises held-out greedy
+  accuracy by at least 10 points, as the outcome-supervised run does (by 20). The PRM cannot
+  check arithmetic, so the run is anchored (β = 1.0: a weakly anchored one collapses held-out
+  accuracy to 0.0-0.29) and its learning rate decays (at a constant rate the greedy policy
+  swings by up to 20 points between evaluations); measured over PRM seeds in
+  ``arithmetic_demo.prm_grpo_config``.
 """
 
 from __future__ import annotations
@@ -21,17 +22,17 @@ import pytest
 
 @pytest.fixture(scope="module")
 def arithmetic_prm(arithmetic_pretrained, tmp_path_factory):
-    """``(checkpoint root, final metrics, CPU seconds)`` of the PRM trained on the policy."""
+    """``(checkpoint roots, final metrics, CPU seconds)`` of the PRM trained on the policy."""
     from dsm_engine.grpo.arithmetic_demo import label_and_train_prm
     from dsm_engine.models.parallel import destroy_parallel
 
     paths, _, policy = arithmetic_pretrained
     cpu0 = time.process_time()
-    ckpt, final = label_and_train_prm(
+    ckpts, final = label_and_train_prm(
         paths, policy, tmp_path_factory.mktemp("prm"), seed=1, progress=False
     )
     destroy_parallel()
-    return ckpt, final, time.process_time() - cpu0
+    return ckpts, final, time.process_time() - cpu0
 
 
 @pytest.mark.slow
@@ -50,24 +51,24 @@ def test_prm_beats_chance_on_heldout_step_labels(arithmetic_prm):
 
 
 @pytest.mark.slow
-def test_process_supervised_grpo_climbs_the_prm_score_without_collapse(
+def test_process_supervised_grpo_raises_heldout_accuracy_by_10_points(
     arithmetic_pretrained, arithmetic_prm, tmp_path
 ):
     """The PRM alone drives the advantages; the KL anchor (β = 1.0) holds what it cannot see
-    (the arithmetic, the operands), so held-out accuracy ends no more than 5 points below its
-    start while the PRM's score on the policy's own samples rises."""
+    (the arithmetic, the operands) while the policy learns which operation each problem
+    needs: the PRM's score on the policy's own samples rises, and so does held-out accuracy."""
     from dsm_engine.grpo.arithmetic_demo import prm_grpo_config
     from dsm_engine.grpo.trainer import run_grpo
     from dsm_engine.models.parallel import destroy_parallel
 
     paths, _, init = arithmetic_pretrained
-    prm, _, _ = arithmetic_prm
+    prms, _, _ = arithmetic_prm
     run_dir = tmp_path / "grpo-prm"
     cpu0 = time.process_time()
     cfg = prm_grpo_config(
-        paths, init, prm, run_dir=str(run_dir), logging={"progress": False, "tensorboard": False}
+        paths, init, prms, run_dir=str(run_dir), logging={"progress": False, "tensorboard": False}
     )
-    assert cfg.reward.supervision == "prm"
+    assert cfg.reward.supervision == "prm" and cfg.schedule.name == "cosine"
     run_grpo(cfg)
     destroy_parallel()
     grpo_cpu = time.process_time() - cpu0
@@ -84,5 +85,5 @@ def test_process_supervised_grpo_climbs_the_prm_score_without_collapse(
     )
     assert len(steps) == cfg.grpo.steps  # every step's advantages came from the PRM
     assert mean("rm_step_score", last) - mean("rm_step_score", first) >= 0.1
-    assert after >= before - 0.05
+    assert after - before >= 0.10
     assert grpo_cpu < 600  # ~215 s on 2 idle cores

@@ -92,3 +92,26 @@ def test_microbatch_split_and_padding_do_not_change_scores(model):
     for a, b in zip(alone, batched):
         assert a == pytest.approx(b, abs=1e-6)
     assert len({round(v, 4) for s in batched for v in s}) > 5
+
+
+def test_mean_scorer_averages_its_members_position_by_position(model):
+    from dsm_engine.reward_models.scorer import MeanScorer, RewardModelScorer
+
+    class Fixed:
+        """A member that scores position p of row i as ``offset + i + p / 100``."""
+
+        def __init__(self, offset):
+            self.offset = offset
+
+        def scores_at(self, rows, positions):
+            return [[self.offset + i + p / 100 for p in ps] for i, ps in enumerate(positions)]
+
+    rows, positions = [[5, 6, 7], [8, 9]], [[0, 2], [1]]
+    got = MeanScorer([Fixed(0.1), Fixed(0.3), Fixed(0.8)]).scores_at(rows, positions)
+    assert [len(r) for r in got] == [2, 1]
+    assert [v for r in got for v in r] == pytest.approx([0.4, 0.42, 1.41])
+    # A one-member ensemble is that member.
+    real = RewardModelScorer(model, micro_batch_size=2)
+    assert MeanScorer([real]).scores_at(rows, positions) == real.scores_at(rows, positions)
+    with pytest.raises(ValueError, match="at least one member"):
+        MeanScorer([])
