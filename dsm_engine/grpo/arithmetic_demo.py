@@ -303,7 +303,7 @@ def heldout_step_auc(paths: DemoPaths, prms: Sequence[Path], labels: Path) -> tu
     members = [load_reward_fn("prm", str(p), str(paths.tokenizer)).scorer for p in prms]
     prm = PRMReward(MeanScorer(members), TextCodec(str(paths.tokenizer)), delimiter=STEP_DELIMITER)
     rows = [json.loads(line) for line in Path(labels).read_text().splitlines()]
-    scores = prm.step_scores(
+    scores, _ = prm.step_scores(
         [r["prompt_ids"] for r in rows],
         [r["response_ids"] for r in rows],
         [r["step_ends"] for r in rows],
