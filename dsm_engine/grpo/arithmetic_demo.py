@@ -102,6 +102,15 @@ def pretrain(paths: DemoPaths, eos: int, *, steps: int = 300, progress: bool = T
     return paths.pretrain_run / "checkpoints"
 
 
+def _merge(sections: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Merge ``overrides`` into ``sections`` in place: dict sections key by key."""
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(sections.get(key), dict):
+            sections[key] = {**sections[key], **value}
+        else:
+            sections[key] = value
+
+
 def grpo_config(paths: DemoPaths, init: Path, **overrides: Any):
     """The GRPO run config of the demo (``overrides``: top-level sections, merged)."""
     from dsm_engine.config import from_dict
@@ -133,11 +142,7 @@ def grpo_config(paths: DemoPaths, init: Path, **overrides: Any):
         "reward": {"name": "verifier", "kind": "auto"},
         "eval": {"path": str(paths.heldout), "every": 10, "num_prompts": 200, "max_new_tokens": 32},
     }
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(sections.get(key), dict):
-            sections[key] = {**sections[key], **value}
-        else:
-            sections[key] = value
+    _merge(sections, overrides)
     return from_dict(GRPOConfig, sections)
 
 
@@ -283,11 +288,7 @@ def prm_grpo_config(paths: DemoPaths, init: Path, prms: Path | Sequence[Path], *
         "grpo": {"beta": 1.0},
         "schedule": {"name": "cosine", "min_lr_ratio": 0.1},
     }
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(sections.get(key), dict):
-            sections[key] = {**sections[key], **value}
-        else:
-            sections[key] = value
+    _merge(sections, overrides)
     return grpo_config(paths, init, **sections)
 
 
