@@ -7,53 +7,71 @@ Public ops (each takes ``impl="auto"|"triton"|"torch"``): ``logprobs_from_logits
 Importing this package never imports megatron-core, transformers or datatrove.
 """
 
-if __name__ != "dsm_engine.kernels":
-    # This folder is also importable as a top-level ``kernels`` whenever the checkout root is on
-    # sys.path (``python -m pytest`` run there), and transformers probes for Hugging Face's
-    # ``kernels`` package by importing that name. Running the modules a second time under other
-    # names would define every ``dsm_engine::*`` torch.library op again; torch then destroys the
-    # first definitions while dsm_engine.kernels still calls them (a use-after-free: segfaults,
-    # ``ValueError: vector::reserve``, wrong results). So under a foreign name this package only
-    # re-exports dsm_engine.kernels (absolute imports below) and has no submodules of its own.
-    __path__: list[str] = []
+if __name__ == "dsm_engine.kernels":
+    from dsm_engine.kernels.advantages import (
+        group_advantages,
+        group_advantages_ref,
+        process_advantages,
+        process_advantages_ref,
+    )
+    from dsm_engine.kernels.fused_linear import (
+        default_chunk_sizes,
+        fused_linear_grpo_loss,
+        fused_linear_grpo_loss_ref,
+        fused_linear_logprobs,
+        fused_linear_logprobs_ref,
+    )
+    from dsm_engine.kernels.grpo_loss import LOSS_AGGS, grpo_loss, grpo_loss_ref
+    from dsm_engine.kernels.kl import kl_k3, kl_k3_ref
+    from dsm_engine.kernels.logprobs import logprobs_from_logits, logprobs_from_logits_ref
 
-from dsm_engine.kernels._dispatch import enable_interpreter_without_cuda  # noqa: E402
+    __all__ = [
+        "LOSS_AGGS",
+        "default_chunk_sizes",
+        "fused_linear_grpo_loss",
+        "fused_linear_grpo_loss_ref",
+        "fused_linear_logprobs",
+        "fused_linear_logprobs_ref",
+        "group_advantages",
+        "group_advantages_ref",
+        "grpo_loss",
+        "grpo_loss_ref",
+        "kl_k3",
+        "kl_k3_ref",
+        "logprobs_from_logits",
+        "logprobs_from_logits_ref",
+        "process_advantages",
+        "process_advantages_ref",
+    ]
+else:
+    # This folder is the source of ``dsm_engine.kernels``. It is also reachable as a top-level
+    # ``kernels`` whenever the checkout root is on sys.path (``python -m ...`` or ``python -c``
+    # run there), and that name belongs to Hugging Face's ``kernels`` package, which
+    # transformers imports. Running our modules a second time under another name would also
+    # re-define every ``dsm_engine::*`` torch.library op while dsm_engine.kernels still calls
+    # the first definitions. The engine never starts Python that way (children run with
+    # ``python -P``, torchrun with ``--no-python dsm``); for anyone who does, this module
+    # imports nothing of ours and hands the name to the package that owns it.
+    import importlib.machinery as _machinery
+    import os as _os
+    import sys as _sys
 
-# Must run before any module below decorates a function with @triton.jit.
-enable_interpreter_without_cuda()
+    def _hand_over(name: str) -> None:
+        checkout = _os.path.dirname(_os.path.dirname(_os.path.realpath(__file__)))
+        others = [p for p in _sys.path if _os.path.realpath(p or _os.curdir) != checkout]
+        spec = _machinery.PathFinder.find_spec(name, others) if "." not in name else None
+        if spec is None or spec.loader is None:
+            raise ImportError(
+                f"{__file__} is the source folder of dsm_engine.kernels, not a module named "
+                f"{name!r}: import dsm_engine.kernels (the checkout root {checkout} is on "
+                "sys.path; start Python with -P to keep it off)",
+                name=name,
+            )
+        import importlib.util as _util
 
-from dsm_engine.kernels.advantages import (  # noqa: E402
-    group_advantages,
-    group_advantages_ref,
-    process_advantages,
-    process_advantages_ref,
-)
-from dsm_engine.kernels.fused_linear import (  # noqa: E402
-    default_chunk_sizes,
-    fused_linear_grpo_loss,
-    fused_linear_grpo_loss_ref,
-    fused_linear_logprobs,
-    fused_linear_logprobs_ref,
-)
-from dsm_engine.kernels.grpo_loss import LOSS_AGGS, grpo_loss, grpo_loss_ref  # noqa: E402
-from dsm_engine.kernels.kl import kl_k3, kl_k3_ref  # noqa: E402
-from dsm_engine.kernels.logprobs import logprobs_from_logits, logprobs_from_logits_ref  # noqa: E402
+        module = _util.module_from_spec(spec)
+        # The import system returns whatever sys.modules holds once this file has run.
+        _sys.modules[name] = module
+        spec.loader.exec_module(module)
 
-__all__ = [
-    "LOSS_AGGS",
-    "default_chunk_sizes",
-    "fused_linear_grpo_loss",
-    "fused_linear_grpo_loss_ref",
-    "fused_linear_logprobs",
-    "fused_linear_logprobs_ref",
-    "group_advantages",
-    "group_advantages_ref",
-    "grpo_loss",
-    "grpo_loss_ref",
-    "kl_k3",
-    "kl_k3_ref",
-    "logprobs_from_logits",
-    "logprobs_from_logits_ref",
-    "process_advantages",
-    "process_advantages_ref",
-]
+    _hand_over(__name__)

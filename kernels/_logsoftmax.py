@@ -25,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._interpret import launchable
+
 # Largest vocabulary block one program handles per loop step. A module attribute so tests can
 # shrink it to exercise the multi-block loop and its ragged tail at small vocabularies.
 MAX_BLOCK_V = 4096
@@ -141,7 +143,7 @@ def stats_triton(
     if n == 0:
         return lse, tgt, px
     block = _block_v(v)
-    _stats_kernel[(n,)](
+    launchable(_stats_kernel, logits)[(n,)](
         logits,
         logits.stride(0),
         logits.stride(1),
@@ -185,7 +187,7 @@ def grad_triton(
     ga = grad_logp.to(torch.float32).contiguous()
     gb = ga if grad_lse is None else (ga - grad_lse.to(torch.float32)).contiguous()
     gc = ga if grad_ent is None else grad_ent.to(torch.float32).contiguous()
-    _grad_kernel[(n,)](
+    launchable(_grad_kernel, logits)[(n,)](
         logits,
         logits.stride(0),
         logits.stride(1),

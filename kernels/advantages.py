@@ -17,6 +17,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ._dispatch import check_same_device, check_shape, resolve_impl
+from ._interpret import launchable
 from .grpo_common import ADV_EPS, check_group_size, group_normalise
 
 _BLOCK_T = 128
@@ -155,7 +156,7 @@ def _group_advantages_launch(rewards: Tensor, group_size: int, eps: float) -> Te
     if rewards.numel():
         block = triton.next_power_of_2(group_size)
         grid = (rewards.numel() // group_size,)
-        _group_advantages_fwd_kernel[grid](
+        launchable(_group_advantages_fwd_kernel, rewards)[grid](
             rewards.contiguous(), out, group_size, eps, BLOCK_G=block
         )
     return out
@@ -175,7 +176,7 @@ def _process_advantages_launch(
         smask = step_mask.contiguous()
         smask = smask.view(torch.uint8) if smask.dtype == torch.bool else smask
         span = group_size * steps
-        _process_advantages_fwd_kernel[(batch,)](
+        launchable(_process_advantages_fwd_kernel, step_rewards)[(batch,)](
             step_rewards.contiguous(),
             step_ends.contiguous(),
             smask,

@@ -15,6 +15,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ._dispatch import resolve_impl
+from ._interpret import launchable
 from .advantages import group_advantage_of_rows
 from .grpo_common import (
     ADV_EPS,
@@ -335,7 +336,7 @@ def _grpo_loss_fwd_launch(
     (lp, old, ref, m), a, strides, blocks = _launch_args(
         logp, old_logp, ref_logp, mask, adv, adv_mode, group_size, _BLOCK_T_FWD, _TILE_FWD
     )
-    _grpo_loss_fwd_kernel[(triton.cdiv(batch, blocks["BLOCK_B"]),)](
+    launchable(_grpo_loss_fwd_kernel, logp)[(triton.cdiv(batch, blocks["BLOCK_B"]),)](
         lp, old, ref, m, a, row_loss, row_count, partials,
         batch, seq, *strides, group_size, adv_eps, clip_low, clip_high, beta,
         ADV_MODE=adv_mode, num_warps=_WARPS_FWD, **blocks,
@@ -355,7 +356,7 @@ def _grpo_loss_bwd_launch(
         logp, old_logp, ref_logp, mask, adv, adv_mode, group_size, _BLOCK_T_BWD, _TILE_BWD
     )
     grid = (triton.cdiv(batch, blocks["BLOCK_B"]), triton.cdiv(seq, blocks["BLOCK_T"]))
-    _grpo_loss_bwd_kernel[grid](
+    launchable(_grpo_loss_bwd_kernel, logp)[grid](
         grad_row.contiguous(), lp, old, ref, m, a, dlogp,
         batch, seq, *strides, group_size, adv_eps, clip_low, clip_high, beta,
         ADV_MODE=adv_mode, num_warps=_WARPS_BWD, **blocks,

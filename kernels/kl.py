@@ -13,6 +13,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ._dispatch import check_same_device, check_shape, resolve_impl
+from ._interpret import launchable
 
 _BLOCK = 1024
 
@@ -91,7 +92,9 @@ def _kl_k3_fwd_launch(logp: Tensor, ref_logp: Tensor) -> Tensor:
     n = logp.numel()
     if n:
         grid = (triton.cdiv(n, _BLOCK),)
-        _kl_k3_fwd_kernel[grid](_flat(logp), _flat(ref_logp), out.view(-1), n, BLOCK=_BLOCK)
+        launchable(_kl_k3_fwd_kernel, logp)[grid](
+            _flat(logp), _flat(ref_logp), out.view(-1), n, BLOCK=_BLOCK
+        )
     return out
 
 
@@ -107,7 +110,7 @@ def _kl_k3_bwd_launch(
     n = logp.numel()
     if n:
         grid = (triton.cdiv(n, _BLOCK),)
-        _kl_k3_bwd_kernel[grid](
+        launchable(_kl_k3_bwd_kernel, logp)[grid](
             _flat(grad),
             _flat(logp),
             _flat(ref_logp),

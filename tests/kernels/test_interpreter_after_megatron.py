@@ -43,7 +43,7 @@ def test_triton_kernels_match_fp64_before_and_after_a_megatron_model_in_one_proc
     # which ``import kernels`` finds our folder.
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
     env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", TOKENIZERS_PARALLELISM="false")
-    env.pop("TRITON_INTERPRET", None)  # the worker must get it from dsm_engine.kernels
+    env.pop("TRITON_INTERPRET", None)  # our launches interpret CPU tensors without it
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
     proc = subprocess.run(
