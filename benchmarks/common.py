@@ -6,7 +6,7 @@ import json
 import platform
 import sys
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -31,7 +31,7 @@ def environment() -> dict[str, str]:
         "triton": triton.__version__,
         "python": platform.python_version(),
         "cuda": str(torch.version.cuda),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)

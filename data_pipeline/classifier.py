@@ -19,7 +19,6 @@ import os
 import random
 import re
 import subprocess
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -27,6 +26,8 @@ from pathlib import Path
 
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
+
+from dsm_engine.procs import python_argv
 
 _TOKEN = re.compile(
     r"\\[A-Za-z]+|[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff]|[^\W_]+|[^\w\s]", re.UNICODE
@@ -89,7 +90,7 @@ def train_classifier(positives: Iterable[str], negatives: Iterable[str], out_pat
             "bucket": cfg.bucket, "thread": cfg.threads, "seed": cfg.seed, "verbose": 0}  # fmt: skip
     # a child process with zero-filled allocations: see _ft_train.py for why
     env = {**os.environ, "MALLOC_PERTURB_": "255"}
-    proc = subprocess.run([sys.executable, "-m", "dsm_engine.data_pipeline._ft_train", json.dumps(args)],
+    proc = subprocess.run(python_argv("-m", "dsm_engine.data_pipeline._ft_train", json.dumps(args)),
                           env=env, capture_output=True, text=True)  # fmt: skip
     if proc.returncode != 0 or not tmp.is_file():
         raise RuntimeError(

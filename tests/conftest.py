@@ -30,7 +30,7 @@ def run_torchrun(
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)  # a launcher's leftovers would join the wrong rendezvous
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    cmd = [sys.executable, "-P", "-m", "torch.distributed.run", "--standalone"]
     cmd += ["--nproc_per_node", str(nproc), str(worker), *map(str, args)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
@@ -64,6 +64,34 @@ def arithmetic_pretrained(tmp_path_factory):
     checkpoint = pretrain(paths, eos, steps=600, progress=False)
     destroy_parallel()
     return paths, eos, checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_model(tmp_path_factory, neox_tokenizer_path):
+    """A tiny random Llama with the real GPT-NeoX tokenizer, saved as a Hugging Face folder."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    eos = "<|endoftext|>"
+    tok = PreTrainedTokenizerFast(
+        tokenizer_file=str(neox_tokenizer_path), eos_token=eos, bos_token=eos, unk_token=eos
+    )
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=8192,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
 
 
 def pytest_collection_modifyitems(config, items):

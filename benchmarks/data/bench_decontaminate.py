@@ -52,7 +52,7 @@ def machine_info() -> dict:
         except metadata.PackageNotFoundError:
             versions[dist] = "absent"
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "cpu": cpu,
         "logical_cpus": os.cpu_count(),
         "load_average_1m": os.getloadavg()[0],

@@ -7,11 +7,12 @@ the first stop string. Greedy when ``temperature == 0``, else sampling (seeded).
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from dsm_engine.procs import python_argv
 
 __all__ = [
     "GenerationConfig",
@@ -88,8 +89,7 @@ def resolve_model_dir(model: str | Path, work_dir: str | Path) -> Path:
             f"--model {model}: neither a Hugging Face folder (config.json) nor a dsm checkpoint ({e})"
         ) from e
     # a separate process: the converter initialises torch.distributed, which must not leak here
-    command = [
-        sys.executable,
+    command = python_argv(
         "-m",
         "dsm_engine.cli",
         "convert",
@@ -98,7 +98,7 @@ def resolve_model_dir(model: str | Path, work_dir: str | Path) -> Path:
         str(model),
         "--out",
         str(export),
-    ]
+    )
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0 or not (export / "config.json").is_file():
         raise RuntimeError(

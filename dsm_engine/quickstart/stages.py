@@ -23,12 +23,12 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dsm_engine.config import save_config
+from dsm_engine.procs import python_argv
 from dsm_engine.quickstart.budget import Budget
 from dsm_engine.quickstart.state import QuickstartError, atomic_write_text
 from dsm_engine.tasks import arithmetic as ar
@@ -238,10 +238,10 @@ def stage_corpus(ctx: Context) -> dict[str, Any]:
 
 
 def run_dsm(ctx: Context, stage: str, argv: list[str]) -> None:
-    """``python -m dsm_engine.cli ARGV`` in a child process; its progress bar shows on our
+    """``python -P -m dsm_engine.cli ARGV`` in a child process; its progress bar shows on our
     stdout, its stderr goes to ``logs/<stage>.log``. Ctrl-C is passed on and waited for."""
     log = ctx.log_path(stage)
-    cmd = [sys.executable, "-m", "dsm_engine.cli", *argv]
+    cmd = python_argv("-m", "dsm_engine.cli", *argv)
     with open(log, "a") as err:
         err.write(f"$ {' '.join(cmd)}\n")
         err.flush()

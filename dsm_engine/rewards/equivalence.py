@@ -19,7 +19,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import threading
 import time
 from collections import OrderedDict, deque
@@ -27,11 +26,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from multiprocessing.connection import wait
-from pathlib import Path
 
+from dsm_engine.procs import python_argv
 from dsm_engine.rewards.extract import to_halfwidth
-
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 __all__ = [
     "EquivalenceConfig",
@@ -241,11 +238,8 @@ class _Worker:
         # math-verify's own signal limits (whole seconds) end most slow checks without a
         # respawn; the parent's hard limit catches what signals cannot interrupt
         inner = max(1, int(config.timeout_s / 2))
-        env = dict(os.environ)
-        # the worker must import this very checkout, whatever the caller's sys.path holds
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
-        env["OMP_NUM_THREADS"] = "1"
-        command = [sys.executable, "-m", "dsm_engine.rewards._symbolic"]
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        command = python_argv("-m", "dsm_engine.rewards._symbolic")
         self.process = subprocess.Popen(
             [*command, str(config.memory_limit_mb), str(inner)],
             stdin=subprocess.PIPE,

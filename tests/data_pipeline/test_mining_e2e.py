@@ -195,7 +195,7 @@ def test_missing_inputs_are_named_in_the_error(inputs, tmp_path, capsys):
 def test_killed_run_resumes_to_the_same_output(inputs, mined, tmp_path):
     result, _ = mined
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "dsm_engine.cli", "data", "mine", "--warc", inputs["glob"], "--seed", inputs["seed"],
+    cmd = [sys.executable, "-P", "-m", "dsm_engine.cli", "data", "mine", "--warc", inputs["glob"], "--seed", inputs["seed"],
            "--out", str(out), "--iterations", "4", "--auto-annotate", "0.5", "--no-progress"]  # fmt: skip
     cmd += [f"classifier.{k}={v}" for k, v in SMALL_RUN.items()]
     proc = subprocess.Popen(

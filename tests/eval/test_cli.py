@@ -118,7 +118,7 @@ def test_a_killed_run_continues_where_it_stopped(tiny_hf_model, tmp_path, shared
     argv += ["--batch-size", "2", "--max-new-tokens", "24"]  # 8 questions per append
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dsm_engine.cli", "eval", *argv],
+        [sys.executable, "-P", "-m", "dsm_engine.cli", "eval", *argv],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

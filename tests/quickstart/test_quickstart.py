@@ -20,7 +20,7 @@ STAGE_NAMES = [name for name, _, _ in STAGES]
 
 
 def quickstart(out: Path, minutes: float, shared_data: Path, **popen) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "dsm_engine.cli", "quickstart", "--out", str(out),
+    cmd = [sys.executable, "-P", "-m", "dsm_engine.cli", "quickstart", "--out", str(out),
            "--minutes", str(minutes), "--data-dir", str(shared_data)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.Popen(

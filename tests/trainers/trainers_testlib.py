@@ -67,20 +67,13 @@ def run_cli(args: list[str], nproc: int = 1, timeout: int = 240, **kw):
     """Run ``dsm <args>`` in a subprocess (under torchrun when ``nproc > 1``)."""
     import os
     import subprocess
-    import sys
+
+    from dsm_engine.procs import python_argv, torchrun_argv
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     if nproc > 1:
-        launcher = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            str(nproc),
-            "--master_port",
-            str(free_port()),
-        ]
+        options = ("--master_port", str(free_port()))
+        cmd = torchrun_argv(nproc, *args, torchrun_options=options)
     else:
-        launcher = [sys.executable]
-    cmd = launcher + ["-m", "dsm_engine.cli", *args]
+        cmd = python_argv("-m", "dsm_engine.cli", *args)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, **kw)
