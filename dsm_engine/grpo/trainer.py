@@ -237,7 +237,7 @@ def run_grpo(cfg: GRPOConfig, *, on_step_end: StepHook | None = None) -> list[di
         description="grpo",
         show=("reward_mean", "kl_mean", "eval_accuracy", "tokens_per_s"),
     )
-    with log:
+    with run, log:  # the run folder stays locked until the run ends
         if eval_set is not None and step == 0:
             log.log(0, {"eval_accuracy": evaluate()})
         while step < g.steps:

@@ -173,7 +173,7 @@ def train(
         progress=cfg.logging.progress,
         description=description,
     )
-    with log:
+    with run, log:  # the run folder stays locked until the run ends
         for step in range(start, t.steps):
             tic = time.perf_counter()
             lr = lr_at(cfg.schedule, step, t.steps)
