@@ -161,7 +161,9 @@ def run_grpo(cfg: GRPOConfig, *, on_step_end: StepHook | None = None) -> list[di
             f"data-parallel size {ctx.dp_size}"
         )
     local_prompts = g.prompts_per_step // ctx.dp_size
-    run = prepare_run_dir(cfg.run_dir, cfg, overwrite=cfg.overwrite, resume=cfg.resume)
+    run = prepare_run_dir(
+        cfg.run_dir, cfg, overwrite=cfg.overwrite, resume=cfg.resume, tokenizer=cfg.data.tokenizer
+    )
     rm_refresh = RewardModelRefresher(cfg, run.path, codec, dataset)
     rm_refresh.check(ctx.dp_size)
 

@@ -7,6 +7,7 @@ Layout (``RUN_ENTRIES``: what the engine writes at the top of a run folder)::
     <run_dir>/metrics.jsonl      one JSON object per logged step (see metrics.py)
     <run_dir>/tensorboard/       TensorBoard event files
     <run_dir>/checkpoints/       the checkpoint layer's root (dsm_engine.models.checkpoint)
+    <run_dir>/checkpoints/tokenizer/   the tokenizer the run trains with (exports carry it)
     <run_dir>/data_cache/        pretraining's dataset index cache (default data.cache_dir)
     <run_dir>/reference/         GRPO: the reference policy of the current iteration
     <run_dir>/reward_model/      GRPO with iterative RL: the reward models it trained
@@ -44,9 +45,11 @@ import torch.distributed as dist
 
 from dsm_engine.config import save_config
 from dsm_engine.folder_lock import FolderLock, FolderLockedError
+from dsm_engine.models.hf_tokenizer import save_hf_tokenizer
 
 CONFIG_NAME = "config.yaml"
 CHECKPOINTS = "checkpoints"
+TOKENIZER = "tokenizer"  # under checkpoints/, where dsm convert dsm-to-hf looks
 # The top-level entries the engine writes in a run folder (the layout above): ``overwrite``
 # deletes these and nothing else.
 RUN_ENTRIES = frozenset(
@@ -177,8 +180,10 @@ def _start(
     overwrite: bool,
     resume: Literal["never", "auto"],
     latest: Callable[[Path], Path | None],
+    tokenizer: str | Path | None,
 ) -> tuple[FolderLock, Path | None]:
-    """Rank 0's part: lock, decide, clear and write ``config.yaml``; the lock is released on error."""
+    """Rank 0's part: lock, decide, clear, write the tokenizer and ``config.yaml``; the lock is
+    released on error."""
     try:
         lock = FolderLock(path)
     except FolderLockedError as e:
@@ -191,6 +196,8 @@ def _start(
                 print(f"run_dir {path}: kept {', '.join(kept)} (not the engine's)", file=sys.stderr)
         path.mkdir(parents=True, exist_ok=True)
         (path / CHECKPOINTS).mkdir(exist_ok=True)
+        if tokenizer is not None:
+            save_hf_tokenizer(tokenizer, path / CHECKPOINTS / TOKENIZER)
         save_config(config, path / CONFIG_NAME)
     except BaseException:
         lock.release()
@@ -205,9 +212,13 @@ def prepare_run_dir(
     overwrite: bool = False,
     resume: Literal["never", "auto"] = "never",
     latest: Callable[[Path], Path | None] = _default_latest,
+    tokenizer: str | Path | None = None,
 ) -> RunDir:
     """Lock, then create/clear/resume the run folder per the rules above and write
     ``config.yaml``; raises :class:`RunDirError` (on every rank) when it cannot.
+
+    ``tokenizer``: the one the run trains with (a ``tokenizer.json`` or a Hugging Face folder),
+    saved under ``checkpoints/tokenizer`` so that ``dsm convert dsm-to-hf`` exports carry it.
 
     Must be called by every rank (it synchronises them); only rank 0 locks and writes.
     """
@@ -215,7 +226,14 @@ def prepare_run_dir(
     lock, ckpt, error = None, None, None
     if _rank() == 0:
         try:
-            lock, ckpt = _start(path, config, overwrite=overwrite, resume=resume, latest=latest)
+            lock, ckpt = _start(
+                path,
+                config,
+                overwrite=overwrite,
+                resume=resume,
+                latest=latest,
+                tokenizer=tokenizer,
+            )
         except Exception as e:  # relayed to the other ranks first, then raised here
             error = e
     message, ckpt = _from_rank0((None if error is None else str(error), ckpt))

@@ -108,3 +108,13 @@ def test_the_engine_entries_cover_every_writer():
     from dsm_engine.trainers.run_dir import RUN_ENTRIES
 
     assert {f"{panel}.png" for panel in PANELS} | {RM_DIR, REFERENCE_DIR} <= RUN_ENTRIES
+
+
+def test_the_tokenizer_of_the_run_is_kept_with_its_checkpoints(tmp_path, neox_tokenizer_path):
+    from dsm_engine.models.hf_tokenizer import checkpoint_tokenizer
+
+    run = prepare_run_dir(tmp_path, Cfg(), tokenizer=neox_tokenizer_path, latest=_no_ckpt)
+    kept = checkpoint_tokenizer(run.checkpoints / "step_0000010")  # found from any step folder
+    assert kept == run.checkpoints / "tokenizer"
+    assert (kept / "tokenizer.json").read_bytes() != b""
+    assert (kept / "tokenizer_config.json").is_file()  # special tokens for transformers
