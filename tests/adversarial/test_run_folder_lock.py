@@ -182,3 +182,21 @@ def test_refusal_is_a_run_dir_error(holder, tmp_path):
     with pytest.raises(RunDirError, match=r"^run_dir .* is in use by pid \d+ on host "):
         prepare_run_dir(tmp_path / "run", {}, overwrite=True, latest=lambda r: None)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["data", "mine", "--warc", "none/*.warc.gz", "--seed", "seed.jsonl", "--out"],
+        ["quickstart", "--no-progress", "--out"],
+    ],
+    ids=["data-mine", "quickstart"],
+)
+def test_mining_and_the_quickstart_refuse_a_folder_in_use(holder, tmp_path, capsys, command):
+    from dsm_engine.cli import main
+
+    first = holder("lock")
+    assert main([*command, str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"is in use by pid {first.pid} on host" in err, err
+    assert not (tmp_path / "run").exists()
