@@ -314,6 +314,7 @@ def mine_corpus(cfg: MineConfig, *, progress: bool = True) -> MineResult:
 def main(argv: list[str]) -> int:
     """``dsm data mine``: see the module docstring; ``key=value`` overrides any MineConfig field."""
     from dsm_engine.config import ConfigError, load_config, split_config_args
+    from dsm_engine.folder_lock import FolderLock, FolderLockedError
 
     parser = argparse.ArgumentParser(prog="dsm data mine", description=__doc__.split("\n")[0])
     parser.add_argument("--warc", help="glob of WARC/WET files")
@@ -346,8 +347,9 @@ def main(argv: list[str]) -> int:
         for name in ("warc", "seed", "out"):
             if not getattr(cfg, name):
                 raise ConfigError(f"--{name} is required")
-        result = mine_corpus(cfg, progress=not args.no_progress)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+        with FolderLock(cfg.out):  # one mining run per output folder
+            result = mine_corpus(cfg, progress=not args.no_progress)
+    except (ConfigError, FileNotFoundError, ValueError, FolderLockedError) as e:
         print(f"dsm data mine: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps({k: v for k, v in result.funnel.items() if k != "iterations"}, indent=1))

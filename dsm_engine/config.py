@@ -9,6 +9,7 @@ type, raising :class:`ConfigError` with the dotted path of the first bad field.
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from pathlib import Path
@@ -191,6 +192,65 @@ def load_config(
         return from_dict(cls, data)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}" if path is not None else str(e)) from None
+
+
+def type_name(tp: Any) -> str:
+    """A config field's type as a user reads it: ``int``, ``float | null``, ``never | auto``."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(str(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join("null" if a is type(None) else type_name(a) for a in get_args(tp))
+    if origin is not None:
+        args = ", ".join(type_name(a) for a in get_args(tp))
+        return f"{origin.__name__}[{args}]" if args else origin.__name__
+    return "any" if tp is Any else getattr(tp, "__name__", str(tp))
+
+
+def _yaml_value(value: Any, limit: int = 60) -> str:
+    value = to_dict(value)
+    if isinstance(value, str) and (not value or "\n" in value or yaml.safe_load(value) != value):
+        text = json.dumps(value, ensure_ascii=False)  # JSON strings are YAML, escapes on one line
+    else:
+        text = yaml.safe_dump(value, default_flow_style=True, width=10**9, allow_unicode=True)
+        text = text.strip().removesuffix("...").strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _summary(cls: type) -> str:
+    """The first sentence of ``cls``'s docstring, on one line ("" without one)."""
+    doc = cls.__doc__ or ""
+    if doc.startswith(f"{cls.__name__}("):  # the signature dataclasses put in place of none
+        return ""
+    first = " ".join(doc.strip().split("\n\n")[0].split())
+    return first.split(". ")[0].rstrip(".") + "." if first else ""
+
+
+def describe_config(cls: type, indent: int = 0) -> str:
+    """Every key of the config dataclass ``cls`` as YAML with its default, its type in a comment,
+    sections nested (each headed by the first sentence of its docstring). For ``--help``."""
+    hints = get_type_hints(cls)
+    pad = " " * indent
+    lines = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        tp = hints[f.name]
+        if _is_dataclass_type(tp):
+            summary = _summary(tp)
+            lines.append(
+                f"{pad}{f.name}:".ljust(40) + f"  # {summary}" if summary else f"{pad}{f.name}:"
+            )
+            lines.append(describe_config(tp, indent + 2))
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = _yaml_value(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            default = _yaml_value(f.default_factory())
+        else:
+            default = "(required)"
+        lines.append(f"{pad}{f.name}: {default}".ljust(40) + f"  # {type_name(tp)}")
+    return "\n".join(lines)
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

@@ -59,3 +59,21 @@ def test_resolved_config_round_trips(tmp_path):
 def test_split_config_args():
     config, overrides, rest = split_config_args(["--config", "a.yaml", "x=1", "--flag", "y.z=2"])
     assert config == "a.yaml" and overrides == ["x=1", "y.z=2"] and rest == ["--flag"]
+
+
+def test_help_lists_every_key_with_its_type_and_default_as_loadable_yaml():
+    import yaml
+
+    from dsm_engine.config import describe_config, to_dict
+
+    text = describe_config(Run)
+    lines = text.splitlines()
+    assert lines[0].split() == ["name:", "run", "#", "str"]
+    assert lines[2].split() == ["schedule:", "cosine", "#", "cosine", "|", "multistep"]
+    assert lines[3].split() == ["resume:", "null", "#", "str", "|", "null"]
+    assert lines[4] == "optim:"  # a section; Optim has no docstring to summarise
+    assert lines[6].startswith("  betas: [0.9, 0.95]") and lines[6].endswith(
+        "# tuple[float, float]"
+    )
+    assert lines[5].startswith("  lr: 0.001")
+    assert yaml.safe_load(text) == to_dict(Run())  # the help is a config file of the defaults

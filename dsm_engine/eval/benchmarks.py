@@ -15,7 +15,14 @@ from typing import Any
 
 from dsm_engine.rewards.extract import extract_gsm8k_gold, find_last_boxed
 
-__all__ = ["BENCHMARKS", "BenchmarkSpec", "Example", "default_data_dir", "load_benchmark"]
+__all__ = [
+    "BENCHMARKS",
+    "BadRow",
+    "BenchmarkSpec",
+    "Example",
+    "default_data_dir",
+    "load_benchmark",
+]
 
 
 @dataclass
@@ -56,43 +63,64 @@ def default_data_dir() -> Path:
     return Path(__file__).resolve().parents[2].parent / "shared" / "data" / "benchmarks"
 
 
+class BadRow(ValueError):
+    """One benchmark row lacks a field or holds a wrong value (the message names the field)."""
+
+
+def _field(row: dict[str, Any], name: str, kinds: tuple[type, ...] = (str,)) -> Any:
+    """``row[name]``, which must be present, non-empty and of one of ``kinds``."""
+    if name not in row:
+        raise BadRow(f"field '{name}' is missing")
+    value = row[name]
+    if not isinstance(value, kinds) or isinstance(value, bool) or value in ("", [], {}):
+        want = " or ".join(k.__name__ for k in kinds)
+        raise BadRow(f"field '{name}' must be a non-empty {want}, got {value!r:.60}")
+    return value
+
+
 def _gsm8k(row: dict[str, Any], i: int) -> Example:
-    return Example(str(i), row["question"], extract_gsm8k_gold(row["answer"]), "gsm8k", "en")
+    answer = _field(row, "answer")
+    if "####" not in answer:
+        raise BadRow("field 'answer' has no '#### <number>' line")
+    return Example(str(i), _field(row, "question"), extract_gsm8k_gold(answer), "gsm8k", "en")
 
 
 def _math(row: dict[str, Any], i: int) -> Example:
-    gold = row.get("answer") or find_last_boxed(row["solution"])
-    if gold is None:
-        raise KeyError("solution has no \\boxed{} answer and there is no 'answer' field")
+    if row.get("answer") is not None:
+        gold = str(_field(row, "answer", (str, int, float)))
+    else:
+        gold = find_last_boxed(_field(row, "solution"))
+        if gold is None:
+            raise BadRow("field 'solution' has no \\boxed{} answer and there is no 'answer' field")
     meta = {k: row[k] for k in ("level", "type", "subject") if k in row}
-    return Example(
-        str(row.get("unique_id", row.get("idx", i))), row["problem"], gold, "math", "en", meta=meta
-    )
+    ident = str(row.get("unique_id", row.get("idx", i)))
+    return Example(ident, _field(row, "problem"), gold, "math", "en", meta=meta)
 
 
 def _cmath(row: dict[str, Any], i: int) -> Example:
     meta = {k: row[k] for k in ("grade", "reasoning_step") if k in row}
-    return Example(str(i), row["question"], str(row["golden"]), "number", "zh", meta=meta)
+    gold = str(_field(row, "golden", (str, int, float)))
+    return Example(str(i), _field(row, "question"), gold, "number", "zh", meta=meta)
 
 
 def _gaokao_qa(row: dict[str, Any], i: int) -> Example:
-    options = row["options"]
-    if not options or not row.get("label"):
-        raise KeyError("multiple-choice row needs 'options' and 'label'")
-    return Example(
-        str(i), row["question"].strip(), row["label"], "choice", "zh", choices=list(options)
-    )
+    options = _field(row, "options", (list,))
+    question, label = _field(row, "question").strip(), _field(row, "label")
+    return Example(str(i), question, label, "choice", "zh", choices=list(options))
 
 
 def _gaokao_cloze(row: dict[str, Any], i: int) -> Example:
-    if row.get("answer") is None:
-        raise KeyError("cloze row needs 'answer'")
-    return Example(str(i), row["question"].strip(), row["answer"], "cloze", "zh")
+    question = _field(row, "question").strip()
+    return Example(str(i), question, _field(row, "answer"), "cloze", "zh")
 
 
 def _mgsm(row: dict[str, Any], i: int) -> Example:
-    question = next(m["content"] for m in row["messages"] if m["role"] == "user")
-    return Example(str(row.get("id", i)), question, row["answer"].replace(",", ""), "number", "zh")
+    messages = _field(row, "messages", (list,))
+    user = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    if not user or not isinstance(user[0], str):
+        raise BadRow("field 'messages' has no user message with a 'content' string")
+    answer = str(_field(row, "answer", (str, int, float))).replace(",", "")
+    return Example(str(row.get("id", i)), user[0], answer, "number", "zh")
 
 
 BENCHMARKS: dict[str, BenchmarkSpec] = {
@@ -130,11 +158,15 @@ def load_benchmark(
             if not line.strip():
                 continue
             try:
-                examples.append(spec.row(json.loads(line), len(examples)))
-            except (json.JSONDecodeError, KeyError, TypeError, StopIteration) as e:
-                raise ValueError(
-                    f"{path}:{line_no}: bad {name} row ({type(e).__name__}: {e})"
-                ) from e
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise BadRow(f"{path}:{line_no}: bad {name} row: not JSON ({e})") from None
+            if not isinstance(row, dict):
+                raise BadRow(f"{path}:{line_no}: bad {name} row: not a JSON object")
+            try:
+                examples.append(spec.row(row, len(examples)))
+            except BadRow as e:
+                raise BadRow(f"{path}:{line_no}: bad {name} row: {e}") from None
     ids = [e.id for e in examples]
     if len(set(ids)) != len(ids):  # resume keys on ids: make them unique by position
         for i, example in enumerate(examples):

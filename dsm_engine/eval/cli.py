@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from dsm_engine.eval.report import (
     write_summary,
 )
 from dsm_engine.eval.scoring import majority_vote, summarize
+from dsm_engine.models.hf_tokenizer import has_tokenizer, save_hf_tokenizer
 from dsm_engine.rewards.verifier import grade_batch
 
 __all__ = ["main", "parse_args", "run_eval"]
@@ -39,6 +41,11 @@ _RESULT_SETTINGS = ("model", "shots", "samples", "temperature", "top_p", "max_ne
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="dsm eval", description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True, help="Hugging Face folder or dsm checkpoint")
+    ap.add_argument(
+        "--tokenizer",
+        default=None,
+        help="tokenizer.json or Hugging Face folder (default: the one in or saved with --model)",
+    )
     ap.add_argument("--bench", default="gsm8k,math", help=f"comma list of: {','.join(BENCHMARKS)}")
     ap.add_argument("--shots", type=int, default=0, help="few-shot exemplars per prompt")
     ap.add_argument("--samples", type=int, default=1, help="N samples per question (1 = greedy)")
@@ -78,6 +85,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "max_new_tokens": args.max_new_tokens,
         "seed": args.seed,
         "backend": args.backend,
+        "tokenizer": str(Path(args.tokenizer).resolve()) if args.tokenizer else None,
     }
 
 
@@ -122,6 +130,19 @@ def _records(
     return records
 
 
+def _tokenizer_dir(args: argparse.Namespace, model_dir: Path, out: Path) -> Path | None:
+    """The tokenizer folder to load: ``--tokenizer`` made loadable under ``out``, else None
+    (the model folder's own); raises FileNotFoundError when neither has one."""
+    if args.tokenizer:
+        return save_hf_tokenizer(args.tokenizer, out / "tokenizer")
+    if not has_tokenizer(model_dir):
+        raise FileNotFoundError(
+            f"--model {args.model}: no tokenizer in {model_dir} (no tokenizer.json); "
+            "pass --tokenizer with the tokenizer.json it was trained with"
+        )
+    return None
+
+
 def run_eval(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """Evaluate ``args.model`` on ``args.benches``; returns metrics per benchmark."""
     from rich.progress import (
@@ -132,6 +153,10 @@ def run_eval(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         TimeRemainingColumn,
     )
 
+    for flag in ("model", "tokenizer"):  # before anything is written under --out
+        value = getattr(args, flag)
+        if value is not None and not Path(value).exists():
+            raise FileNotFoundError(f"--{flag} {value}: no such file or folder")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = _settings(args)
@@ -162,7 +187,10 @@ def run_eval(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                 batch = pending[start : start + chunk]
                 if generator is None:
                     model_dir = resolve_model_dir(args.model, out)
-                    generator = load_generator(args.backend, model_dir, args.batch_size, args.dtype)
+                    tokenizer = _tokenizer_dir(args, model_dir, out)
+                    generator = load_generator(
+                        args.backend, model_dir, args.batch_size, args.dtype, tokenizer=tokenizer
+                    )
                 prompts = [build_prompt(e, args.shots, args.data_dir) for e in batch]
                 gen_config.stop = tuple(stop_strings(batch[0]))
                 outputs = generator.generate(
@@ -179,7 +207,11 @@ def run_eval(args: argparse.Namespace) -> dict[str, dict[str, float]]:
 def main(argv: list[str]) -> int:
     """``dsm eval --model DIR --bench gsm8k,math [...]``; see ``--help``."""
     args = parse_args(argv)
-    results = run_eval(args)
+    try:
+        results = run_eval(args)
+    except (FileNotFoundError, ValueError) as e:  # bad input: one line, no traceback
+        print(f"dsm eval: error: {e}", file=sys.stderr)
+        return 2
     print(render_markdown(results, Path(args.model).name))
     print(f"wrote {Path(args.out) / 'summary.md'} and samples_<bench>.jsonl")
     return 0

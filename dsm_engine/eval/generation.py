@@ -116,6 +116,7 @@ class HFGenerator:
         batch_size: int = 8,
         device: str | None = None,
         dtype: str | None = None,
+        tokenizer: str | Path | None = None,
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -126,7 +127,7 @@ class HFGenerator:
             if dtype
             else (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         )
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or model_dir)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
@@ -179,14 +180,21 @@ class HFGenerator:
 class VLLMGenerator:
     """vLLM offline engine (GPU); only when ``vllm`` is importable."""
 
-    def __init__(self, model_dir: str | Path, dtype: str | None = None):
+    def __init__(
+        self, model_dir: str | Path, dtype: str | None = None, tokenizer: str | Path | None = None
+    ):
         try:
             from vllm import LLM
         except ImportError as e:
             raise RuntimeError(
                 "--backend vllm needs the 'vllm' package (pip install vllm, GPU only); use --backend hf"
             ) from e
-        self.llm = LLM(model=str(model_dir), dtype=dtype or "auto", seed=0)
+        self.llm = LLM(
+            model=str(model_dir),
+            tokenizer=str(tokenizer or model_dir),
+            dtype=dtype or "auto",
+            seed=0,
+        )
 
     def generate(self, prompts, config, on_batch=None):
         from vllm import SamplingParams
@@ -206,11 +214,16 @@ class VLLMGenerator:
 
 
 def load_generator(
-    backend: str, model_dir: str | Path, batch_size: int = 8, dtype: str | None = None
+    backend: str,
+    model_dir: str | Path,
+    batch_size: int = 8,
+    dtype: str | None = None,
+    tokenizer: str | Path | None = None,
 ) -> Generator:
-    """``hf`` or ``vllm`` generator for the Hugging Face folder ``model_dir``."""
+    """``hf`` or ``vllm`` generator for the Hugging Face folder ``model_dir`` (its tokenizer,
+    or the Hugging Face tokenizer folder ``tokenizer``)."""
     if backend == "hf":
-        return HFGenerator(model_dir, batch_size=batch_size, dtype=dtype)
+        return HFGenerator(model_dir, batch_size=batch_size, dtype=dtype, tokenizer=tokenizer)
     if backend == "vllm":
-        return VLLMGenerator(model_dir, dtype=dtype)
+        return VLLMGenerator(model_dir, dtype=dtype, tokenizer=tokenizer)
     raise ValueError(f"--backend {backend!r}: expected 'hf' or 'vllm'")

@@ -161,7 +161,9 @@ def run_grpo(cfg: GRPOConfig, *, on_step_end: StepHook | None = None) -> list[di
             f"data-parallel size {ctx.dp_size}"
         )
     local_prompts = g.prompts_per_step // ctx.dp_size
-    run = prepare_run_dir(cfg.run_dir, cfg, overwrite=cfg.overwrite, resume=cfg.resume)
+    run = prepare_run_dir(
+        cfg.run_dir, cfg, overwrite=cfg.overwrite, resume=cfg.resume, tokenizer=cfg.data.tokenizer
+    )
     rm_refresh = RewardModelRefresher(cfg, run.path, codec, dataset)
     rm_refresh.check(ctx.dp_size)
 
@@ -237,7 +239,7 @@ def run_grpo(cfg: GRPOConfig, *, on_step_end: StepHook | None = None) -> list[di
         description="grpo",
         show=("reward_mean", "kl_mean", "eval_accuracy", "tokens_per_s"),
     )
-    with log:
+    with run, log:  # the run folder stays locked until the run ends
         if eval_set is not None and step == 0:
             log.log(0, {"eval_accuracy": evaluate()})
         while step < g.steps:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -29,14 +29,10 @@ from torch import Tensor
 
 from dsm_engine.config import ConfigError
 from dsm_engine.models.config import ModelConfig
-
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "generation_config.json",
-    "chat_template.jinja",
+from dsm_engine.models.hf_tokenizer import (
+    checkpoint_tokenizer,
+    copy_tokenizer_files,
+    save_hf_tokenizer,
 )
 
 _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
@@ -409,18 +405,6 @@ class HFReader:
         return self._where[name].get_tensor(name)
 
 
-def copy_tokenizer_files(src: str | Path, dst: str | Path) -> list[str]:
-    """Copy the tokenizer / generation files present in ``src`` to ``dst``; returns their names."""
-    src, dst = Path(src), Path(dst)
-    dst.mkdir(parents=True, exist_ok=True)
-    copied = []
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file():
-            shutil.copy2(src / name, dst / name)
-            copied.append(name)
-    return copied
-
-
 def save_hf_folder(sd: dict[str, Tensor], cfg: ModelConfig, out: str | Path) -> None:
     """Write ``config.json`` + ``model.safetensors`` (tied weights stored once)."""
     from safetensors.torch import save_file
@@ -488,10 +472,15 @@ def dsm_to_hf_main(argv: list[str]) -> int:
         sd = export_hf_state_dict(models, cfg)
         if ctx.rank == 0:
             save_hf_folder(sd, cfg, args.out)
-            for tok in (step_dir / "tokenizer", step_dir.parent / "tokenizer"):
-                if tok.is_dir():
-                    copy_tokenizer_files(tok, args.out)
-                    break
+            tokenizer = checkpoint_tokenizer(step_dir)
+            if tokenizer is not None:
+                save_hf_tokenizer(tokenizer, args.out)
+            else:
+                print(
+                    f"warning: no tokenizer was saved with {args.ckpt}: {args.out} has none "
+                    "(dsm eval --tokenizer PATH supplies it)",
+                    file=sys.stderr,
+                )
             print(f"wrote {args.out}")
     finally:
         destroy_parallel()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dsm_engine.config import ConfigError
+from dsm_engine.folder_lock import FolderLock, FolderLockedError
 from dsm_engine.quickstart import stages
 from dsm_engine.quickstart.budget import budget_for
 from dsm_engine.quickstart.state import QuickstartError, RunState
@@ -58,14 +59,26 @@ def run_quickstart(
 ) -> Path:
     """Run (or resume) every stage into ``out``; returns the path of ``report.md``.
 
-    ``stop_after``: end after this stage (its marker written), for partial runs.
+    ``stop_after``: end after this stage (its marker written), for partial runs. ``out`` is
+    locked while it runs: a second quickstart on it raises FolderLockedError naming this one.
     """
+    with FolderLock(out):
+        return _run_stages(Path(out), minutes, data_dir, progress=progress, stop_after=stop_after)
+
+
+def _run_stages(
+    out: Path,
+    minutes: float,
+    data_dir: str | Path | None,
+    *,
+    progress: bool,
+    stop_after: str | None,
+) -> Path:
     from rich.console import Console
 
     from dsm_engine.quickstart.report import write_report
 
     console = Console()
-    out = Path(out)
     data = Path(data_dir) if data_dir else default_data_dir()
     for sub in ("warc", "benchmarks"):
         if not (data / sub).is_dir():
@@ -115,7 +128,7 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     try:
         run_quickstart(args.out, args.minutes, args.data_dir, progress=not args.no_progress)
-    except (QuickstartError, ConfigError, FileNotFoundError) as e:
+    except (QuickstartError, ConfigError, FileNotFoundError, FolderLockedError) as e:
         print(f"dsm quickstart: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

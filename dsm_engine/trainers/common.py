@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
-from dsm_engine.config import ConfigError
+from dsm_engine.config import ConfigError, describe_config
 from dsm_engine.trainers.config import RunConfig, load_run_config
 from dsm_engine.trainers.run_dir import RunDirError
 
@@ -14,6 +14,27 @@ C = TypeVar("C", bound=RunConfig)
 
 # Errors that are the user's input (config, files, data), reported as one line, exit code 2.
 USER_ERRORS = (ConfigError, RunDirError, FileNotFoundError, ValueError)
+
+
+def config_help(prog: str, cls: type[RunConfig]) -> str:
+    """``--help``: usage, then every config key with its default and type (from the dataclasses)."""
+    from dsm_engine.models.config import MODEL_PRESETS, ModelConfig
+
+    return "\n".join(
+        [
+            f"usage: {prog} --config CONFIG.yaml [section.key=value ...]",
+            "",
+            " ".join((cls.__doc__ or "").split()),
+            "",
+            "Config keys (YAML sections; override any as section.key=value), with defaults:",
+            "",
+            describe_config(cls),
+            "",
+            f"model: {{preset: NAME}} (one of {', '.join(MODEL_PRESETS)}) plus any of these keys"
+            " (a preset sets its own values):",
+            describe_config(ModelConfig, indent=2),
+        ]
+    )
 
 
 def run_main(prog: str, cls: type[C], argv: list[str], run: Callable[[C], object]) -> int:
@@ -24,7 +45,7 @@ def run_main(prog: str, cls: type[C], argv: list[str], run: Callable[[C], object
     from dsm_engine.models.parallel import destroy_parallel
 
     if any(a in ("-h", "--help") for a in argv):
-        print(f"usage: {prog} --config CONFIG.yaml [section.key=value ...]\n\n{cls.__doc__}")
+        print(config_help(prog, cls))
         return 0
     try:
         cfg, rest = load_run_config(cls, argv)

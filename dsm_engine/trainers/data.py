@@ -25,7 +25,8 @@ from dsm_engine.config import ConfigError
 @dataclass
 class DataConfig:
     """Blend of indexed datasets. ``paths`` are prefixes (``x`` for ``x.bin``/``x.idx``);
-    ``weights`` (optional, one per path) are the sampling proportions, normalised."""
+    ``weights`` (optional, one per path) are the sampling proportions, normalised. ``tokenizer``:
+    the ``tokenizer.json`` the shards were written with (exports of the run carry it)."""
 
     paths: list[str] = field(default_factory=list)
     weights: list[float] | None = None
@@ -35,6 +36,7 @@ class DataConfig:
     reset_attention_mask: bool = False
     eod_mask_loss: bool = False
     cache_dir: str | None = None  # default: <run_dir>/data_cache
+    tokenizer: str | None = None  # default: the one saved with checkpoint.load, if any
 
 
 class _TokenIds:

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from dsm_engine.models.config import ModelConfig
+from dsm_engine.models.hf_tokenizer import checkpoint_tokenizer
 from dsm_engine.models.parallel import ParallelContext
 from dsm_engine.trainers.config import RunConfig
 from dsm_engine.trainers.data import global_batch
@@ -123,11 +124,14 @@ def train(
     make_dataset: DatasetFactory,
     *,
     description: str,
+    tokenizer: str | None = None,
     on_step_end: StepHook | None = None,
 ) -> list[float]:
     """Run (or resume) the configured training; returns the losses of the steps it ran.
 
     ``make_dataset(run_dir, model_cfg)`` builds the dataset after the run folder is prepared.
+    ``tokenizer``: the one the data was encoded with (default: the one saved with
+    ``checkpoint.load``), kept with the checkpoints so exports carry it.
     ``on_step_end(step, metrics)`` is called after each finished step (1-based).
     """
     from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -138,7 +142,13 @@ def train(
 
     model_cfg = cfg.model_config()
     ctx = initialize_parallel(cfg.parallel, seed=cfg.train.seed)
-    run = prepare_run_dir(cfg.run_dir, cfg, overwrite=cfg.overwrite, resume=cfg.resume)
+    run = prepare_run_dir(
+        cfg.run_dir,
+        cfg,
+        overwrite=cfg.overwrite,
+        resume=cfg.resume,
+        tokenizer=tokenizer or checkpoint_tokenizer(cfg.checkpoint.load),
+    )
     dataset = make_dataset(run, model_cfg)
 
     chunks = build_model_chunks(model_cfg, ctx)
@@ -173,7 +183,7 @@ def train(
         progress=cfg.logging.progress,
         description=description,
     )
-    with log:
+    with run, log:  # the run folder stays locked until the run ends
         for step in range(start, t.steps):
             tic = time.perf_counter()
             lr = lr_at(cfg.schedule, step, t.steps)

@@ -20,6 +20,8 @@ from dsm_engine.trainers.run_dir import RunDir
 def run_pretrain(cfg: PretrainConfig, *, on_step_end: StepHook | None = None) -> list[float]:
     """Train per ``cfg``; returns the loss of every step this call ran."""
     check_blend(cfg.data)  # a missing or empty shard fails before the run folder is touched
+    if cfg.data.tokenizer and not Path(cfg.data.tokenizer).exists():
+        raise FileNotFoundError(f"data.tokenizer: {cfg.data.tokenizer} does not exist")
 
     def make_dataset(run: RunDir, model_cfg: ModelConfig) -> Any:
         t = cfg.train
@@ -31,7 +33,13 @@ def run_pretrain(cfg: PretrainConfig, *, on_step_end: StepHook | None = None) ->
             cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else run.path / "data_cache",
         )
 
-    return train(cfg, make_dataset, description="pretrain", on_step_end=on_step_end)
+    return train(
+        cfg,
+        make_dataset,
+        description="pretrain",
+        tokenizer=cfg.data.tokenizer,
+        on_step_end=on_step_end,
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -256,7 +256,7 @@ def run_reward_model(
         description=f"rm-{cfg.kind}",
     )
     final: dict[str, float] = {}
-    with log:
+    with run, log:  # the run folder stays locked until the run ends
         for step in range(start, t.steps):
             tic = time.perf_counter()
             lr = lr_at(cfg.schedule, step, t.steps)

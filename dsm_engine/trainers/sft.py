@@ -21,7 +21,13 @@ def run_sft(cfg: SFTConfig, *, on_step_end: StepHook | None = None) -> list[floa
     def make_dataset(run: RunDir, model_cfg: ModelConfig) -> SFTDataset:
         return dataset
 
-    return train(cfg, make_dataset, description="sft", on_step_end=on_step_end)
+    return train(
+        cfg,
+        make_dataset,
+        description="sft",
+        tokenizer=cfg.data.tokenizer,
+        on_step_end=on_step_end,
+    )
 
 
 def main(argv: list[str]) -> int:
