@@ -46,7 +46,7 @@ from .executors import ExecutorConfig, run_stage, stage_stats, stat
 from .extract import MathHtmlExtractor
 from .langid import LanguageFilter
 from .near_dedup import MathWordTokenizer, MinHashParams, url_dedup_config
-from .warc import WarcPageReader
+from .warc import RECORD_DEFECTS, WarcPageReader, defect_stat
 
 RANK_FILE = "${rank}.jsonl.gz"
 
@@ -179,6 +179,10 @@ def pool_funnel(logs: Path) -> dict:
             "extract_error": stat(ex, extractor, "extract_error"),
             "language_dropped": stat(ex, LanguageFilter.name, "dropped"),
         },  # fmt: skip
+        # why records were skipped as truncated or corrupt, e.g. {"warc_truncated_short_block": 2}
+        "record_defects": {
+            defect_stat(r): n for r in RECORD_DEFECTS if (n := stat(ex, reader, defect_stat(r)))
+        },
         "truncated_pages": stat(ex, reader, "page_truncated"),
         "encoding_detected": stat(ex, reader, "encoding_detected"),
     }
