@@ -89,8 +89,8 @@ def train_classifier(positives: Iterable[str], negatives: Iterable[str], out_pat
             "bucket": cfg.bucket, "thread": cfg.threads, "seed": cfg.seed, "verbose": 0}  # fmt: skip
     # a child process with zero-filled allocations: see _ft_train.py for why
     env = {**os.environ, "MALLOC_PERTURB_": "255"}
-    proc = subprocess.run([sys.executable, "-m", "dsm_engine.data_pipeline._ft_train", json.dumps(args)],
-                          env=env, capture_output=True, text=True)  # fmt: skip
+    cmd = [sys.executable, "-P", "-m", "dsm_engine.data_pipeline._ft_train", json.dumps(args), str(os.getpid())]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0 or not tmp.is_file():
         raise RuntimeError(
             f"fastText training failed on {train_file}: {proc.stderr.strip()[-2000:]}"

@@ -14,7 +14,7 @@ checks every input line first (a line that is not a JSON object with a string te
 the run naming its file and line, or with ``--skip-bad-lines`` is skipped and counted in the
 summary's ``bad_lines``), runs ``JsonlDocReader -> Decontaminator -> JsonlWriter`` and writes ``DIR/documents/*.jsonl.gz`` (the
 clean corpus), ``DIR/removed/*.jsonl`` (the removal log), ``DIR/logs/`` (datatrove logs,
-completion markers, ``stats.json``) and ``DIR/summary.json``.
+completion markers, ``stats/<rank>.json``) and ``DIR/summary.json``.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from datatrove.io import DataFolderLike, get_datafolder
 from datatrove.pipeline.base import PipelineStep
 
 from dsm_engine.data_pipeline.decont_text import split_segments
+from dsm_engine.data_pipeline.executors import ExecutorConfig, run_stage, stage_stats
 from dsm_engine.data_pipeline.jsonl_io import JsonlDocReader, count_records, jsonl_files
 from dsm_engine.data_pipeline.ngram_index import Backend, load_benchmark_index
 from dsm_engine.data_pipeline.ngram_ref import NGramMatcher
@@ -160,23 +161,6 @@ class Decontaminator(PipelineStep):
                 log.close()
 
 
-def _step_stats(stats_file: Path) -> dict[str, float]:
-    """This step's counters from a datatrove ``stats.json``."""
-    if not stats_file.is_file():
-        return {}
-    for entry in json.loads(stats_file.read_text()):
-        if entry.get("name", "").endswith(STEP_NAME):
-            counters = {}
-            for key, value in entry.get("stats", {}).items():
-                # plain counters are stored as numbers, distributions as {"total": ...}
-                if isinstance(value, (int, float)):
-                    counters[key] = value
-                elif isinstance(value, dict) and "total" in value:
-                    counters[key] = value["total"]
-            return counters
-    return {}
-
-
 def decontaminate_jsonl(
     input_path: str | Path,
     out_dir: str | Path,
@@ -196,7 +180,6 @@ def decontaminate_jsonl(
     ``skip_bad_lines``: then it is skipped and counted (``bad_lines``, and the first ones named
     in ``summary.json``). A rerun into the same ``out_dir`` skips tasks datatrove marked completed.
     """
-    from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.writers import JsonlWriter
 
     input_path = Path(input_path)
@@ -221,11 +204,9 @@ def decontaminate_jsonl(
         Decontaminator(benchmarks, removal_log=str(out_dir / "removed"), backend=backend),
         JsonlWriter(str(out_dir / "documents")),
     ]
-    executor = LocalPipelineExecutor(
-        pipeline, tasks=tasks, workers=workers, logging_dir=str(out_dir / "logs")
-    )
-    executor.run()
-    counters = _step_stats(out_dir / "logs" / "stats.json")
+    logs = out_dir / "logs"
+    run_stage("decontaminate", pipeline, tasks=tasks, logging_dir=logs, cfg=ExecutorConfig(workers=workers))  # fmt: skip
+    counters = next((v for k, v in stage_stats(logs).items() if k.endswith(STEP_NAME)), {})
     counters["bad_lines"] = bad.count
     summary = {"input": str(input_path), "benchmarks": str(benchmarks), **counters}
     summary["bad_line_examples"] = bad.named
