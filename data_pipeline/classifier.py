@@ -114,6 +114,32 @@ def math_score(text: str, model_path: str | Path, max_words: int = 2000) -> floa
     return float(dict(zip(labels, probs)).get(POSITIVE, 0.0))
 
 
+def keep_rule_problem(
+    model_path: str | Path, seed_texts: list[str], cfg: ClassifierConfig, n_train: int
+) -> str | None:
+    """Why the model at ``model_path`` cannot serve the keep rule, or None.
+
+    The paper's settings (3 epochs at lr 0.1) assume hundreds of thousands of training pages;
+    on a few hundred the model barely moves from P(math) = 0.5 for every page. It still ranks
+    pages, but a ``threshold`` above what its own seed pages score keeps (almost) nothing, so
+    a seed median below the threshold is reported with the settings to change.
+    """
+    sample = seed_texts[:1000]
+    scores = sorted(math_score(t, model_path, cfg.max_words) for t in sample)
+    median = scores[len(scores) // 2]
+    if median >= cfg.threshold:
+        return None
+    return (
+        f"the math classifier learned too little to keep pages: its own seed pages score "
+        f"P(math) {scores[0]:.5f}-{scores[-1]:.5f} (median {median:.5f}), below "
+        f"classifier.threshold {cfg.threshold}, so it would keep almost nothing. It trained "
+        f"{cfg.epoch} epoch(s) on {n_train} pages, and the paper's settings expect hundreds of "
+        f"thousands: raise classifier.epoch (25 works for a few hundred pages) and lower "
+        f"classifier.bucket (e.g. 20000), or keep by rank with classifier.threshold=0 "
+        f"classifier.token_budget=N; then use a new --out"
+    )
+
+
 class MathScorer(PipelineStep):
     """datatrove step: adds ``math_score`` (P(math)) and ``n_tokens`` to each document."""
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 
 from datatrove.data import DocumentsPipeline
 from datatrove.io import DataFolderLike
@@ -151,6 +152,27 @@ def _ends_unfinished(fh, start: int, magic: bytes) -> bool:
     except zlib.error:
         return False
     return not inflater.eof
+
+
+def warc_file_problem(path: str | Path) -> str | None:
+    """Why ``path`` is not a WARC/WET (or ARC) file, or None when it starts like one.
+
+    Looks at the first bytes only (inflated when gzip): an empty file, gzip that does not
+    inflate, or anything but a ``WARC/1.x`` or ARC ``filedesc://`` header is named.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    if not head:
+        return "empty file"
+    if head.startswith(_GZIP_MAGIC[:2]):
+        try:
+            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, 256)
+        except zlib.error as e:
+            return f"gzip data that does not inflate ({e})"
+    head = head.lstrip(b"\r\n")
+    if head.startswith((b"WARC/", b"filedesc://")):
+        return None
+    return f"not a WARC file (it starts with {head[:32]!r})"
 
 
 class WarcPageReader(BaseDiskReader):
