@@ -9,10 +9,12 @@ records them in ``doc.metadata["decontamination"]`` and in a removal log (JSON L
 record per removed line: ``id``, ``url``, ``segment``, ``text``, ``benchmarks``, ``ngram``),
 drops documents left with no text, and counts what it did in its stats.
 
-``dsm data decontaminate --input DIR_OR_JSONL --out DIR [--benchmarks DIR]`` runs
-``JsonlReader -> Decontaminator -> JsonlWriter`` and writes ``DIR/documents/*.jsonl.gz`` (the
+``dsm data decontaminate --input DIR_OR_JSONL --out DIR [--benchmarks DIR] [--skip-bad-lines]``
+checks every input line first (a line that is not a JSON object with a string text field fails
+the run naming its file and line, or with ``--skip-bad-lines`` is skipped and counted in the
+summary's ``bad_lines``), runs ``JsonlDocReader -> Decontaminator -> JsonlWriter`` and writes ``DIR/documents/*.jsonl.gz`` (the
 clean corpus), ``DIR/removed/*.jsonl`` (the removal log), ``DIR/logs/`` (datatrove logs,
-completion markers, ``stats.json``) and ``DIR/summary.json``.
+completion markers, ``stats/<rank>.json``) and ``DIR/summary.json``.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ from datatrove.io import DataFolderLike, get_datafolder
 from datatrove.pipeline.base import PipelineStep
 
 from dsm_engine.data_pipeline.decont_text import split_segments
-from dsm_engine.data_pipeline.jsonl_io import has_records, jsonl_files
+from dsm_engine.data_pipeline.executors import ExecutorConfig, run_stage, stage_stats
+from dsm_engine.data_pipeline.jsonl_io import JsonlDocReader, count_records, jsonl_files
 from dsm_engine.data_pipeline.ngram_index import Backend, load_benchmark_index
 from dsm_engine.data_pipeline.ngram_ref import NGramMatcher
+from dsm_engine.jsonl import SKIP_HINT, BadLines
 
 STEP_NAME = "benchmark n-gram decontamination"
 
@@ -157,23 +161,6 @@ class Decontaminator(PipelineStep):
                 log.close()
 
 
-def _step_stats(stats_file: Path) -> dict[str, float]:
-    """This step's counters from a datatrove ``stats.json``."""
-    if not stats_file.is_file():
-        return {}
-    for entry in json.loads(stats_file.read_text()):
-        if entry.get("name", "").endswith(STEP_NAME):
-            counters = {}
-            for key, value in entry.get("stats", {}).items():
-                # plain counters are stored as numbers, distributions as {"total": ...}
-                if isinstance(value, (int, float)):
-                    counters[key] = value
-                elif isinstance(value, dict) and "total" in value:
-                    counters[key] = value["total"]
-            return counters
-    return {}
-
-
 def decontaminate_jsonl(
     input_path: str | Path,
     out_dir: str | Path,
@@ -183,20 +170,22 @@ def decontaminate_jsonl(
     tasks: int = 1,
     workers: int = 1,
     text_key: str = "text",
+    skip_bad_lines: bool = False,
 ) -> dict[str, float]:
     """Decontaminates JSON Lines documents into ``out_dir``; returns the step's counters.
 
     ``input_path`` is a ``.jsonl[.gz|.zst]`` file or a folder of them (e.g. a datatrove
     ``JsonlWriter`` output); records need ``text_key`` and may carry ``id`` and ``metadata``.
-    A rerun into the same ``out_dir`` skips tasks datatrove marked completed.
+    A bad line raises ValueError naming its file and line before anything is written, unless
+    ``skip_bad_lines``: then it is skipped and counted (``bad_lines``, and the first ones named
+    in ``summary.json``). A rerun into the same ``out_dir`` skips tasks datatrove marked completed.
     """
-    from datatrove.executor import LocalPipelineExecutor
-    from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
 
     input_path = Path(input_path)
     files = jsonl_files(input_path)
-    if not has_records(files):
+    bad = BadLines(skip=skip_bad_lines, hint=SKIP_HINT)
+    if not count_records(files, text_key, bad):
         raise ValueError(f"input {input_path} holds no records")
     benchmarks = Path(benchmarks_dir) if benchmarks_dir else default_benchmarks_dir()
     if not benchmarks.is_dir():
@@ -207,18 +196,20 @@ def decontaminate_jsonl(
     root = input_path.parent if input_path.is_file() else input_path
     paths_file = out_dir / "input_files.txt"
     paths_file.write_text("".join(f"{f.relative_to(root)}\n" for f in files))
-    reader = JsonlReader(str(root), paths_file=str(paths_file), text_key=text_key)
+    reader = JsonlDocReader(
+        str(root), paths_file=str(paths_file), text_key=text_key, skip_bad_lines=skip_bad_lines
+    )
     pipeline = [
         reader,
         Decontaminator(benchmarks, removal_log=str(out_dir / "removed"), backend=backend),
         JsonlWriter(str(out_dir / "documents")),
     ]
-    executor = LocalPipelineExecutor(
-        pipeline, tasks=tasks, workers=workers, logging_dir=str(out_dir / "logs")
-    )
-    executor.run()
-    counters = _step_stats(out_dir / "logs" / "stats.json")
+    logs = out_dir / "logs"
+    run_stage("decontaminate", pipeline, tasks=tasks, logging_dir=logs, cfg=ExecutorConfig(workers=workers))  # fmt: skip
+    counters = next((v for k, v in stage_stats(logs).items() if k.endswith(STEP_NAME)), {})
+    counters["bad_lines"] = bad.count
     summary = {"input": str(input_path), "benchmarks": str(benchmarks), **counters}
+    summary["bad_line_examples"] = bad.named
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return counters
 
@@ -238,6 +229,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--tasks", type=int, default=1, help="datatrove tasks (input shards)")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes")
     parser.add_argument("--text-key", default="text")
+    parser.add_argument(
+        "--skip-bad-lines",
+        action="store_true",
+        help="skip (and count) lines that are not JSON objects with a string text field",
+    )
     args = parser.parse_args(argv)
     try:
         counters = decontaminate_jsonl(
@@ -248,11 +244,18 @@ def main(argv: list[str]) -> int:
             tasks=args.tasks,
             workers=args.workers,
             text_key=args.text_key,
+            skip_bad_lines=args.skip_bad_lines,
         )
     except (FileNotFoundError, ValueError) as e:
         print(f"dsm data decontaminate: error: {e}", file=sys.stderr)
         return 2
     count = lambda key: int(counters.get(key, 0))
+    if count("bad_lines"):
+        print(
+            f"dsm data decontaminate: warning: skipped {count('bad_lines')} bad line(s); "
+            f"see bad_line_examples in {Path(args.out) / 'summary.json'}",
+            file=sys.stderr,
+        )
     print(
         f"decontamination: {count('documents_in')} documents in, "
         f"{count('documents_contaminated')} contaminated, {count('segments_removed')} lines "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -31,25 +32,43 @@ class ExecutorConfig:
     poll_seconds: int = 30  # slurm: how often to look for completion markers
 
 
-def _serial_executor_class():
+def _local_executor_class():
     from datatrove.executor import LocalPipelineExecutor
 
-    class SerialExecutor(LocalPipelineExecutor):
-        """LocalPipelineExecutor for one worker, minus its multiprocessing Manager: the
-        tasks run in this process, one after another, with the same completion markers."""
+    class LocalExecutor(LocalPipelineExecutor):
+        """LocalPipelineExecutor minus its multiprocessing Manager, with the same completion
+        markers: one worker runs the tasks in this process, one after another; more run them
+        in a pool whose processes die with this one (``children.die_with_parent``), so a killed
+        run leaves nothing writing into its folders."""
 
         def run(self):
             ranks = self.get_incomplete_ranks(range(self.tasks))
             if not ranks:
                 return
             self.save_executor_as_json()
-            pipeline = self.pipeline
-            for rank in ranks:
-                self.pipeline = copy.deepcopy(pipeline)  # fresh step state (stats) per task
-                self._run_for_rank(rank)
-            self.pipeline = pipeline
+            if self.workers == 1:
+                pipeline = self.pipeline
+                for rank in ranks:
+                    self.pipeline = copy.deepcopy(pipeline)  # fresh step state (stats) per task
+                    self._run_for_rank(rank)
+                self.pipeline = pipeline
+                return
+            import multiprocess
 
-    return SerialExecutor
+            from .children import die_with_parent
+
+            # spawn, not datatrove's forkserver: the workers must be this process's own
+            # children for the kernel to kill them with it (forkserver workers hold the
+            # forkserver open after we die), and fork is unsafe beside the progress thread
+            ctx = multiprocess.get_context("spawn")
+            # local rank 0 logs to the console: one task in each round of `workers`
+            jobs = [(rank, i % self.workers) for i, rank in enumerate(ranks)]
+            with ctx.Pool(
+                self.workers, initializer=die_with_parent, initargs=(os.getpid(),)
+            ) as pool:
+                list(pool.starmap(self._run_for_rank, jobs, chunksize=1))
+
+    return LocalExecutor
 
 
 def run_stage(
@@ -58,11 +77,10 @@ def run_stage(
     """Run ``pipeline`` as ``tasks`` tasks; return once all are complete, else raise naming the stage."""
     logging_dir = Path(logging_dir)
     if cfg.kind == "local":
-        from datatrove.executor import LocalPipelineExecutor
-
         workers = max(1, min(cfg.workers, tasks))
-        cls = LocalPipelineExecutor if workers > 1 else _serial_executor_class()
-        ex = cls(pipeline, tasks=tasks, workers=workers, logging_dir=str(logging_dir))
+        ex = _local_executor_class()(
+            pipeline, tasks=tasks, workers=workers, logging_dir=str(logging_dir)
+        )
         ex.run()
     elif cfg.kind == "slurm":
         from datatrove.executor import SlurmPipelineExecutor

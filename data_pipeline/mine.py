@@ -8,7 +8,13 @@ collection was already collected in the previous one. Each iteration's classifie
 domain report, path candidates, seed additions and stats live in ``DIR/iter_<k>/``.
 
 Outputs: ``DIR/mined.jsonl`` (kept pages, best first: ``{"id", "text", "metadata"}`` with url,
-domain, date, language, math_score), ``DIR/funnel.json`` (pages in and kept per stage).
+domain, date, language, math_score), ``DIR/funnel.json`` (pages in and kept per stage, skips by
+reason); the command prints the funnel in two lines.
+
+Bad input fails first, in one line (exit 2): a matched file that is not a WARC (empty, JSON,
+...), a bad seed line (unless ``--skip-bad-lines``), a pool with no page, or a classifier whose
+own seed pages score below the keep threshold (the paper's 3 epochs on a few hundred seed pages)
+with the settings to change. An empty corpus is reported loudly with exit status 1.
 
 Resume: run the same command again. Stages skip their completed tasks (datatrove completion
 markers); driver steps write their results atomically and are skipped when present; a killed
@@ -28,10 +34,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from datatrove.pipeline.writers import JsonlWriter
+from datatrove.utils.logging import logger
 
-from dsm_engine.jsonl import iter_jsonl
+from dsm_engine.jsonl import SKIP_HINT, BadLines, iter_jsonl
 
-from .classifier import ClassifierConfig, MathScorer, select_top, train_classifier
+from .classifier import (
+    ClassifierConfig,
+    MathScorer,
+    keep_rule_problem,
+    select_top,
+    train_classifier,
+)
 from .domains import (
     PageRow,
     auto_annotations,
@@ -43,8 +56,10 @@ from .domains import (
     write_path_candidates,
 )
 from .executors import ExecutorConfig, run_stage
+from .jsonl_io import iter_records
 from .near_dedup import MinHashParams
 from .pool import RANK_FILE, IdFilter, RankFileReader, build_pool, split_glob
+from .warc import warc_file_problem
 
 
 @dataclass
@@ -69,6 +84,7 @@ class MineConfig:
     annotations: str = ""  # file of annotated math paths (the human step); "" for none
     auto_annotate: float = 0.0  # > 0: also accept proposed paths with collected fraction >= this
     stop_overlap: float = 0.98
+    skip_bad_lines: bool = False  # skip (and count) seed lines that are not {"text": str} JSON
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
 
@@ -96,18 +112,26 @@ def _pool_docs(pool: Path) -> Iterator[dict]:
         yield from _read_jsonl(path)
 
 
-def _read_seed(path: str) -> list[str]:
+def _read_seed(path: str, bad: BadLines) -> list[str]:
     p = Path(path)
     if not path or not p.is_file():
         raise FileNotFoundError(f"--seed {path or '(missing)'}: seed file not found")
-    texts = []
-    for i, row in enumerate(_read_jsonl(p), 1):
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise ValueError(f"{p}:{i}: each seed line needs a string 'text' field")
-        texts.append(row["text"])
+    texts = [row["text"] for _, _, row in iter_records([p], "text", bad)]
     if not texts:
         raise ValueError(f"--seed {p}: no documents")
     return texts
+
+
+def _check_warc_files(pattern: str, files: list[str]) -> None:
+    """Fail before any work when a file the glob matched is not a WARC (empty, JSON, ...)."""
+    bad = [(f, why) for f in files if (why := warc_file_problem(f))]
+    if bad:
+        named = "; ".join(f"{f}: {why}" for f, why in bad[:5])
+        more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise ValueError(
+            f"--warc {pattern}: {len(bad)} of {len(files)} matching files are not WARC/WET "
+            f"files ({named}{more}); narrow the glob or remove them"
+        )
 
 
 def sample_negatives(pool: Path, n: int, salt: str, exclude: set[str]) -> list[str]:
@@ -168,12 +192,15 @@ def _check_config(cfg: MineConfig, out: Path) -> None:
     from dsm_engine.config import save_config, to_dict
 
     saved = out / "config.yaml"
-    mine = {k: v for k, v in to_dict(cfg).items() if k != "executor"}
+    # where stages run, and skipping bad seed lines (a run that met one without it failed),
+    # do not change what is mined
+    ignored = ("executor", "skip_bad_lines")
+    mine = {k: v for k, v in to_dict(cfg).items() if k not in ignored}
     if saved.is_file():
         import yaml
 
         before = {
-            k: v for k, v in (yaml.safe_load(saved.read_text()) or {}).items() if k != "executor"
+            k: v for k, v in (yaml.safe_load(saved.read_text()) or {}).items() if k not in ignored
         }
         diff = sorted(k for k in set(before) | set(mine) if before.get(k) != mine.get(k))
         if diff:
@@ -200,6 +227,9 @@ def _iteration(cfg: MineConfig, k: int, pool: Path, out: Path, tasks: int, seed_
         prog.stage(f"iteration {k}: train classifier")
         negatives = sample_negatives(pool, n_neg, f"{cfg.classifier.seed}:{k}", positive_ids)
         train_classifier(positives, negatives, model, cfg.classifier)
+        if problem := keep_rule_problem(model, seed_texts, cfg.classifier, len(positives) + len(negatives)):  # fmt: skip
+            model.unlink()  # a rerun must not trust it
+            raise ValueError(f"iteration {k}: {problem}")
     prog.stage(f"iteration {k}: score pool")
     scorer = [RankFileReader(str(pool / "docs")), MathScorer(str(model), cfg.classifier.max_words),
               JsonlWriter(str(it / "scores"), output_filename=RANK_FILE, adapter=_score_row)]  # fmt: skip
@@ -232,6 +262,7 @@ def _iteration(cfg: MineConfig, k: int, pool: Path, out: Path, tasks: int, seed_
         "positives": len(positives),
         "negatives": n_neg,
         "scored": len(rows),
+        "top_score": max((r["score"] for r in rows), default=None),
         "collected": len(kept),
         "collected_tokens": sum(r["n_tokens"] for r in rows if r["id"] in kept),
         "overlap_with_previous": None if overlap is None else round(overlap, 6),
@@ -277,7 +308,11 @@ def mine_corpus(cfg: MineConfig, *, progress: bool = True) -> MineResult:
     if cfg.iterations < 1:
         raise ValueError(f"--iterations must be >= 1, got {cfg.iterations}")
     _, _, files = split_glob(cfg.warc)
-    seed_texts = _read_seed(cfg.seed)
+    _check_warc_files(cfg.warc, files)
+    bad_seed = BadLines(skip=cfg.skip_bad_lines, hint=SKIP_HINT)
+    seed_texts = _read_seed(cfg.seed, bad_seed)
+    if bad_seed.count:
+        logger.warning(f"--seed {cfg.seed}: {bad_seed.summary()}")
     if cfg.annotations:
         read_annotations(cfg.annotations)  # fail now, not after hours of work
     out = Path(cfg.out)
@@ -291,6 +326,12 @@ def mine_corpus(cfg: MineConfig, *, progress: bool = True) -> MineResult:
                             lang_min_score=cfg.lang_min_score, max_page_bytes=cfg.max_page_bytes,
                             max_link_density=cfg.max_link_density, minhash=cfg.minhash,
                             on_stage=lambda s: prog.stage(f"pool: {s}"))  # fmt: skip
+        funnel["seed_bad_lines"] = bad_seed.count
+        if not funnel["near_dedup_kept"]:
+            raise ValueError(
+                f"--warc {cfg.warc}: no page reached the pool, so there is nothing to mine "
+                f"({funnel_summary(funnel, cfg)})"
+            )
         prev: set[str] | None = None
         for k in range(1, cfg.iterations + 1):
             done = out / f"iter_{k}" / "stats.json"
@@ -311,12 +352,71 @@ def mine_corpus(cfg: MineConfig, *, progress: bool = True) -> MineResult:
     return MineResult(out / "mined.jsonl", funnel, out)
 
 
+_SKIP_LABELS = {
+    "skipped_non_html": "non-HTML",
+    "skipped_status": "non-2xx status",
+    "empty_page": "empty",
+    "bad_encoding": "undecodable",
+    "warc_truncated_record": "truncated WARC records",
+    "warc_corrupt_record": "corrupt WARC records",
+    "empty_after_extraction": "empty after extraction",
+    "extract_error": "extraction errors",
+    "language_dropped": "other languages",
+}
+
+
+def funnel_summary(funnel: dict, cfg: MineConfig) -> str:
+    """The funnel in two or three lines: pages kept per stage, then every nonzero skip."""
+    f = funnel
+    stages = [f"{f['warc_records']} WARC records", f"{f['pages_in']} pages",
+              f"{f['html_pages']} HTML", f"{f['extracted']} extracted",
+              f"{f['language_kept']} {'/'.join(cfg.languages)}", f"{f['url_dedup_kept']} URL-unique",
+              f"{f['near_dedup_kept']} near-unique (the pool)"]  # fmt: skip
+    if "kept" in f:
+        stages.append(f"{f['kept']} kept after {f['iterations_run']} iteration(s)")
+    lines = ["funnel: " + " -> ".join(stages)]
+    skips = []
+    for key, label in _SKIP_LABELS.items():
+        if n := f["skipped"].get(key, 0):
+            skips.append(f"{n} {label}")
+            if key == "warc_truncated_record" and f.get("record_defects"):
+                why = ", ".join(
+                    f"{k.removeprefix('warc_truncated_')} {v}"
+                    for k, v in f["record_defects"].items()
+                    if k.startswith("warc_truncated_")
+                )
+                skips[-1] += f" ({why})"
+    if f.get("truncated_pages"):
+        skips.append(f"{f['truncated_pages']} pages cut to max_page_bytes (kept)")
+    if f.get("seed_bad_lines"):
+        skips.append(f"{f['seed_bad_lines']} bad seed lines")
+    if skips:
+        lines.append("skipped: " + ", ".join(skips))
+    return "\n".join(lines)
+
+
+def _empty_result_warning(result: MineResult, cfg: MineConfig) -> str:
+    last = result.funnel["iterations"][-1]
+    c = cfg.classifier
+    budget = f", classifier.token_budget {c.token_budget}" if c.token_budget else ""
+    return (
+        f"dsm data mine: WARNING: the mined corpus {result.mined} is EMPTY.\n"
+        f"  The classifier kept none of the {last['scored']} pool pages in iteration "
+        f"{last['iteration']}: the best scored P(math) {last.get('top_score')}, and pages need "
+        f"classifier.threshold {c.threshold}{budget}; see {result.out}/iter_{last['iteration']}/."
+    )
+
+
 def main(argv: list[str]) -> int:
     """``dsm data mine``: see the module docstring; ``key=value`` overrides any MineConfig field."""
     from dsm_engine.config import ConfigError, load_config, split_config_args
     from dsm_engine.folder_lock import FolderLock, FolderLockedError
 
-    parser = argparse.ArgumentParser(prog="dsm data mine", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="dsm data mine",
+        description=__doc__.split("\n")[0],
+        epilog="exit status: 0 corpus written, 1 corpus empty, 2 bad input or settings",
+    )
     parser.add_argument("--warc", help="glob of WARC/WET files")
     parser.add_argument("--seed", help="seed JSONL (one {'text': ...} per line)")
     parser.add_argument("--out", help="output folder; run again to resume")
@@ -330,6 +430,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--token-budget", type=int, help="keep at most this many tokens (best first)"
     )
+    parser.add_argument(
+        "--skip-bad-lines",
+        action="store_true",
+        help="skip (and count) seed lines that are not JSON objects with a string 'text'",
+    )
     parser.add_argument("--no-progress", action="store_true")
     try:
         config, overrides, rest = split_config_args(argv)
@@ -337,7 +442,8 @@ def main(argv: list[str]) -> int:
         flags = {"warc": args.warc, "seed": args.seed, "out": args.out, "iterations": args.iterations,
                  "executor.kind": args.executor, "annotations": args.annotations,
                  "auto_annotate": args.auto_annotate, "classifier.threshold": args.threshold,
-                 "classifier.token_budget": args.token_budget}  # fmt: skip
+                 "classifier.token_budget": args.token_budget,
+                 "skip_bad_lines": args.skip_bad_lines or None}  # fmt: skip
         overrides += [
             f"{k}={json.dumps(v) if isinstance(v, str) else v}"
             for k, v in flags.items()
@@ -352,6 +458,9 @@ def main(argv: list[str]) -> int:
     except (ConfigError, FileNotFoundError, ValueError, FolderLockedError) as e:
         print(f"dsm data mine: error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({k: v for k, v in result.funnel.items() if k != "iterations"}, indent=1))
-    print(f"mined corpus: {result.mined}")
+    print(funnel_summary(result.funnel, cfg))
+    print(f"mined corpus: {result.mined} ({result.funnel['kept']} pages); funnel: {result.out / 'funnel.json'}")  # fmt: skip
+    if not result.funnel["kept"]:
+        print(_empty_result_warning(result, cfg), file=sys.stderr)
+        return 1
     return 0

@@ -39,25 +39,26 @@ from datatrove.pipeline.dedup.minhash import (
     MinhashDedupSignature,
 )
 from datatrove.pipeline.filters.base_filter import BaseFilter
-from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter
 
 from .executors import ExecutorConfig, run_stage, stage_stats, stat
 from .extract import MathHtmlExtractor
+from .jsonl_io import JsonlDocReader
 from .langid import LanguageFilter
 from .near_dedup import MathWordTokenizer, MinHashParams, url_dedup_config
-from .warc import WarcPageReader
+from .warc import RECORD_DEFECTS, WarcPageReader, defect_stat
 
 RANK_FILE = "${rank}.jsonl.gz"
 
 
-class RankFileReader(JsonlReader):
-    """Reads only ``<rank>.jsonl.gz`` of its folder (nothing when that task wrote no file)."""
+class RankFileReader(JsonlDocReader):
+    """Reads only ``<rank>.jsonl.gz`` of its folder (nothing when that task wrote no file); a
+    damaged line fails the task naming it (datatrove's reader would drop it with a warning)."""
 
     name = "📖 rank file"
 
     def __init__(self, data_folder: str):
-        super().__init__(data_folder, add_file_path=False)  # paths differ between runs: keep out
+        super().__init__(data_folder)  # no file paths in metadata: they differ between runs
 
     def run(
         self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1
@@ -179,6 +180,10 @@ def pool_funnel(logs: Path) -> dict:
             "extract_error": stat(ex, extractor, "extract_error"),
             "language_dropped": stat(ex, LanguageFilter.name, "dropped"),
         },  # fmt: skip
+        # why records were skipped as truncated or corrupt, e.g. {"warc_truncated_short_block": 2}
+        "record_defects": {
+            defect_stat(r): n for r in RECORD_DEFECTS if (n := stat(ex, reader, defect_stat(r)))
+        },
         "truncated_pages": stat(ex, reader, "page_truncated"),
         "encoding_detected": stat(ex, reader, "encoding_detected"),
     }

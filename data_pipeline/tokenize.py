@@ -17,12 +17,13 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from dsm_engine.data_pipeline.jsonl_io import has_records, iter_texts, jsonl_files
+from dsm_engine.jsonl import SKIP_HINT, BadLines
 
 EOD_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|eot_id|>")
 
@@ -40,6 +41,8 @@ class TokenizeStats:
     bin_path: str
     idx_path: str
     files: list[str]
+    bad_lines: int = 0  # lines skipped with skip_bad_lines (not JSON, no string text field)
+    bad_line_examples: list[str] = field(default_factory=list)  # the first ones, "file:line: why"
 
 
 def load_tokenizer(tokenizer_path: str | Path):
@@ -91,12 +94,14 @@ def tokenize_jsonl(
     eod_token: str | None = None,
     batch_size: int = 1024,
     progress: bool = True,
+    skip_bad_lines: bool = False,
 ) -> TokenizeStats:
     """Tokenises every record of ``inputs`` into ``out_prefix.bin`` / ``out_prefix.idx``.
 
     ``inputs``: ``.jsonl[.gz|.zst]`` files and/or folders of them (a ``dsm data decontaminate``
     output folder is read from its ``documents/``). Raises FileNotFoundError / ValueError naming
-    the missing file, the bad line, or the input that holds no records.
+    the missing file, the bad line, or the input that holds no records, and then leaves no
+    output; with ``skip_bad_lines`` bad lines are skipped and counted (``bad_lines``) instead.
     """
     from megatron.core.datasets.indexed_dataset import (
         DType,
@@ -122,31 +127,38 @@ def tokenize_jsonl(
     Path(out_prefix).parent.mkdir(parents=True, exist_ok=True)
     bin_path, idx_path = get_bin_path(out_prefix), get_idx_path(out_prefix)
     builder = IndexedDatasetBuilder(bin_path, dtype=dtype)
+    bad = BadLines(skip=skip_bad_lines, hint=SKIP_HINT)
     documents = skipped = tokens = 0
-    with Progress(
-        TextColumn("[bold]tokenise[/] {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[docs]:,} docs, {task.fields[tokens]:,} tokens"),
-        disable=not progress,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("files", total=len(files), docs=0, tokens=0)
-        for f in files:
-            bar.update(task, description=f.name)
-            for batch in _batches(iter_texts([f], text_key), batch_size):
-                kept = [t for t in batch if t]
-                skipped += len(batch) - len(kept)
-                for encoding in tokenizer.encode_batch(kept, add_special_tokens=False):
-                    ids = encoding.ids + [eod] if eod is not None else encoding.ids
-                    if not ids:  # a text the tokenizer maps to nothing
-                        skipped += 1
-                        continue
-                    builder.add_document(np.asarray(ids, dtype=dtype), [len(ids)])
-                    documents += 1
-                    tokens += len(ids)
-                bar.update(task, docs=documents, tokens=tokens)
-            bar.advance(task)
+    try:
+        with Progress(
+            TextColumn("[bold]tokenise[/] {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[docs]:,} docs, {task.fields[tokens]:,} tokens"),
+            disable=not progress,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("files", total=len(files), docs=0, tokens=0)
+            for f in files:
+                bar.update(task, description=f.name)
+                for batch in _batches(iter_texts([f], text_key, bad), batch_size):
+                    kept = [t for t in batch if t]
+                    skipped += len(batch) - len(kept)
+                    for encoding in tokenizer.encode_batch(kept, add_special_tokens=False):
+                        ids = encoding.ids + [eod] if eod is not None else encoding.ids
+                        if not ids:  # a text the tokenizer maps to nothing
+                            skipped += 1
+                            continue
+                        builder.add_document(np.asarray(ids, dtype=dtype), [len(ids)])
+                        documents += 1
+                        tokens += len(ids)
+                    bar.update(task, docs=documents, tokens=tokens)
+                bar.advance(task)
+    except BaseException:  # a bad line, or an interrupt: leave no half-written dataset
+        builder.finalize(idx_path)  # closes the .bin
+        Path(bin_path).unlink(missing_ok=True)
+        Path(idx_path).unlink(missing_ok=True)
+        raise
     builder.finalize(idx_path)
     if documents == 0:
         Path(bin_path).unlink(missing_ok=True)
@@ -162,6 +174,8 @@ def tokenize_jsonl(
         bin_path=bin_path,
         idx_path=idx_path,
         files=[str(f) for f in files],
+        bad_lines=bad.count,
+        bad_line_examples=bad.named,
     )
 
 
@@ -182,6 +196,11 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--eod-token", default=None, help="end-of-document token (default: auto)")
     parser.add_argument("--text-key", default="text")
+    parser.add_argument(
+        "--skip-bad-lines",
+        action="store_true",
+        help="skip (and count) lines that are not JSON objects with a string text field",
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
@@ -193,9 +212,16 @@ def main(argv: list[str]) -> int:
             append_eod=args.append_eod,
             eod_token=args.eod_token,
             progress=not args.no_progress,
+            skip_bad_lines=args.skip_bad_lines,
         )
     except (FileNotFoundError, ValueError) as e:
         print(f"dsm data tokenize: error: {e}", file=sys.stderr)
         return 2
+    if stats.bad_lines:
+        named = "; ".join(stats.bad_line_examples)
+        print(
+            f"dsm data tokenize: warning: skipped {stats.bad_lines} bad line(s): {named}",
+            file=sys.stderr,
+        )
     print(json.dumps(asdict(stats), indent=2))
     return 0

@@ -2,9 +2,14 @@
 
 datatrove's ``WarcReader`` stops a task at the first broken gzip member and silently drops
 pages it cannot decode. Ours, a ``BaseDiskReader`` too, keeps going and counts every skip in
-the task stats (``warc_corrupt_record``, ``bad_encoding``, ``empty_page``, ``page_truncated``,
-``skipped_non_html``, ``skipped_status``), logging the URL:
-- a corrupt or truncated record: resume at the next gzip member / ``WARC/1.`` header;
+the task stats (``warc_corrupt_record``, ``warc_truncated_record``, ``bad_encoding``,
+``empty_page``, ``page_truncated``, ``skipped_non_html``, ``skipped_status``), logging the URL:
+- a truncated record is skipped, never read as a whole page: a ``WARC-Truncated`` header, a
+  block shorter than its ``Content-Length`` (a clipped download, a file cut short), a gzip
+  member cut off (no end of stream / CRC trailer), a file ending inside a record's headers;
+  each counted as ``warc_truncated_<reason>`` too (see ``RECORD_DEFECTS``);
+- a corrupt record (bad gzip bytes, unparsable headers, a failed ``WARC-Block-Digest``): resume
+  at the next gzip member / ``WARC/1.`` header;
 - an undeclared or unknown encoding: HTTP header, then ``<meta charset>``, then UTF-8, then
   charset detection (charset-normalizer); undecodable bytes are skipped;
 - a page larger than ``max_page_bytes``: truncated to that size (HTML parsers recover);
@@ -17,6 +22,7 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 
 from datatrove.data import DocumentsPipeline
 from datatrove.io import DataFolderLike
@@ -83,6 +89,92 @@ def _next_member(fh, start: int, magic: bytes, chunk: int = 1 << 20) -> int | No
         pos += len(block)
 
 
+# why a record is skipped as incomplete or damaged: reason -> (counter, description); each
+# skip also adds ``<counter>_<reason>`` (e.g. ``warc_truncated_short_block``)
+RECORD_DEFECTS = {
+    "declared": ("warc_truncated_record", "the crawler marked it with a WARC-Truncated header"),
+    "short_block": ("warc_truncated_record", "its block is shorter than its Content-Length"),
+    "length_mismatch": (
+        "warc_truncated_record",
+        "its block does not end where its Content-Length says",
+    ),
+    "gzip_cut": ("warc_truncated_record", "its gzip member is cut off"),
+    "headers_cut": ("warc_truncated_record", "the file ends inside its headers"),
+    "block_digest": ("warc_corrupt_record", "its block does not match its WARC-Block-Digest"),
+}
+
+
+def defect_stat(reason: str) -> str:
+    """The per-reason counter of a ``RECORD_DEFECTS`` reason, e.g. ``warc_truncated_gzip_cut``."""
+    return f"{RECORD_DEFECTS[reason][0].removesuffix('_record')}_{reason}"
+
+
+def record_defect(record, iterator) -> str | None:
+    """Why warcio's current ``record`` cannot be trusted (a ``RECORD_DEFECTS`` key), else None.
+
+    Reads the record to its end, as ``iterator`` would before the next one: a block that ends
+    before its ``Content-Length`` (a clipped download, a file cut short), other bytes where the
+    blank lines closing it should be, a gzip member whose stream never ends (cut inside its last
+    bytes or CRC trailer) or a block that fails its digest all mean the page is not the page
+    that was served. ``iterator`` must check digests (``check_digests=True``).
+    """
+    if record.rec_headers.get_header("WARC-Truncated"):
+        return "declared"
+    if record.rec_headers.get_header("Content-Length") is None:  # mandatory: the headers stop early
+        return "headers_cut"
+    errors = iterator.err_count
+    iterator.read_to_end()
+    if getattr(record.raw_stream, "limit", 0) > 0:  # warcio's LimitReader: bytes still owed
+        return "short_block"
+    if iterator.err_count > errors:
+        return "length_mismatch"
+    decompressor = iterator.reader.decompressor
+    # a member that never ended with nothing after it in the stream: the file ended inside it
+    unended = decompressor is not None and not getattr(decompressor, "eof", True)
+    if unended and iterator.next_line is None:
+        return "gzip_cut"
+    # payload digests are not checked: crawlers disagree on whether transfer encodings count
+    if any(p.startswith("block digest") for p in record.digest_checker.problems):
+        return "block_digest"
+    return None
+
+
+def _ends_unfinished(fh, start: int, magic: bytes) -> bool:
+    """Whether the last record of ``fh``, from ``start`` on, is cut off rather than damaged: its
+    gzip member inflates cleanly but never ends, or (uncompressed) its headers never end."""
+    fh.seek(start)
+    rest = fh.read()
+    if magic != _GZIP_MAGIC:
+        return b"\r\n\r\n" not in rest
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        inflater.decompress(rest)
+    except zlib.error:
+        return False
+    return not inflater.eof
+
+
+def warc_file_problem(path: str | Path) -> str | None:
+    """Why ``path`` is not a WARC/WET (or ARC) file, or None when it starts like one.
+
+    Looks at the first bytes only (inflated when gzip): an empty file, gzip that does not
+    inflate, or anything but a ``WARC/1.x`` or ARC ``filedesc://`` header is named.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    if not head:
+        return "empty file"
+    if head.startswith(_GZIP_MAGIC[:2]):
+        try:
+            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, 256)
+        except zlib.error as e:
+            return f"gzip data that does not inflate ({e})"
+    head = head.lstrip(b"\r\n")
+    if head.startswith((b"WARC/", b"filedesc://")):
+        return None
+    return f"not a WARC file (it starts with {head[:32]!r})"
+
+
 class WarcPageReader(BaseDiskReader):
     """Reads HTML pages (and WET text) from ``*.warc[.gz]`` files as datatrove Documents.
 
@@ -131,10 +223,9 @@ class WarcPageReader(BaseDiskReader):
         from warcio.archiveiterator import ArchiveIterator
 
         fh.seek(start)
-        record_start, url, iterator = start, None, None
+        record_start, url, iterator, defect = start, None, None, None
         try:
-            iterator = ArchiveIterator(fh, arc2warc=True)
-            ri = 0
+            iterator = ArchiveIterator(fh, arc2warc=True, check_digests=True)
             while True:
                 url = None
                 record = next(iterator, None)
@@ -145,32 +236,57 @@ class WarcPageReader(BaseDiskReader):
                 url = record.rec_headers.get_header("WARC-Target-URI")
                 self.stat_update("warc_records")
                 with self.track_time():
-                    data = self._process(record, url)
-                ri += 1
-                if data is not None and (
-                    doc := self.get_document_from_dict(data, filepath, f"{record_start}")
+                    page, counters = self._process(record, url)
+                    defect = record_defect(record, iterator)
+                if defect:
+                    self._count_defect(defect, filepath, record_start, url)
+                    if magic == _WARC_MAGIC and defect != "declared":
+                        # uncompressed: a clipped block may have swallowed the records after it
+                        return _next_member(fh, record_start + 1, magic)
+                    continue
+                for key, message in counters:
+                    self.stat_update(key)
+                    if message:
+                        (logger.info if key == "empty_page" else logger.warning)(message)
+                if page is not None and (
+                    doc := self.get_document_from_dict(page, filepath, f"{record_start}")
                 ):
                     yield doc
-            end = iterator.offset
-            if end < fh.size if hasattr(fh, "size") else False:
-                # the last member ended early: a record cut off mid-way, nothing to resume from
-                self.stat_update("warc_truncated_record")
-                logger.warning(f"truncated WARC record at the end of {filepath} (byte {end})")
+            size = getattr(fh, "size", None)
+            if size is not None and iterator.offset < size and not defect:
+                # bytes after the last whole record that never parsed as one: the file ends
+                # inside a record's headers (or a gzip member's header)
+                self._count_defect("headers_cut", filepath, iterator.offset, None)
             return None
         except (Exception, zlib.error) as e:  # noqa: BLE001 - warcio raises many kinds on bad bytes
             # after a record is read to its end, warcio's offset points at the next (failing) one
             record_start = max(
                 record_start, getattr(iterator, "offset", record_start) or record_start
             )
+            resume = _next_member(fh, record_start + 1, magic)
+            if (
+                resume is None
+                and not isinstance(e, zlib.error)
+                and _ends_unfinished(fh, record_start, magic)
+            ):
+                self._count_defect("headers_cut", filepath, record_start, url)
+                return None
             self.stat_update("warc_corrupt_record")
             logger.warning(
                 f"corrupt WARC record in {filepath} at byte {record_start} (url={url}): {e!r}"
             )
-            return _next_member(fh, record_start + 1, magic)
+            return resume
 
-    def _process(self, record, url: str | None) -> dict | None:
+    def _count_defect(self, reason: str, filepath: str, offset: int, url: str | None) -> None:
+        counter, why = RECORD_DEFECTS[reason]
+        self.stat_update(counter, defect_stat(reason))
+        logger.warning(f"WARC record skipped in {filepath} at byte {offset} (url={url}): {why}")
+
+    def _process(self, record, url: str | None) -> tuple[dict | None, list[tuple[str, str]]]:
+        """``(page or None, counters)``: the counters (each with a log line, "" for none) are
+        added only once the record proved complete, so a truncated page counts once."""
         if record.rec_type not in ("response", "conversion"):
-            return None
+            return None, []
         self.stat_update("pages_in")
         is_wet = record.rec_type == "conversion"
         ctype = (record.rec_headers.get_header("WARC-Identified-Payload-Type") or "").lower()
@@ -178,38 +294,34 @@ class WarcPageReader(BaseDiskReader):
         if not is_wet and record.http_headers is not None:
             status = record.http_headers.get_statuscode() or ""
             if not status.startswith("2"):
-                self.stat_update("skipped_status")
-                return None
+                return None, [("skipped_status", "")]
             http_type = record.http_headers.get_header("Content-Type") or ""
             if m := _HEADER_CHARSET.search(http_type):
                 declared = m.group(1)
             ctype = ctype or http_type.split(";")[0].strip().lower()
         if is_wet and ctype and ctype != "text/plain":
-            self.stat_update("skipped_non_html")
-            return None
+            return None, [("skipped_non_html", "")]
         body = record.content_stream().read(self.max_page_bytes + 1)
         sniffed_html = body.lstrip()[:200].lower().startswith((b"<!doctype html", b"<html"))
         if not is_wet and ctype not in _HTML_TYPES and (ctype or not sniffed_html):
-            self.stat_update("skipped_non_html")
-            return None
+            return None, [("skipped_non_html", "")]
+        counters = []
         if len(body) > self.max_page_bytes:
             body = body[: self.max_page_bytes]
-            self.stat_update("page_truncated")
-            logger.warning(f"page larger than {self.max_page_bytes} bytes truncated: {url}")
+            counters.append(
+                ("page_truncated", f"page larger than {self.max_page_bytes} bytes truncated: {url}")
+            )
         if not body.strip():
-            self.stat_update("empty_page")
-            logger.info(f"empty page skipped: {url}")
-            return None
+            return None, [*counters, ("empty_page", f"empty page skipped: {url}")]
         text, how = decode_html(body, declared)
         if text is None:
-            self.stat_update("bad_encoding")
-            logger.warning(f"page in an unknown encoding skipped (declared {declared!r}): {url}")
-            return None
+            message = f"page in an unknown encoding skipped (declared {declared!r}): {url}"
+            return None, [*counters, ("bad_encoding", message)]
         if how.startswith("detected:"):
-            self.stat_update("encoding_detected")
-        self.stat_update("html_pages_read")
+            counters.append(("encoding_detected", ""))
+        counters.append(("html_pages_read", ""))
         url = url or ""
-        return {
+        page = {
             "text": text,
             "id": record.rec_headers.get_header("WARC-Record-ID") or url,
             "url": url,
@@ -218,3 +330,4 @@ class WarcPageReader(BaseDiskReader):
             "date": record.rec_headers.get_header("WARC-Date") or "",
             "content_format": "text" if is_wet else "html",
         }
+        return page, counters

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from dsm_engine.jsonl import iter_jsonl
+from dsm_engine.jsonl import BadLines, iter_jsonl
 
 
 def test_reads_plain_and_gzip_files_with_line_numbers(tmp_path):
@@ -33,3 +33,38 @@ def test_malformed_line_names_field_file_and_line(tmp_path):
 def test_missing_file_names_field(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"^reward\.path: .*nope\.jsonl does not exist"):
         next(iter_jsonl(tmp_path / "nope.jsonl", "reward.path"))
+
+
+def _bad_file(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b'{"a": 1}\n{"a": \n\xff\xfe{"a": 3}\n{"a": 4}\n')
+    return path
+
+
+def test_bad_line_fails_by_default_naming_it_and_the_hint(tmp_path):
+    with pytest.raises(ValueError, match=r"mixed\.jsonl:2: not valid JSON .*\(use skip\)$"):
+        list(iter_jsonl(_bad_file(tmp_path), bad=BadLines(hint="use skip")))
+
+
+def test_skipped_bad_lines_are_counted_and_named(tmp_path):
+    bad = BadLines(skip=True)
+    rows = list(iter_jsonl(_bad_file(tmp_path), bad=bad))
+    assert rows == [(1, {"a": 1}), (4, {"a": 4})]
+    assert bad.count == 2
+    assert [n.split(": ", 1)[0].rsplit("/", 1)[-1] for n in bad.named] == [
+        "mixed.jsonl:2",
+        "mixed.jsonl:3",
+    ]
+    assert "not UTF-8" in bad.named[1]
+    assert bad.summary().startswith("skipped 2 bad line(s): ")
+
+
+def test_gzip_file_cut_off_is_a_bad_line_after_the_last_whole_one(tmp_path):
+    packed = gzip.compress(b"".join(b'{"n": %d}\n' % i for i in range(2000)))
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(packed[: len(packed) // 2])
+    with pytest.raises(ValueError, match=r"cut\.jsonl\.gz:\d+: compressed file cut off"):
+        list(iter_jsonl(path))
+    bad = BadLines(skip=True)
+    rows = list(iter_jsonl(path, bad=bad))
+    assert bad.count == 1 and rows and [n for n, _ in rows] == list(range(1, len(rows) + 1))

@@ -203,3 +203,36 @@ def test_cli_and_function_errors_name_the_input(tmp_path, small_benchmarks, caps
     good.write_text('{"text": "x", "id": "1"}\n')
     with pytest.raises(FileNotFoundError, match="benchmarks folder"):
         decontaminate_jsonl(good, tmp_path / "o", tmp_path / "no-benchmarks")
+
+
+def test_bad_line_fails_the_run_naming_it_unless_skipped(tmp_path, small_benchmarks, capsys):
+    src = tmp_path / "corpus.jsonl"
+    src.write_text(
+        '{"text": "first page", "id": "a"}\n'
+        '{"text": "cut off mid-rec\n'
+        '{"id": "no text"}\n'
+        '["not", "an", "object"]\n'
+        '{"text": "last page", "id": "b"}\n'
+    )
+    out = tmp_path / "out"
+    args = ["--input", str(src), "--out", str(out), "--benchmarks", str(small_benchmarks)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "corpus.jsonl:2: not valid JSON" in err and "--skip-bad-lines" in err
+    assert not (out / "documents").exists()  # nothing written before the input was checked
+
+    assert main([*args, "--skip-bad-lines"]) == 0
+    assert "skipped 3 bad line(s)" in capsys.readouterr().err
+    docs = [
+        json.loads(x)
+        for f in sorted((out / "documents").glob("*.jsonl.gz"))
+        for x in gzip.decompress(f.read_bytes()).decode().splitlines()
+    ]
+    assert sorted(d["id"] for d in docs) == ["a", "b"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["bad_lines"] == 3 and summary["documents_in"] == 2
+    assert [x.split(": ")[0].rsplit("/", 1)[-1] for x in summary["bad_line_examples"]] == [
+        "corpus.jsonl:2",
+        "corpus.jsonl:3",
+        "corpus.jsonl:4",
+    ]

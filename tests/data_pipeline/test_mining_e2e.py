@@ -10,7 +10,7 @@ import time
 import pytest
 from _mining_data import SMALL_RUN, make_inputs, mine_config
 
-from dsm_engine.data_pipeline.mine import main, mine_corpus
+from dsm_engine.data_pipeline.mine import funnel_summary, main, mine_corpus
 from dsm_engine.data_pipeline.urls import normalize_url
 
 
@@ -211,3 +211,15 @@ def test_killed_run_resumes_to_the_same_output(inputs, mined, tmp_path):
     resumed = mine_corpus(mine_config(inputs, out), progress=False)
     assert resumed.mined.read_text() == result.mined.read_text()
     assert resumed.funnel == result.funnel
+
+
+def test_funnel_summary_names_truncated_records_by_reason(inputs, mined):
+    result, _ = mined
+    assert result.funnel["record_defects"] == {"warc_truncated_headers_cut": 1}  # cut in half
+    text = funnel_summary(result.funnel, mine_config(inputs, result.out))
+    funnel, skipped = text.splitlines()
+    assert funnel.startswith(f"funnel: {result.funnel['warc_records']} WARC records -> ")
+    runs = result.funnel["iterations_run"]
+    assert funnel.endswith(f"-> {result.funnel['kept']} kept after {runs} iteration(s)")
+    assert "1 truncated WARC records (headers_cut 1)" in skipped
+    assert "1 corrupt WARC records" in skipped and "1 undecodable" in skipped

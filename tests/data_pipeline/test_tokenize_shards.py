@@ -153,3 +153,23 @@ def test_cli_writes_bin_and_idx(tmp_path, neox_tokenizer_path, capsys):
     assert report["documents"] == 4 and report["eod_id"] is not None
     assert (tmp_path / "cli.bin").stat().st_size == 2 * report["tokens"]
     assert len(_load(tmp_path / "cli")) == 4
+
+
+def test_bad_line_leaves_no_output_unless_skipped(tmp_path, neox_tokenizer_path, capsys):
+    src = tmp_path / "docs.jsonl"
+    lines = (
+        [json.dumps({"text": t}) for t in TEXTS[:2]]
+        + ['{"text": 3}']
+        + [json.dumps({"text": TEXTS[2]})]
+    )
+    src.write_text("\n".join(lines) + "\n")
+    args = ["--input", str(src), "--tokenizer", str(neox_tokenizer_path), "--out", str(tmp_path / "s"), "--no-progress"]  # fmt: skip
+    assert main(args) == 2
+    assert "docs.jsonl:3: field 'text' is not a string" in capsys.readouterr().err
+    assert not list(tmp_path.glob("s.*"))  # the first two documents were not left behind
+    assert main([*args, "--skip-bad-lines"]) == 0
+    out = capsys.readouterr()
+    assert "skipped 1 bad line(s)" in out.err and "docs.jsonl:3" in out.err
+    stats = json.loads(out.out)
+    assert (stats["documents"], stats["bad_lines"]) == (3, 1)
+    assert len(_load(tmp_path / "s")) == 3
