@@ -19,6 +19,7 @@ import contextlib
 import io
 import json
 import linecache
+import math
 import os
 import selectors
 import signal
@@ -261,8 +262,11 @@ class _Worker:
 
             shutil.rmtree(scratch, ignore_errors=True)
 
-    def run(self, code: str) -> dict:
-        settings, layers = self.settings, self.layers
+    def run(self, code: str, timeout_s: float | None = None) -> dict:
+        layers = self.layers
+        settings = self.settings
+        if timeout_s is not None:
+            settings = {**settings, "timeout_s": timeout_s, "cpu_s": math.ceil(timeout_s)}
         start = time.monotonic()
         scratch = self._scratch()
         out_r, out_w = os.pipe()
@@ -348,7 +352,8 @@ def main(argv: list[str]) -> int:
         replies.write((json.dumps(ready) + "\n").encode())
         for line in iter(requests.readline, b""):
             try:
-                result = worker.run(json.loads(line)["code"])
+                request = json.loads(line)
+                result = worker.run(request["code"], request.get("timeout_s"))
             except Exception as e:  # noqa: BLE001 - the pool reports it as the program's result
                 result = {"status": "sandbox_error", "error": f"SandboxError: {e!r}"}
             replies.write((json.dumps(result) + "\n").encode())

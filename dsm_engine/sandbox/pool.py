@@ -154,9 +154,10 @@ class _Worker:
     def pid(self) -> int:
         return self.process.pid
 
-    def send(self, code: str) -> None:
+    def send(self, code: str, timeout_s: float | None) -> None:
+        request = {"code": code} if timeout_s is None else {"code": code, "timeout_s": timeout_s}
         # ensure_ascii: lone surrogates in model text travel as \\udXXX escapes
-        self.process.stdin.write((json.dumps({"code": code}) + "\n").encode())
+        self.process.stdin.write((json.dumps(request) + "\n").encode())
         self.process.stdin.flush()
 
     def receive(self) -> ExecResult:
@@ -235,32 +236,39 @@ class Sandbox:
                         f"sandbox lacks required protections {absent}: {self.missing}"
                     )
 
-    def run(self, code: str) -> ExecResult:
+    def run(self, code: str, timeout_s: float | None = None) -> ExecResult:
         """Run one program."""
-        return self.run_many([code])[0]
+        return self.run_many([code], timeout_s=timeout_s)[0]
 
     def run_many(
-        self, programs: Sequence[str], on_done: Callable[[int], None] | None = None
+        self,
+        programs: Sequence[str],
+        on_done: Callable[[int], None] | None = None,
+        timeout_s: float | None = None,
     ) -> list[ExecResult]:
         """Run ``programs`` on all workers; one result per program, in order.
 
         on_done: called with 1 after each program finishes (for progress bars).
+        timeout_s: this batch's wall-clock limit per program (default ``config.timeout_s``;
+            the CPU limit follows it).
         """
+        if timeout_s is not None and timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         results: list[ExecResult | None] = [None] * len(programs)
         with self._lock:
             self._fill()
             todo = deque(range(len(programs)))
             idle = list(self._workers)
             busy: dict[int, tuple[_Worker, int, float]] = {}  # stdout fd -> worker, item, deadline
-            grace = self.config.timeout_s + 30.0
+            grace = (timeout_s or self.config.timeout_s) + 30.0
             while todo or busy:
                 while idle and todo:
                     worker, i = idle.pop(), todo.popleft()
                     try:
-                        worker.send(programs[i])
+                        worker.send(programs[i], timeout_s)
                     except OSError:  # the worker died between programs: replace it once
                         worker = self._replace(worker)
-                        worker.send(programs[i])
+                        worker.send(programs[i], timeout_s)
                     busy[worker.process.stdout.fileno()] = (worker, i, time.monotonic() + grace)
                 next_deadline = min(deadline for _, _, deadline in busy.values())
                 streams = [worker.process.stdout for worker, _, _ in busy.values()]
