@@ -93,6 +93,7 @@ def resolve_model_dir(model: str | Path, work_dir: str | Path) -> Path:
     # a separate process: the converter initialises torch.distributed, which must not leak here
     command = [
         sys.executable,
+        "-P",  # the checkout's kernels/ folder must not shadow the 'kernels' transformers imports
         "-m",
         "dsm_engine.cli",
         "convert",
