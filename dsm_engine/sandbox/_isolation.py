@@ -3,7 +3,8 @@
 Used only inside the worker process (``_worker.py``) and the program processes it forks;
 nothing here runs in the caller's process. Every step is a thin wrapper over a kernel
 mechanism: ``setrlimit``, ``setuid``, ``unshare`` (user, network, IPC, UTS, mount and PID
-namespaces), a tmpfs mount, ``prctl`` and Landlock (through the ``landlockpy`` bindings).
+namespaces), bind and tmpfs mounts with ``chroot``, ``capset``, ``prctl`` and Landlock
+(through the ``landlockpy`` bindings).
 """
 
 from __future__ import annotations
@@ -24,14 +25,17 @@ CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 
 _PR_SET_PDEATHSIG = 1
-_PR_SET_DUMPABLE = 4
-_MS_REC = 0x4000
-_MS_PRIVATE = 1 << 18
+_MS_RDONLY = 1
 _MS_NOSUID = 2
 _MS_NODEV = 4
+_MS_REMOUNT = 32
+_MS_BIND = 4096
+_MS_REC = 0x4000
+_MS_PRIVATE = 1 << 18
 _MNT_DETACH = 2
 
 NOBODY = 65534  # the unprivileged uid/gid a root caller's programs run as
+DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -61,27 +65,54 @@ def die_with_parent() -> None:
     prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def drop_root(uid: int = NOBODY, gid: int = NOBODY) -> None:
-    """Become ``uid``/``gid`` with no supplementary groups (only when running as root)."""
+def become_nobody(uid: int = NOBODY, gid: int = NOBODY) -> None:
+    """Become ``uid``/``gid`` with no supplementary groups (drops every capability)."""
     os.setgroups([])
     os.setgid(gid)
     os.setuid(uid)
-    # a uid change makes the process non-dumpable, which locks /proc/self/uid_map
-    prctl(_PR_SET_DUMPABLE, 1)
 
 
-def enter_namespaces(flags: int) -> None:
-    """Unshare a new user namespace plus ``flags`` and map our uid/gid to root inside it.
+def enter_namespaces(flags: int) -> bool:
+    """Unshare a new user namespace plus ``flags``; this process becomes root inside it.
 
-    Needs no privilege where unprivileged user namespaces are allowed. Inside, this process
-    holds capabilities over the new namespaces only (it can mount a tmpfs, create a PID
-    namespace), never over the host's.
+    Returns whether ``NOBODY`` is mapped too (so that programs can run as an unprivileged
+    uid). A root caller maps both through a helper left in the parent namespace (only there
+    may several ids be mapped); anyone else maps just their own uid, which needs no privilege
+    where unprivileged user namespaces are allowed. Inside, this process holds capabilities
+    over the new namespaces only (it can mount, create PID namespaces), never over the host's.
     """
     uid, gid = os.geteuid(), os.getegid()
-    unshare(CLONE_NEWUSER | flags)
-    Path("/proc/self/setgroups").write_text("deny")
-    Path("/proc/self/uid_map").write_text(f"0 {uid} 1")
-    Path("/proc/self/gid_map").write_text(f"0 {gid} 1")
+    if uid != 0:
+        unshare(CLONE_NEWUSER | flags)
+        Path("/proc/self/setgroups").write_text("deny")
+        Path("/proc/self/uid_map").write_text(f"0 {uid} 1")
+        Path("/proc/self/gid_map").write_text(f"0 {gid} 1")
+        return False
+    go_r, go_w = os.pipe()
+    helper = os.fork()
+    if helper == 0:  # still root in the parent namespace: writes the maps, then leaves
+        status = 1
+        try:
+            os.close(go_w)
+            if os.read(go_r, 1) == b"1":
+                target = os.getppid()
+                for name in ("uid_map", "gid_map"):
+                    Path(f"/proc/{target}/{name}").write_text(f"0 0 1\n{NOBODY} {NOBODY} 1\n")
+                status = 0
+        finally:
+            os._exit(status)
+    os.close(go_r)
+    try:
+        unshare(CLONE_NEWUSER | flags)
+    except OSError:
+        os.close(go_w)
+        os.waitpid(helper, 0)
+        raise
+    os.write(go_w, b"1")
+    os.close(go_w)
+    if os.waitpid(helper, 0)[1] != 0:
+        raise OSError("writing the user namespace's uid/gid maps failed")
+    return True
 
 
 def make_mounts_private() -> None:
@@ -89,9 +120,9 @@ def make_mounts_private() -> None:
     _check(_libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "mount --make-rprivate /")
 
 
-def mount_tmpfs(path: str, size_mb: int) -> None:
+def mount_tmpfs(path: str, size_mb: int, mode: int = 0o700, uid: int = 0) -> None:
     """A fresh tmpfs of ``size_mb`` MiB on ``path`` (visible in this mount namespace only)."""
-    options = f"size={size_mb}m,mode=0700".encode()
+    options = f"size={size_mb}m,mode={mode:o},uid={uid},gid={uid}".encode()
     _check(
         _libc.mount(b"tmpfs", path.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, options),
         f"mount tmpfs on {path}",
@@ -100,6 +131,43 @@ def mount_tmpfs(path: str, size_mb: int) -> None:
 
 def unmount(path: str) -> None:
     _check(_libc.umount2(path.encode(), _MNT_DETACH), f"umount {path}")
+
+
+_KEPT_FLAGS = 4 | 8 | 1024 | 2048 | 4096  # nodev, noexec, noatime, nodiratime, relatime
+
+
+def _bind(source_fd: int, target: str, writable: bool) -> None:
+    source = f"/proc/self/fd/{source_fd}"
+    _check(_libc.mount(source.encode(), target.encode(), None, _MS_BIND | _MS_REC, None), target)
+    # a user namespace may add mount flags but never clear the source's: keep those
+    flags = _MS_REMOUNT | _MS_BIND | _MS_NOSUID | (os.statvfs(source).f_flag & _KEPT_FLAGS)
+    if not writable:
+        flags |= _MS_RDONLY | _MS_NODEV
+    _check(_libc.mount(None, target.encode(), None, flags, None), f"remount {target}")
+
+
+def enter_minimal_root(read_roots: list[str], devices: tuple[str, ...], scratch: str) -> None:
+    """``chroot`` into a new root holding only ``read_roots`` (read-only binds at their usual
+    paths), the ``devices`` and an empty ``scratch`` mount point: nothing else of the host's
+    filesystem exists there. Needs a private mount namespace this process administers."""
+    sources = {path: os.open(path, os.O_PATH | os.O_CLOEXEC) for path in [*read_roots, *devices]}
+    try:
+        new_root = "/tmp"  # covered by a tmpfs here: the host's /tmp stays untouched
+        mount_tmpfs(new_root, 1, mode=0o755)
+        for path, fd in sorted(sources.items()):
+            target = new_root + path
+            if os.path.isdir(f"/proc/self/fd/{fd}"):
+                os.makedirs(target, 0o755, exist_ok=True)
+            else:
+                os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
+                open(target, "a").close()  # a mount point for a file
+            _bind(fd, target, writable=path in devices)
+        os.makedirs(new_root + scratch, 0o755)
+    finally:
+        for fd in sources.values():
+            os.close(fd)
+    os.chroot(new_root)
+    os.chdir("/")
 
 
 def drop_capabilities() -> None:
@@ -140,11 +208,11 @@ def readable_roots() -> list[str]:
         "/usr/local/lib",
         "/etc/ld.so.cache",
     }
-    roots = []
-    for path in sorted(candidates):
-        real = os.path.realpath(path)
-        if real != "/" and os.path.exists(real) and real not in roots:
-            roots.append(real)
+    roots: list[str] = []
+    for path in sorted({os.path.realpath(p) for p in candidates}):  # parents sort first
+        inside = any(path.startswith(root.rstrip("/") + "/") for root in roots)
+        if path != "/" and os.path.exists(path) and not inside:
+            roots.append(path)
     return roots
 
 
@@ -182,6 +250,6 @@ def landlock_restrict(read_roots: Iterable[str], scratch: str) -> None:
             # a rule on a file may only hold file rights (the kernel refuses READ_DIR there)
             ruleset.allow_path(root, read if os.path.isdir(root) else AccessFS.READ_FILE)
         ruleset.allow_path(scratch, read | write)
-        for device in ("/dev/null", "/dev/zero", "/dev/urandom"):
+        for device in DEVICES:
             ruleset.allow_path(device, AccessFS.READ_FILE | AccessFS.WRITE_FILE)
         ruleset.restrict()

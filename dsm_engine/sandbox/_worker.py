@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from dsm_engine.sandbox import _isolation as iso
 
 _SETUP_FAILED = 70  # exit code of a program process whose confinement could not be set up
+_SCRATCH = "/tmp/scratch"  # inside the minimal root: a fresh tmpfs per program
 
 
 @dataclass
@@ -42,6 +43,7 @@ class _Layers:
     pid_namespace: bool = False
     tmpfs_scratch: bool = False
     landlock: bool = False
+    program_uid: int | None = None  # setuid to this in each program (None: keep the uid)
     read_roots: list[str] = field(default_factory=list)
     protections: list[str] = field(default_factory=list)
     missing: dict[str, str] = field(default_factory=dict)
@@ -66,6 +68,7 @@ def _probe_pid_namespace() -> None:
 
 def _set_up(settings: dict) -> _Layers:
     layers = _Layers(protections=["process", "rlimits", "process-group", "no-capabilities"])
+    layers.read_roots = iso.readable_roots()
 
     def attempt(name: str, step) -> bool:
         try:
@@ -76,29 +79,39 @@ def _set_up(settings: dict) -> _Layers:
         layers.protections.append(name)
         return True
 
-    if os.geteuid() == 0:
-        attempt("unprivileged-uid", iso.drop_root)
+    root_caller = os.geteuid() == 0
+    nobody_mapped = []
     flags = iso.CLONE_NEWNET | iso.CLONE_NEWIPC | iso.CLONE_NEWUTS | iso.CLONE_NEWNS
-    if attempt("user+network-namespace", lambda: iso.enter_namespaces(flags)):
+    if attempt("user+network-namespace", lambda: nobody_mapped.append(iso.enter_namespaces(flags))):
+        if nobody_mapped[0]:
+            layers.program_uid = iso.NOBODY
+            layers.protections.append("unprivileged-uid")
 
-        def private_tmp() -> None:
+        def minimal_root() -> None:
             iso.make_mounts_private()
-            iso.mount_tmpfs("/tmp", 1)  # hides the host's /tmp from this worker's programs
-            os.mkdir("/tmp/scratch", 0o700)
+            iso.enter_minimal_root(layers.read_roots, iso.DEVICES, _SCRATCH)
 
-        layers.tmpfs_scratch = attempt("tmpfs-scratch", private_tmp)
+        layers.tmpfs_scratch = attempt("minimal-root", minimal_root)
         layers.pid_namespace = attempt("pid-namespace", _probe_pid_namespace)
-    abi = iso.landlock_abi()
+    elif root_caller:
+        # no namespaces: programs still leave root (the Python installation must then be
+        # readable by nobody for imports that were not preloaded)
+        layers.program_uid = iso.NOBODY
+        layers.protections.append("unprivileged-uid")
+    abi = iso.landlock_abi() if settings["landlock"] else 0
     if abi >= 1:
         layers.landlock = True
-        layers.read_roots = iso.readable_roots()
         layers.protections.append(f"landlock-fs (ABI {abi})")
         if abi >= 4:
             layers.protections.append("landlock-net")
         if abi >= 6:
             layers.protections.append("landlock-signals")
     else:
-        layers.missing["landlock"] = "kernel without Landlock, or landlockpy not installed"
+        layers.missing["landlock"] = (
+            "kernel without Landlock, or landlockpy not installed"
+            if settings["landlock"]
+            else "turned off (SandboxConfig.landlock)"
+        )
     return layers
 
 
@@ -149,6 +162,8 @@ def _become_program(code: str, scratch: str, out_w: int, err_w: int, settings: d
             file_mb=settings["scratch_mb"],
             max_procs=settings["max_procs"],
         )
+        if layers.program_uid is not None:
+            iso.become_nobody(layers.program_uid, layers.program_uid)
         if layers.landlock:
             iso.landlock_restrict(layers.read_roots, scratch)
         with contextlib.suppress(OSError):  # no capabilities to drop outside a namespace
@@ -249,10 +264,14 @@ class _Worker:
         self.layers = layers
 
     def _scratch(self) -> str:
+        owner = self.layers.program_uid
         if self.layers.tmpfs_scratch:
-            iso.mount_tmpfs("/tmp/scratch", self.settings["scratch_mb"])
-            return "/tmp/scratch"
-        return tempfile.mkdtemp(prefix="dsm-sandbox-")
+            iso.mount_tmpfs(_SCRATCH, self.settings["scratch_mb"], uid=owner or 0)
+            return _SCRATCH
+        scratch = tempfile.mkdtemp(prefix="dsm-sandbox-")
+        if owner is not None:
+            os.chown(scratch, owner, owner)
+        return scratch
 
     def _release(self, scratch: str) -> None:
         if self.layers.tmpfs_scratch:

@@ -53,6 +53,7 @@ class SandboxConfig:
     preload: modules imported once per worker, so programs import them for free.
     require: protections that must be active (names as in ``Sandbox.protections``, matched
         by prefix), else ``start`` raises ``SandboxError``.
+    landlock: use Landlock where the kernel has it (off only to test the other layers alone).
     """
 
     timeout_s: float = 10.0
@@ -60,10 +61,11 @@ class SandboxConfig:
     memory_mb: int = 2048
     output_bytes: int = 64_000
     scratch_mb: int = 16
-    max_procs: int = 64
+    max_procs: int = 32
     workers: int = 0
     preload: tuple[str, ...] = ("math", "fractions", "itertools", "sympy", "numpy")
     require: tuple[str, ...] = ()
+    landlock: bool = True
 
     def __post_init__(self) -> None:
         positive = ("timeout_s", "memory_mb", "output_bytes", "scratch_mb", "max_procs")
@@ -114,6 +116,7 @@ def _settings(config: SandboxConfig) -> dict:
         "scratch_mb": config.scratch_mb,
         "max_procs": config.max_procs,
         "preload": list(config.preload),
+        "landlock": config.landlock,
         # a fixed hash seed: a program printing a set prints it the same way every run
         "env": {**threads, "PYTHONHASHSEED": "0"},
     }

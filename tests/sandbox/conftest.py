@@ -7,7 +7,7 @@ import pytest
 
 from dsm_engine.sandbox import Sandbox, SandboxConfig
 
-LIMITS = SandboxConfig(timeout_s=10.0, memory_mb=512, output_bytes=10_000, workers=2)
+LIMITS = SandboxConfig(timeout_s=10.0, memory_mb=512, output_bytes=10_000, max_procs=16, workers=2)
 
 
 @pytest.fixture(scope="session")

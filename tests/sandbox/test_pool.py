@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -45,7 +46,7 @@ def test_protections_are_those_the_kernel_offers(sandbox):
         assert "landlock-fs" in names and "landlock-net" in names and "landlock-signals" in names
     if _kernel_allows_user_namespaces():
         assert "user+network-namespace" in names and "pid-namespace" in names
-        assert "tmpfs-scratch" in names
+        assert "minimal-root" in names
     assert set(sandbox.missing).isdisjoint(sandbox.protections)
 
 
@@ -60,3 +61,20 @@ def test_a_required_protection_that_is_missing_is_an_error():
 def test_bad_limits_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"SandboxConfig.{field}"):
         SandboxConfig(**{field: value})
+
+
+def test_without_landlock_the_minimal_root_still_hides_the_users_files():
+    with Sandbox(SandboxConfig(workers=1, landlock=False)) as box:
+        if "minimal-root" not in box.protections:
+            pytest.skip(f"no minimal root here: {box.missing}")
+        assert "landlock" in box.missing
+        checkout = Path(__file__).resolve().parents[2]
+        code = (
+            "import os\nprint(sorted(os.listdir('/')), os.path.exists('/etc/passwd'), "
+            f"os.path.exists({str(checkout)!r}), os.path.exists('/root/.ssh'))\n"
+            "open('/usr/lib/x', 'w')"
+        )
+        result = box.run(code)
+        assert "False False False" in result.stdout and "/etc" not in result.stdout
+        assert result.status == "error" and "Read-only file system" in result.error
+        assert box.run("import statistics\nprint(statistics.mean([1, 2]))").stdout == "1.5\n"
