@@ -54,6 +54,26 @@ def unshare(flags: int) -> None:
         _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
 
 
+def setns(fd: int, nstype: int) -> None:
+    """``setns(2)`` (``os.setns`` exists only from Python 3.12)."""
+    if hasattr(os, "setns"):
+        os.setns(fd, nstype)
+    else:
+        _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+
+
+def become_init() -> None:
+    """Fork; the child returns as init (pid 1) of the PID namespace unshared before, and this
+    process stays behind only to pass on the child's exit status. If init dies, the kernel
+    kills every process in its namespace: nothing a program started can outlive the worker."""
+    child = os.fork()
+    if child == 0:
+        die_with_parent()
+        return
+    status = os.waitpid(child, 0)[1]
+    os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+
+
 def prctl(option: int, arg: int) -> None:
     _check(_libc.prctl(option, ctypes.c_ulong(arg), 0, 0, 0), "prctl")
 

@@ -23,7 +23,6 @@ import math
 import os
 import selectors
 import signal
-import struct
 import sys
 import tempfile
 import time
@@ -40,7 +39,7 @@ _SCRATCH = "/tmp/scratch"  # inside the minimal root: a fresh tmpfs per program
 class _Layers:
     """Which isolation layers this worker has (probed once at start)."""
 
-    pid_namespace: bool = False
+    pid_namespace: int | None = None  # fd of the worker's own PID namespace, when it has one
     tmpfs_scratch: bool = False
     landlock: bool = False
     program_uid: int | None = None  # setuid to this in each program (None: keep the uid)
@@ -49,21 +48,16 @@ class _Layers:
     missing: dict[str, str] = field(default_factory=dict)
 
 
-def _probe_pid_namespace() -> None:
-    """Raise unless a child can create a PID namespace and fork its init process."""
+def _probe_pid_namespace(pid_ns: int) -> None:
+    """Raise unless this process (init of ``pid_ns``) can give a child a PID namespace of its
+    own, then point the next child back at ``pid_ns``."""
+    iso.unshare(iso.CLONE_NEWPID)
     pid = os.fork()
     if pid == 0:
-        code = 1
-        try:
-            iso.unshare(iso.CLONE_NEWPID)
-            inner = os.fork()
-            if inner == 0:
-                os._exit(0)
-            code = 0 if os.waitpid(inner, 0)[1] == 0 else 1
-        finally:
-            os._exit(code)
+        os._exit(0 if os.getpid() == 1 else 1)
+    iso.setns(pid_ns, iso.CLONE_NEWPID)
     if os.waitpid(pid, 0)[1] != 0:
-        raise OSError("unshare(CLONE_NEWPID) failed in a probe child")
+        raise OSError("a child of unshare(CLONE_NEWPID) is not init of its namespace")
 
 
 def _set_up(settings: dict) -> _Layers:
@@ -82,7 +76,12 @@ def _set_up(settings: dict) -> _Layers:
     root_caller = os.geteuid() == 0
     nobody_mapped = []
     flags = iso.CLONE_NEWNET | iso.CLONE_NEWIPC | iso.CLONE_NEWUTS | iso.CLONE_NEWNS
+    flags |= iso.CLONE_NEWPID
     if attempt("user+network-namespace", lambda: nobody_mapped.append(iso.enter_namespaces(flags))):
+        # the worker proper is init of its own PID namespace: it may hand each program a
+        # fresh one (one fork per program) and takes every program with it if it dies
+        iso.become_init()
+        pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         if nobody_mapped[0]:
             layers.program_uid = iso.NOBODY
             layers.protections.append("unprivileged-uid")
@@ -92,7 +91,8 @@ def _set_up(settings: dict) -> _Layers:
             iso.enter_minimal_root(layers.read_roots, iso.DEVICES, _SCRATCH)
 
         layers.tmpfs_scratch = attempt("minimal-root", minimal_root)
-        layers.pid_namespace = attempt("pid-namespace", _probe_pid_namespace)
+        if attempt("pid-namespace", lambda: _probe_pid_namespace(pid_ns)):
+            layers.pid_namespace = pid_ns
     elif root_caller:
         # no namespaces: programs still leave root (the Python installation must then be
         # readable by nobody for imports that were not preloaded)
@@ -290,52 +290,33 @@ class _Worker:
         scratch = self._scratch()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        ctl_r, ctl_w = os.pipe()
+        if layers.pid_namespace is not None:
+            # the program becomes init of a fresh PID namespace: when it ends, the kernel
+            # kills everything it started
+            iso.unshare(iso.CLONE_NEWPID)
         child = os.fork()
-        if child == 0:  # ------------------------------------------------ child
-            try:
-                for fd in (out_r, err_r, ctl_r):
-                    os.close(fd)
-                iso.die_with_parent()
-                if not layers.pid_namespace:
-                    _become_program(code, scratch, out_w, err_w, settings, layers)
-                # the program becomes init of a fresh PID namespace: when it ends, the kernel
-                # kills everything it started; this relay only reports its pid and status
-                iso.unshare(iso.CLONE_NEWPID)
-                program = os.fork()
-                if program == 0:
-                    _become_program(code, scratch, out_w, err_w, settings, layers)
-                os.close(out_w)
-                os.close(err_w)
-                os.write(ctl_w, struct.pack("i", program))
-                os.write(ctl_w, struct.pack("i", os.waitpid(program, 0)[1]))
-            finally:
-                os._exit(0)
-        # ---------------------------------------------------------------- worker
-        for fd in (out_w, err_w, ctl_w):
-            os.close(fd)
+        if child == 0:
+            os.close(out_r)
+            os.close(err_r)
+            _become_program(code, scratch, out_w, err_w, settings, layers)
+        if layers.pid_namespace is not None:
+            iso.setns(layers.pid_namespace, iso.CLONE_NEWPID)  # ready for the next unshare
+        os.close(out_w)
+        os.close(err_w)
         try:
-            program = child
-            if layers.pid_namespace:
-                head = os.read(ctl_r, 4)
-                program = struct.unpack("i", head)[0] if len(head) == 4 else child
             buffers = {out_r: bytearray(), err_r: bytearray()}
             reason = _collect(
                 buffers, child, start + settings["timeout_s"], settings["output_bytes"]
             )
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                if layers.pid_namespace:
-                    if reason:
-                        os.kill(program, signal.SIGKILL)  # init's death ends the namespace
-                else:
-                    os.killpg(program, signal.SIGKILL)  # the program and its children
+                if layers.pid_namespace is None:
+                    os.killpg(child, signal.SIGKILL)  # the program and its children
+                elif reason:
+                    os.kill(child, signal.SIGKILL)  # init's death ends the namespace
             status = os.waitpid(child, 0)[1]
-            if layers.pid_namespace:
-                tail = os.read(ctl_r, 4)
-                status = struct.unpack("i", tail)[0] if len(tail) == 4 else None
         finally:
-            for fd in (out_r, err_r, ctl_r):
-                os.close(fd)
+            os.close(out_r)
+            os.close(err_r)
             self._release(scratch)
         cap = settings["output_bytes"]
         stdout = bytes(buffers[out_r][:cap]).decode("utf-8", errors="replace")
@@ -358,6 +339,8 @@ def main(argv: list[str]) -> int:
     for name in settings["preload"]:
         with contextlib.suppress(ImportError):
             __import__(name)
+    if settings["warmup"]:
+        exec(compile(settings["warmup"], "<warmup>", "exec"), {"__name__": "__warmup__"})
     with contextlib.suppress(ImportError):  # loaded before programs lose access to it
         import landlockpy  # noqa: F401
     import gc

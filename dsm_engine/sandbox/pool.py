@@ -51,6 +51,9 @@ class SandboxConfig:
     max_procs: process-count limit (``RLIMIT_NPROC``): bounds a fork bomb before its timeout.
     workers: worker processes (0: one per available core).
     preload: modules imported once per worker, so programs import them for free.
+    warmup: trusted code each worker runs once after ``preload`` (before any isolation): it
+        loads what libraries import lazily on first use (sympy's solvers, printers), which
+        every program would otherwise load again.
     require: protections that must be active (names as in ``Sandbox.protections``, matched
         by prefix), else ``start`` raises ``SandboxError``.
     landlock: use Landlock where the kernel has it (off only to test the other layers alone).
@@ -64,6 +67,14 @@ class SandboxConfig:
     max_procs: int = 32
     workers: int = 0
     preload: tuple[str, ...] = ("math", "fractions", "itertools", "sympy", "numpy")
+    warmup: str = (
+        "import sympy as sp\n"
+        "x, y = sp.symbols('x y')\n"
+        "sp.latex(sp.solve([x**2 + y - 3, x - y + 1], [x, y]))\n"
+        "sp.latex(sp.simplify(sp.sin(x)**2 + sp.cos(x)**2 + sp.sqrt(8) / sp.Rational(2, 3)))\n"
+        "sp.factor(x**3 - 1), sp.expand((x + 1)**3), sp.integrate(x**2, (x, 0, 1))\n"
+        "sp.nsimplify(0.5), sp.N(sp.pi, 20), sp.isprime(97), sp.binomial(10, 3)\n"
+    )
     require: tuple[str, ...] = ()
     landlock: bool = True
 
@@ -116,6 +127,7 @@ def _settings(config: SandboxConfig) -> dict:
         "scratch_mb": config.scratch_mb,
         "max_procs": config.max_procs,
         "preload": list(config.preload),
+        "warmup": config.warmup,
         "landlock": config.landlock,
         # a fixed hash seed: a program printing a set prints it the same way every run
         "env": {**threads, "PYTHONHASHSEED": "0"},
