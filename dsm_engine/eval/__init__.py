@@ -1,5 +1,6 @@
 """Evaluation harness: GSM8K, MATH, CMATH, AGIEval Gaokao math and MGSM-zh, greedy and
-self-consistency scoring (``dsm eval``; see ``dsm_engine.eval.cli``)."""
+self-consistency scoring, in chain-of-thought, program-of-thought and tool-integrated formats
+(``dsm eval``; see ``dsm_engine.eval.cli`` and ``dsm_engine.eval.formats``)."""
 
 from dsm_engine.eval.benchmarks import BENCHMARKS, Example, load_benchmark
 from dsm_engine.eval.prompts import build_prompt

@@ -8,19 +8,26 @@ questions finish, so a killed run resumes where it stopped), ``settings.json``,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from dsm_engine.eval.benchmarks import BENCHMARKS, Example, load_benchmark
+from dsm_engine.eval.formats import (
+    FORMATS,
+    Generated,
+    benches_for,
+    build_format_prompt,
+    generate_format,
+)
 from dsm_engine.eval.generation import (
     GenerationConfig,
     Generator,
     load_generator,
     resolve_model_dir,
 )
-from dsm_engine.eval.prompts import build_prompt, stop_strings
 from dsm_engine.eval.report import (
     append_records,
     read_records,
@@ -31,11 +38,23 @@ from dsm_engine.eval.report import (
 from dsm_engine.eval.scoring import majority_vote, summarize
 from dsm_engine.models.hf_tokenizer import has_tokenizer, save_hf_tokenizer
 from dsm_engine.rewards.verifier import grade_batch
+from dsm_engine.sandbox import Sandbox
 
 __all__ = ["main", "parse_args", "run_eval"]
 
 # settings that change results: a resumed run must use the same ones
-_RESULT_SETTINGS = ("model", "shots", "samples", "temperature", "top_p", "max_new_tokens", "seed")
+_RESULT_SETTINGS = (
+    "model",
+    "shots",
+    "samples",
+    "temperature",
+    "top_p",
+    "max_new_tokens",
+    "seed",
+    "format",
+    "max_rounds",
+)
+_SETTING_DEFAULTS = {"format": "cot"}  # runs written before --format existed
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -60,6 +79,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=8, help="prompts per generate call")
     ap.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default: auto)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="cot",
+        help="cot: chain-of-thought; pot: few-shot program-of-thought (a program prints the "
+        "answer); tir: tool-integrated reasoning (code blocks run, outputs fed back)",
+    )
+    ap.add_argument("--max-rounds", type=int, default=4, help="tir: code executions per sample")
     args = ap.parse_args(argv)
     for name in ("shots", "max_new_tokens"):
         if getattr(args, name) < 0:
@@ -70,6 +97,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     unknown = [b for b in args.benches if b not in BENCHMARKS]
     if unknown or not args.benches:
         ap.error(f"--bench: unknown {unknown}; choose from {','.join(BENCHMARKS)}")
+    allowed = benches_for(args.format)
+    if allowed is not None and (outside := [b for b in args.benches if b not in allowed]):
+        ap.error(f"--format {args.format} runs on {','.join(allowed)} only, not {outside}")
+    if args.max_rounds < 0:
+        ap.error("--max-rounds must be >= 0")
     return args
 
 
@@ -86,6 +118,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "backend": args.backend,
         "tokenizer": str(Path(args.tokenizer).resolve()) if args.tokenizer else None,
+        "format": args.format,
+        **({"max_rounds": args.max_rounds} if args.format == "tir" else {}),
     }
 
 
@@ -93,7 +127,9 @@ def _check_resume(out: Path, settings: dict[str, Any]) -> None:
     path = out / "settings.json"
     if path.is_file():
         old = json.loads(path.read_text())
-        changed = [k for k in _RESULT_SETTINGS if old.get(k) != settings.get(k)]
+        changed = [
+            k for k in _RESULT_SETTINGS if old.get(k, _SETTING_DEFAULTS.get(k)) != settings.get(k)
+        ]
         if changed:
             raise SystemExit(
                 f"dsm eval: {out} holds a run with other settings ({', '.join(changed)}); "
@@ -103,18 +139,22 @@ def _check_resume(out: Path, settings: dict[str, Any]) -> None:
 
 
 def _records(
-    examples: list[Example], prompts: list[str], outputs: list[list[str]], samples: int
+    examples: list[Example], prompts: list[str], generated: Generated, samples: int
 ) -> list[dict]:
-    flat_outputs = [o for outs in outputs for o in outs]
+    outputs = generated.outputs
+    flat_graded = [g for texts in generated.graded for g in texts]
     flat_golds = [e.gold for e, outs in zip(examples, outputs) for _ in outs]
     flat_kinds = [e.kind for e, outs in zip(examples, outputs) for _ in outs]
-    grades = iter(grade_batch(flat_outputs, flat_golds, flat_kinds))
+    grades = iter(grade_batch(flat_graded, flat_golds, flat_kinds))
     records = []
-    for example, prompt, outs in zip(examples, prompts, outputs):
+    for q, (example, prompt, outs) in enumerate(zip(examples, prompts, outputs)):
         gs = [next(grades) for _ in outs]
         record: dict[str, Any] = {"id": example.id, "prompt": prompt, "gold": example.gold}
+        tool = generated.tool[q] if generated.tool is not None else None
         if samples == 1:
             record.update(output=outs[0], answer=gs[0].pred, correct=gs[0].correct)
+            if tool is not None:
+                record["tool"] = tool[0]
         else:
             answers = [g.pred for g in gs]
             winner, votes = majority_vote(answers, symbolic=example.kind in ("math", "cloze"))
@@ -126,6 +166,8 @@ def _records(
                 maj_votes=votes,
                 maj_correct=winner is not None and gs[winner].correct,
             )
+            if tool is not None:
+                record["tools"] = tool
         records.append(record)
     return records
 
@@ -170,11 +212,20 @@ def run_eval(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         seed=args.seed,
     )
     generator: Generator | None = None
+    sandbox = Sandbox() if args.format != "cot" else None
     results: dict[str, dict[str, float]] = {}
     chunk = args.batch_size * 4  # questions per append: little work lost when killed
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
-    ) as progress:
+    with (
+        contextlib.ExitStack() as stack,
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+        ) as progress,
+    ):
+        if sandbox is not None:
+            stack.callback(sandbox.close)
         for bench, examples in data.items():
             path = out / f"samples_{bench}.jsonl"
             repair_tail(path)
@@ -191,12 +242,20 @@ def run_eval(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                     generator = load_generator(
                         args.backend, model_dir, args.batch_size, args.dtype, tokenizer=tokenizer
                     )
-                prompts = [build_prompt(e, args.shots, args.data_dir) for e in batch]
-                gen_config.stop = tuple(stop_strings(batch[0]))
-                outputs = generator.generate(
-                    prompts, gen_config, on_batch=lambda n, t=task: progress.advance(t, n)
+                prompts = [
+                    build_format_prompt(args.format, e, args.shots, args.data_dir) for e in batch
+                ]
+                generated = generate_format(
+                    args.format,
+                    generator,
+                    batch,
+                    prompts,
+                    gen_config,
+                    sandbox=sandbox,
+                    max_rounds=args.max_rounds,
+                    on_batch=lambda n, t=task: progress.advance(t, n),
                 )
-                append_records(path, _records(batch, prompts, outputs, args.samples))
+                append_records(path, _records(batch, prompts, generated, args.samples))
             wanted = {e.id for e in examples}
             records = [r for r in read_records(path) if r["id"] in wanted]
             results[bench] = summarize(records, args.samples)
@@ -212,6 +271,6 @@ def main(argv: list[str]) -> int:
     except (FileNotFoundError, ValueError) as e:  # bad input: one line, no traceback
         print(f"dsm eval: error: {e}", file=sys.stderr)
         return 2
-    print(render_markdown(results, Path(args.model).name))
+    print(render_markdown(results, Path(args.model).name, args.format))
     print(f"wrote {Path(args.out) / 'summary.md'} and samples_<bench>.jsonl")
     return 0

@@ -32,6 +32,8 @@ class GenerationConfig:
     temperature: 0 means greedy; > 0 samples with ``top_p``.
     num_samples: completions per prompt (1 for greedy).
     stop: strings that end a completion (the text from the first one on is dropped).
+    keep_stop: keep the stop string that ended a completion (tool-integrated generation
+        needs to see which one did).
     """
 
     max_new_tokens: int = 512
@@ -40,6 +42,7 @@ class GenerationConfig:
     num_samples: int = 1
     seed: int = 0
     stop: tuple[str, ...] = ()
+    keep_stop: bool = False
 
 
 class Generator(Protocol):
@@ -55,14 +58,14 @@ class Generator(Protocol):
         ...
 
 
-def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
-    """``text`` up to (excluding) the earliest stop string."""
-    cut = len(text)
+def truncate_at_stop(text: str, stop: Sequence[str], keep: bool = False) -> str:
+    """``text`` up to the earliest stop string (excluded, or included when ``keep``)."""
+    cut, end = len(text), len(text)
     for s in stop:
         i = text.find(s)
-        if 0 <= i < cut:
-            cut = i
-    return text[:cut]
+        if 0 <= i < cut or (i == cut and i + len(s) > end):
+            cut, end = i, i + len(s)
+    return text[: end if keep else cut]
 
 
 def resolve_model_dir(model: str | Path, work_dir: str | Path) -> Path:
@@ -171,7 +174,7 @@ class HFGenerator:
             texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
             for j, i in enumerate(idx):
                 chunk = texts[j * config.num_samples : (j + 1) * config.num_samples]
-                results[i] = [truncate_at_stop(t, config.stop) for t in chunk]
+                results[i] = [truncate_at_stop(t, config.stop, config.keep_stop) for t in chunk]
             if on_batch is not None:
                 on_batch(len(idx))
         return results
@@ -205,12 +208,14 @@ class VLLMGenerator:
             top_p=config.top_p if config.temperature > 0 else 1.0,
             max_tokens=config.max_new_tokens,
             stop=list(config.stop) or None,
+            include_stop_str_in_output=config.keep_stop,
             seed=config.seed,
         )
         outputs = self.llm.generate(list(prompts), params, use_tqdm=False)
         if on_batch is not None:
             on_batch(len(prompts))
-        return [[truncate_at_stop(c.text, config.stop) for c in o.outputs] for o in outputs]
+        stop, keep = config.stop, config.keep_stop
+        return [[truncate_at_stop(c.text, stop, keep) for c in o.outputs] for o in outputs]
 
 
 def load_generator(

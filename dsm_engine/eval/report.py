@@ -7,7 +7,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PAPER_REFERENCE", "append_records", "read_records", "render_markdown", "write_summary"]
+__all__ = [
+    "PAPER_REFERENCE",
+    "PAPER_TOOL_REFERENCE",
+    "append_records",
+    "read_records",
+    "render_markdown",
+    "write_summary",
+]
 
 # DeepSeekMath 7B results as printed in the paper (arXiv 2402.03300): Table 2 (base model,
 # few-shot chain-of-thought) and Table 5 (instruct and RL models, chain-of-thought), in %.
@@ -23,6 +30,21 @@ PAPER_REFERENCE: dict[str, dict[str, float]] = {
     "DeepSeekMath-Instruct 7B": {"gsm8k": 82.9, "math": 46.8, "mgsm-zh": 73.2, "cmath": 84.6},
     "DeepSeekMath-RL 7B": {"gsm8k": 88.2, "math": 51.7, "mgsm-zh": 79.6, "cmath": 88.8},
 }
+# Table 3 (base model, few-shot program-of-thought: "GSM8K+Python", "MATH+Python") and
+# Table 5 (tool-integrated reasoning), in %.
+PAPER_TOOL_REFERENCE: dict[str, dict[str, dict[str, float]]] = {
+    "pot": {"DeepSeekMath-Base 7B": {"gsm8k": 66.9, "math": 31.4}},
+    "tir": {
+        "DeepSeekMath-Instruct 7B": {"gsm8k": 83.7, "math": 57.4, "mgsm-zh": 72.0, "cmath": 84.3},
+        "DeepSeekMath-RL 7B": {"gsm8k": 86.7, "math": 58.8, "mgsm-zh": 78.4, "cmath": 87.6},
+    },
+}
+_FORMAT_LABELS = {"cot": "CoT", "pot": "PoT", "tir": "TIR"}
+
+
+def paper_reference(fmt: str = "cot") -> dict[str, dict[str, float]]:
+    """The paper's numbers for solution format ``fmt`` (``cot``, ``pot`` or ``tir``)."""
+    return PAPER_REFERENCE if fmt == "cot" else PAPER_TOOL_REFERENCE[fmt]
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
@@ -62,8 +84,9 @@ def append_records(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
         f.flush()
 
 
-def render_markdown(results: dict[str, dict[str, float]], model: str) -> str:
-    """Benchmarks as columns (like the paper's tables), metrics as rows, paper rows below."""
+def render_markdown(results: dict[str, dict[str, float]], model: str, fmt: str = "cot") -> str:
+    """Benchmarks as columns (like the paper's tables), metrics as rows, then the paper's
+    rows for the same solution format ``fmt``."""
     benches = list(results)
     metrics: list[str] = []
     for bench_metrics in results.values():
@@ -76,10 +99,10 @@ def render_markdown(results: dict[str, dict[str, float]], model: str) -> str:
     lines.append(
         "| (questions) | n | " + " | ".join(str(results[b].get("n", 0)) for b in benches) + " |"
     )
-    for name, numbers in PAPER_REFERENCE.items():
+    for name, numbers in paper_reference(fmt).items():
         if any(b in numbers for b in benches):
             cells = [f"{numbers[b]:.1f}" if b in numbers else "-" for b in benches]
-            lines.append(f"| {name} (paper) | CoT | " + " | ".join(cells) + " |")
+            lines.append(f"| {name} (paper) | {_FORMAT_LABELS[fmt]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -88,13 +111,14 @@ def write_summary(
 ) -> None:
     """``summary.json`` (metrics, settings, paper reference) and ``summary.md`` in ``out_dir``."""
     out = Path(out_dir)
+    fmt = settings.get("format", "cot")
     summary = {
         "model": model,
         "settings": settings,
         "results": results,
-        "paper_reference": PAPER_REFERENCE,
+        "paper_reference": paper_reference(fmt),
     }
     (out / "summary.json").write_text(
         json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
-    (out / "summary.md").write_text(render_markdown(results, model), encoding="utf-8")
+    (out / "summary.md").write_text(render_markdown(results, model, fmt), encoding="utf-8")

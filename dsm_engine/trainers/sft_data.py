@@ -9,6 +9,11 @@ Chat rows are rendered in DeepSeek's plain chat format: ``"{system}\\n\\n"`` (op
 turn ``"User: {user}\\n\\nAssistant: "`` and ``"{assistant}<eos>"``. Loss is taken only on
 response / assistant tokens (and their end-of-sequence token).
 
+Responses may be tool-integrated (``dsm_engine.sandbox.tir_format``): Python blocks each
+followed by an ``` ```output`` block. The interpreter wrote those outputs, so their tokens are
+masked from the loss; the model still learns its code and the ``` ```output`` fence that asks
+for a run. Each model / output span is tokenised on its own, so the mask is exact.
+
 Packing puts several documents in one row of ``seq_length`` tokens. Each row carries
 ``position_ids`` restarting at 0 for every document and ``doc_ids`` (1, 2, ... per document,
 0 for padding), which the model turns into a block-diagonal causal mask, so no token attends
@@ -27,6 +32,7 @@ import torch
 
 from dsm_engine.config import ConfigError
 from dsm_engine.jsonl import iter_jsonl
+from dsm_engine.sandbox.tir_format import split_tool_outputs
 
 
 @dataclass
@@ -73,14 +79,26 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False).ids
 
 
+def _encode_response(tokenizer: Any, text: str, eos: int) -> tuple[list[int], list[int]]:
+    """Tokens of a response plus EOS, and targets: 1, except 0 on interpreter outputs."""
+    ids: list[int] = []
+    target: list[int] = []
+    for span in split_tool_outputs(text):
+        seg = _encode(tokenizer, span.text)
+        ids += seg
+        target += [int(span.source == "model")] * len(seg)
+    return ids + [eos], target + [1]
+
+
 def tokenize_row(row: dict[str, Any], tokenizer: Any, eos: int, where: str) -> Example:
     """Tokenise one JSONL row into an :class:`Example`; ``where`` names it in errors."""
     if "prompt" in row and "response" in row:
         p, r = row["prompt"], row["response"]
         if not isinstance(p, str) or not isinstance(r, str):
             raise ValueError(f"{where}: 'prompt' and 'response' must be strings")
-        pid, rid = _encode(tokenizer, p), _encode(tokenizer, r) + [eos]
-        return Example(ids=pid + rid, target=[0] * len(pid) + [1] * len(rid))
+        pid = _encode(tokenizer, p)
+        rid, rtarget = _encode_response(tokenizer, r, eos)
+        return Example(ids=pid + rid, target=[0] * len(pid) + rtarget)
     if "messages" in row:
         ids: list[int] = []
         target: list[int] = []
@@ -92,17 +110,19 @@ def tokenize_row(row: dict[str, Any], tokenizer: Any, eos: int, where: str) -> E
             if not isinstance(content, str):
                 raise ValueError(f"{where}: messages[{j}].content must be a string")
             if role == "system":
-                seg, learn = _encode(tokenizer, content + "\n\n"), 0
+                seg = _encode(tokenizer, content + "\n\n")
+                learn = [0] * len(seg)
             elif role == "user":
-                seg, learn = _encode(tokenizer, f"User: {content}\n\nAssistant: "), 0
+                seg = _encode(tokenizer, f"User: {content}\n\nAssistant: ")
+                learn = [0] * len(seg)
             elif role == "assistant":
-                seg, learn = _encode(tokenizer, content) + [eos], 1
+                seg, learn = _encode_response(tokenizer, content, eos)
             else:
                 raise ValueError(
                     f"{where}: messages[{j}].role {role!r} is not system/user/assistant"
                 )
             ids += seg
-            target += [learn] * len(seg)
+            target += learn
         if not any(target):
             raise ValueError(f"{where}: no assistant message to learn from")
         return Example(ids=ids, target=target)
