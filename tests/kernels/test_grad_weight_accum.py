@@ -24,7 +24,7 @@ from dsm_engine.kernels import (
     fused_linear_logprobs,
     fused_linear_logprobs_ref,
 )
-from dsm_engine.kernels._head_chunks import resolve_grad_weight_accum
+from dsm_engine.kernels._head import resolve_grad_weight_accum
 from dsm_engine.kernels.grpo_loss import grpo_loss_ref
 
 BF16 = torch.bfloat16

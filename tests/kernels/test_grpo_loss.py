@@ -8,19 +8,16 @@ import pytest
 import torch
 
 import dsm_engine.kernels  # noqa: F401  (selects Triton's interpreter without CUDA)
-from dsm_engine.kernels.grpo_loss import (
-    LOSS_AGGS,
-    GRPOLossRowsFunction,
-    grpo_loss,
-    grpo_loss_ref,
-    grpo_loss_rows_op,
+from dsm_engine.kernels.grpo_inputs import grpo_token_advantages, grpo_token_weights
+from dsm_engine.kernels.grpo_loss import grpo_loss, grpo_loss_ref
+from dsm_engine.kernels.grpo_loss_triton import GRPOLossRowsFunction, grpo_loss_rows_op
+from dsm_engine.kernels.grpo_metrics import (
     grpo_metric_partials,
     grpo_metrics,
     grpo_metrics_from_partials,
-    grpo_token_advantages,
-    grpo_token_loss_and_grad,
-    grpo_token_weights,
 )
+from dsm_engine.kernels.grpo_token import grpo_token_terms
+from dsm_engine.kernels.options import LOSS_AGGS, GRPOLossOptions
 
 F64 = torch.float64
 COUNT_METRICS = ("nonfinite",)
@@ -233,9 +230,8 @@ def test_token_weights_times_terms_equal_the_reference_loss(gen, loss_agg):
     logp, old, ref, mask, kw = make_batch(gen, 6, 9, 3, "rewards")
     want_loss, want_grad, want_metrics = reference(logp, old, ref, mask, kw, loss_agg=loss_agg)
     adv = grpo_token_advantages(mask, **kw)
-    terms, dterms = grpo_token_loss_and_grad(
-        logp, old, ref, adv, clip_eps_low=0.2, clip_eps_high=0.2, beta=0.04
-    )
+    options = GRPOLossOptions(clip_eps_low=0.2, clip_eps_high=0.2, beta=0.04)
+    terms, _, _, dterms = grpo_token_terms(logp, old, ref, adv, options, with_grad=True)
     weights = grpo_token_weights(mask, loss_agg, dtype=F64)
     assert grpo_token_weights(mask, loss_agg).dtype == torch.float32
     torch.testing.assert_close((weights * terms).sum(), want_loss, rtol=1e-12, atol=1e-14)
@@ -336,12 +332,13 @@ def _op_args(gen, adv_source):
 
 @pytest.mark.parametrize("adv_source", ["rewards", "per-token"])
 def test_library_op_passes_opcheck(gen, adv_source):
-    args = _op_args(gen, adv_source) + (1e-6, 0.2, 0.25, 0.04)
+    # coeffs: (adv_eps, clip_eps_low, clip_eps_high, beta)
+    args = _op_args(gen, adv_source) + ([1e-6, 0.2, 0.25, 0.04],)
     torch.library.opcheck(grpo_loss_rows_op, args)
 
 
 def test_autograd_function_equals_the_registered_op(gen):
-    args = _op_args(gen, "per-seq") + (1e-6, 0.2, 0.2, 0.04)
+    args = _op_args(gen, "per-seq") + ([1e-6, 0.2, 0.2, 0.04],)
     a = GRPOLossRowsFunction.apply(*args)[0].sum()
     b = grpo_loss_rows_op(*args)[0].sum()
     (ga,) = torch.autograd.grad(a, args[0])
