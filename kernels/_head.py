@@ -17,11 +17,13 @@ sets ``grad_added_to_main_grad`` and hands autograd a ``(V, H)`` dummy gradient 
 
 We add into ``main_grad`` and hand autograd ``None``, so nothing of the weight's size is
 allocated; the hook still runs (autograd calls the accumulator with an undefined gradient). The
-flag stays unset: the hook then adds whatever else reached ``.grad`` (with tied embeddings at
-pp=1, the input embedding's gradient: megatron marks that weight ``zero_out_wgrad``), which the
-flag would make it drop until the next ``zero_grad_buffer``. For a weight no other layer uses,
-``.grad`` is set to a single zero broadcast to the weight's shape, which the hook adds (a no-op)
-and drops, so ``overlap_grad_reduce`` finds the gradient it asserts.
+flag stays unset, so the hook adds whatever else reached ``.grad`` (the input embedding's
+gradient when the weights are tied at pp=1); set, it would drop such a gradient until the next
+``zero_grad_buffer`` unless megatron had marked the weight ``zero_out_wgrad`` (it does for tied
+embeddings at pp=1). For a weight not so marked, ``.grad`` is set to one zero broadcast to the
+weight's shape, which the hook adds (a no-op) and drops, so that ``overlap_grad_reduce`` finds
+the gradient it asserts. (A weight that another layer also uses without that mark would then
+have a gradient added into the broadcast zero: autograd refuses that loudly.)
 """
 
 from __future__ import annotations

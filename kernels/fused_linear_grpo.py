@@ -14,7 +14,7 @@ module docstring):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -23,7 +23,7 @@ from ._dispatch import check_same_device, check_shape
 from ._head import grad_weight_accumulator, grad_weight_result, resolve_head
 from ._head_chunks import Head, chunk_grads, chunk_stats
 from .fused_linear import FusedLinearLogprobs, fused_linear_logprobs_ref
-from .grpo_inputs import check_grpo_inputs, grpo_token_inputs
+from .grpo_inputs import GRPOInputs, check_grpo_inputs, grpo_token_inputs
 from .grpo_loss import grpo_loss_checked, grpo_loss_ref
 from .grpo_metrics import grpo_metrics
 from .grpo_token import grpo_token_terms
@@ -31,24 +31,23 @@ from .options import GRPOLossOptions, HeadOptions, from_keywords, split_keywords
 from .tensor_parallel import all_reduce_sum_, combine_stats
 
 
+class _Tokens(NamedTuple):
+    """Per-token constants of the loss, flat ``(N,)``: fp32 old/ref log-probs and advantages,
+    the aggregation weights and the bool mask."""
+
+    old: torch.Tensor
+    ref: torch.Tensor
+    adv: torch.Tensor
+    w: torch.Tensor
+    valid: torch.Tensor
+
+
 class _FusedLinearGRPOLoss(torch.autograd.Function):
     """Loss and (when ``want_grads``) its gradients in one chunked pass over the tokens."""
 
     @staticmethod
     def forward(
-        ctx,
-        hidden,
-        weight,
-        targets,
-        old,
-        ref,
-        adv,
-        w,
-        valid,
-        head: Head,
-        want_grads,
-        group,
-        options,
+        ctx, hidden, weight, targets, tokens: _Tokens, head: Head, group, options, want_grads
     ):
         n = hidden.shape[0]
         logp = hidden.new_empty(n, dtype=torch.float32)
@@ -60,13 +59,12 @@ class _FusedLinearGRPOLoss(torch.autograd.Function):
             stats, kept = chunk_stats(head, hidden[s:e], weight, targets[s:e], keep_last=want_grads)
             lse, tgt, px = combine_stats(*stats, group)
             logp[s:e] = tgt - lse
-            terms = grpo_token_terms(
-                logp[s:e], old[s:e], ref[s:e], adv[s:e], options, with_grad=want_grads
-            )
+            old, ref, adv, w, valid = (x[s:e] for x in tokens)
+            terms = grpo_token_terms(logp[s:e], old, ref, adv, options, with_grad=want_grads)
             # Masked tokens may hold non-finite terms; their weight is 0 but 0*inf is not.
-            loss += torch.where(valid[s:e], w[s:e] * terms.loss, 0.0).sum()
+            loss += torch.where(valid, w * terms.loss, 0.0).sum()
             if want_grads:
-                g = torch.where(valid[s:e], w[s:e] * terms.grad, 0.0).float()
+                g = torch.where(valid, w * terms.grad, 0.0).float()
                 chunk_grads(
                     head,
                     hidden[s:e],
@@ -103,7 +101,7 @@ class _FusedLinearGRPOLoss(torch.autograd.Function):
         g = grad_loss.to(grad_h.dtype)
         grad_h.mul_(g)
         grad_w.mul_(g)
-        return (grad_h, grad_w) + (None,) * 10
+        return grad_h, grad_w, None, None, None, None, None, None
 
 
 def fused_linear_grpo_loss_ref(
@@ -178,32 +176,26 @@ def fused_linear_grpo_loss(
     n = b * t
     check_same_device(hidden=hidden, old_logp=old_logp)
     check_shape("old_logp", old_logp, (b, t))
-    check_grpo_inputs(
-        None, old_logp, ref_logp, mask, advantages=advantages, rewards=rewards, options=options
-    )
+    x = GRPOInputs(None, old_logp, ref_logp, mask, advantages, rewards)
+    check_grpo_inputs(x, options)
     want_grads = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     if want_grads and plan.grad_weight == "main_grad":
         logp, _ = FusedLinearLogprobs.apply(
             hidden.reshape(n, h), weight, targets.reshape(n).contiguous(), tp_group, plan
         )
-        return grpo_loss_checked(
-            logp.view(b, t), old_logp, ref_logp, mask, advantages, rewards, options, impl
-        )
-    valid, adv, w = grpo_token_inputs(mask, advantages=advantages, rewards=rewards, options=options)
+        return grpo_loss_checked(x._replace(logp=logp.view(b, t)), options, impl)
+    valid, adv, w = grpo_token_inputs(x, options)
     old, ref, adv = old_logp.detach().float(), ref_logp.detach().float(), adv.float()
+    tokens = _Tokens(*(x.reshape(n) for x in (old, ref, adv, w, valid)))
     loss, logp = _FusedLinearGRPOLoss.apply(
         hidden.reshape(n, h),
         weight,
         targets.reshape(n).contiguous(),
-        old.reshape(n),
-        ref.reshape(n),
-        adv.reshape(n),
-        w.reshape(n),
-        valid.reshape(n),
+        tokens,
         plan,
-        want_grads,
         tp_group,
         options,
+        want_grads,
     )
     with torch.no_grad():
         terms = grpo_token_terms(logp.view(b, t), old, ref, adv, options)

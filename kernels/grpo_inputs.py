@@ -7,12 +7,27 @@ on the aggregation rules. The options themselves are validated by ``GRPOLossOpti
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
 from ._dispatch import check_group_size, check_same_device, check_shape
 from .advantages import group_advantages_ref
 from .options import ADV_EPS, GRPOLossOptions
+
+
+class GRPOInputs(NamedTuple):
+    """The tensors of one GRPO loss call, as the public functions take them: ``(B, T)``
+    log-probs and mask, and exactly one advantage source. ``logp`` is None on the fused path
+    (the log-probs do not exist yet when the inputs are checked)."""
+
+    logp: Tensor | None
+    old_logp: Tensor
+    ref_logp: Tensor
+    mask: Tensor
+    advantages: Tensor | None
+    rewards: Tensor | None
 
 
 def float_dtype(*dtypes: torch.dtype) -> torch.dtype:
@@ -145,33 +160,17 @@ def _token_advantages(
 # --------------------------------------------------------------------------------------------
 
 
-def check_grpo_inputs(
-    logp: Tensor | None,
-    old_logp: Tensor,
-    ref_logp: Tensor,
-    mask: Tensor,
-    *,
-    advantages: Tensor | None,
-    rewards: Tensor | None,
-    options: GRPOLossOptions,
-) -> None:
+def check_grpo_inputs(x: GRPOInputs, options: GRPOLossOptions) -> None:
     """Validate the GRPO loss's tensors against ``options``; ValueError names the offending one.
 
-    ``logp`` is ``None`` on the fused path (log-probs do not exist yet): shapes and devices
-    are then checked against ``old_logp``.
+    With ``x.logp`` None (the fused path) shapes and devices are checked against ``old_logp``.
     """
+    logp, old_logp, ref_logp, mask, advantages, rewards = x
     first_name, first = ("logp", logp) if logp is not None else ("old_logp", old_logp)
     if first.dim() != 2:
         raise ValueError(f"{first_name} must be 2-D (B, T), got shape {tuple(first.shape)}")
     shape = tuple(first.shape)
-    check_same_device(
-        logp=logp,
-        old_logp=old_logp,
-        ref_logp=ref_logp,
-        mask=mask,
-        advantages=advantages,
-        rewards=rewards,
-    )
+    check_same_device(**x._asdict())
     named = (("logp", logp), ("old_logp", old_logp), ("ref_logp", ref_logp))
     for name, t in named:
         if t is None:
@@ -192,16 +191,12 @@ def check_grpo_inputs(
 
 
 def grpo_token_inputs(
-    mask: Tensor,
-    *,
-    advantages: Tensor | None,
-    rewards: Tensor | None,
-    options: GRPOLossOptions,
-    dtype: torch.dtype = torch.float32,
+    x: GRPOInputs, options: GRPOLossOptions, dtype: torch.dtype = torch.float32
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(valid (B, T) bool, advantages (B, T), weights (B, T) in dtype)`` for arguments that
+    """``(valid (B, T) bool, advantages (B, T), weights (B, T) in dtype)`` for inputs that
     ``check_grpo_inputs`` already validated (so nothing is checked a second time)."""
+    mask = x.mask
     valid = _valid(mask)
-    adv = _token_advantages(mask, advantages, rewards, options)
+    adv = _token_advantages(mask, x.advantages, x.rewards, options)
     scales = grpo_row_scales(valid.to(dtype).sum(dim=1), mask.shape[1], options)
     return valid, adv, valid.to(dtype) * scales[:, None]

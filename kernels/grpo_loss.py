@@ -17,7 +17,13 @@ import torch
 from torch import Tensor
 
 from ._dispatch import resolve_impl
-from .grpo_inputs import check_grpo_inputs, float_dtype, grpo_row_scales, grpo_token_inputs
+from .grpo_inputs import (
+    GRPOInputs,
+    check_grpo_inputs,
+    float_dtype,
+    grpo_row_scales,
+    grpo_token_inputs,
+)
 from .grpo_loss_triton import grpo_loss_rows
 from .grpo_metrics import grpo_metrics, grpo_metrics_from_partials
 from .grpo_token import grpo_token_terms
@@ -40,34 +46,21 @@ def grpo_loss_ref(
     Runs in the inputs' promoted dtype (fp64 inputs give the test reference; bf16 inputs give
     the naive low-precision baseline). Gradient flows only into ``logp``.
     """
+    x = GRPOInputs(logp, old_logp, ref_logp, mask, advantages, rewards)
     options = from_keywords(GRPOLossOptions, options, option_keywords, name="options")
-    check_grpo_inputs(
-        logp, old_logp, ref_logp, mask, advantages=advantages, rewards=rewards, options=options
-    )
-    return _grpo_loss_torch(logp, old_logp, ref_logp, mask, advantages, rewards, options)
+    check_grpo_inputs(x, options)
+    return _grpo_loss_torch(x, options)
 
 
-def _grpo_loss_torch(
-    logp: Tensor,
-    old_logp: Tensor,
-    ref_logp: Tensor,
-    mask: Tensor,
-    advantages: Tensor | None,
-    rewards: Tensor | None,
-    options: GRPOLossOptions,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """``grpo_loss_ref`` for arguments ``check_grpo_inputs`` already validated."""
-    old_logp, ref_logp = old_logp.detach(), ref_logp.detach()
-    source = advantages if advantages is not None else rewards
+def _grpo_loss_torch(x: GRPOInputs, options: GRPOLossOptions) -> tuple[Tensor, dict[str, Tensor]]:
+    """``grpo_loss_ref`` for inputs ``check_grpo_inputs`` already validated."""
+    assert x.logp is not None
+    old_logp, ref_logp = x.old_logp.detach(), x.ref_logp.detach()
+    source = x.advantages if x.advantages is not None else x.rewards
     assert source is not None
-    valid, adv, weights = grpo_token_inputs(
-        mask,
-        advantages=advantages,
-        rewards=rewards,
-        options=options,
-        dtype=float_dtype(logp.dtype, old_logp.dtype, ref_logp.dtype, source.dtype),
-    )
-    t = grpo_token_terms(logp, old_logp, ref_logp, adv, options)
+    dtype = float_dtype(x.logp.dtype, old_logp.dtype, ref_logp.dtype, source.dtype)
+    valid, adv, weights = grpo_token_inputs(x, options, dtype)
+    t = grpo_token_terms(x.logp, old_logp, ref_logp, adv, options)
     loss = torch.where(valid, weights * t.loss, torch.zeros_like(t.loss)).sum()
     metrics = grpo_metrics(
         valid,
@@ -112,38 +105,24 @@ def grpo_loss(
     ``adv_std`` over valid tokens, and ``nonfinite`` (count of valid non-finite loss terms).
     impl: ``"auto"`` (Triton on CUDA, PyTorch on CPU), ``"triton"`` or ``"torch"``.
     """
+    x = GRPOInputs(logp, old_logp, ref_logp, mask, advantages, rewards)
     options = from_keywords(GRPOLossOptions, options, option_keywords, name="options")
-    check_grpo_inputs(
-        logp, old_logp, ref_logp, mask, advantages=advantages, rewards=rewards, options=options
-    )
-    return grpo_loss_checked(logp, old_logp, ref_logp, mask, advantages, rewards, options, impl)
+    check_grpo_inputs(x, options)
+    return grpo_loss_checked(x, options, impl)
 
 
 def grpo_loss_checked(
-    logp: Tensor,
-    old_logp: Tensor,
-    ref_logp: Tensor,
-    mask: Tensor,
-    advantages: Tensor | None,
-    rewards: Tensor | None,
-    options: GRPOLossOptions,
-    impl: str,
+    x: GRPOInputs, options: GRPOLossOptions, impl: str
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """``grpo_loss`` for tensors ``check_grpo_inputs`` already validated."""
+    """``grpo_loss`` for inputs ``check_grpo_inputs`` already validated."""
+    logp = x.logp
+    assert logp is not None
     if resolve_impl(impl, logp) == "torch":
         dtype = torch.float64 if logp.dtype == torch.float64 else torch.float32
-        loss, metrics = _grpo_loss_torch(
-            logp.to(dtype),
-            old_logp.to(dtype),
-            ref_logp.to(dtype),
-            mask,
-            advantages,
-            rewards,
-            options,
-        )
+        old_logp, ref_logp = x.old_logp.to(dtype), x.ref_logp.to(dtype)
+        wide = x._replace(logp=logp.to(dtype), old_logp=old_logp, ref_logp=ref_logp)
+        loss, metrics = _grpo_loss_torch(wide, options)
         return loss.to(torch.float32), metrics
-    row_loss, row_count, partials = grpo_loss_rows(
-        logp, old_logp, ref_logp, mask, advantages=advantages, rewards=rewards, options=options
-    )
+    row_loss, row_count, partials = grpo_loss_rows(x, options)
     scales = grpo_row_scales(row_count, logp.shape[1], options)
     return (scales * row_loss).sum(), grpo_metrics_from_partials(partials)

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from ._interpret import launchable
 from .advantages import group_advantage_of_rows
+from .grpo_inputs import GRPOInputs
 from .grpo_metrics import N_METRIC_COLUMNS
 from .kl import k3_and_expm1
 from .options import GRPOLossOptions
@@ -341,34 +342,17 @@ torch.library.register_autograd(
 )
 
 
-def grpo_loss_rows(
-    logp: Tensor,
-    old_logp: Tensor,
-    ref_logp: Tensor,
-    mask: Tensor,
-    *,
-    advantages: Tensor | None,
-    rewards: Tensor | None,
-    options: GRPOLossOptions,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The Triton op on validated ``grpo_loss`` arguments: ``(row_loss, row_count, partials)``.
+def grpo_loss_rows(x: GRPOInputs, options: GRPOLossOptions) -> tuple[Tensor, Tensor, Tensor]:
+    """The Triton op on validated ``grpo_loss`` inputs: ``(row_loss, row_count, partials)``.
 
     The one place where the options and the advantage source become the ops' flat arguments.
     """
-    if advantages is not None:
-        adv_mode = ADV_PER_SEQ if advantages.dim() == 1 else ADV_PER_TOKEN
-        adv, group_size = advantages.detach(), 1
+    if x.advantages is not None:
+        adv_mode = ADV_PER_SEQ if x.advantages.dim() == 1 else ADV_PER_TOKEN
+        adv, group_size = x.advantages.detach(), 1
     else:
-        assert rewards is not None and options.group_size is not None
-        adv_mode, adv, group_size = ADV_REWARDS, rewards.detach(), options.group_size
+        assert x.rewards is not None and options.group_size is not None
+        adv_mode, adv, group_size = ADV_REWARDS, x.rewards.detach(), options.group_size
     coeffs = [options.adv_eps, options.clip_eps_low, options.clip_eps_high, options.beta]
-    return GRPOLossRowsFunction.apply(
-        logp,
-        old_logp.detach(),
-        ref_logp.detach(),
-        mask.detach(),
-        adv,
-        adv_mode,
-        group_size,
-        coeffs,
-    )
+    tensors = (x.logp, x.old_logp.detach(), x.ref_logp.detach(), x.mask.detach(), adv)
+    return GRPOLossRowsFunction.apply(*tensors, adv_mode, group_size, coeffs)

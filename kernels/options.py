@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, get_args
 
@@ -34,11 +35,9 @@ GRAD_WEIGHT_ACCUM: tuple[str, ...] = get_args(GradWeightAccum)
 def _real(name: str, value: object, *, finite: bool = True) -> float:
     """``value`` as a float; ValueError naming ``name`` for NaN, a non-number or (with
     ``finite``) an infinity."""
-    try:
-        x = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        x = math.nan
-    if isinstance(value, bool) or math.isnan(x) or (finite and math.isinf(x)):
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    x = float(value) if real else math.nan  # type: ignore[arg-type]
+    if math.isnan(x) or (finite and math.isinf(x)):
         raise ValueError(f"{name} must be a {'finite ' if finite else ''}number, got {value!r}")
     return x
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from decimal import Decimal, localcontext
 
 import pytest
 import torch
@@ -382,3 +383,49 @@ def test_gpu_deepseekmath_shape_matches_fp64_and_beats_plain_bf16(gen, adv_sourc
     assert _max_err(loss, want_loss) <= 2 * _max_err(naive_loss, want_loss) + 1e-6
     assert _max_err(grad, want_grad) <= 2 * _max_err(naive_grad, want_grad) + 1e-6
     assert_metrics_equal(metrics, want_metrics, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------
+# One per-token formula
+# ------------------------------------------------------------------------------------------
+
+
+def _exact_token_loss(logp, old, ref, adv, lo, hi, beta):
+    """The per-token loss in 40-digit decimal arithmetic (an independent reference)."""
+    with localcontext() as ctx:
+        ctx.prec = 40
+        lp, od, rf, a = (Decimal(float(x)) for x in (logp, old, ref, adv))
+        r = (lp - od).exp()
+        clipped = min(max(r, 1 - Decimal(lo)), 1 + Decimal(hi)) * a
+        d = rf - lp
+        return float(-min(r * a, clipped) + Decimal(beta) * (d.exp() - d - 1))
+
+
+def test_token_formula_in_fp64_matches_exact_arithmetic(gen):
+    logp, old, ref, _, _ = make_batch(gen, 4, 9, 2, "per-token")
+    ref[0] = logp[0] + 1e-6 * torch.randn(9, generator=gen, dtype=F64)  # k3 ~ d^2/2 ~ 1e-12
+    adv = torch.randn(4, 9, generator=gen, dtype=F64)
+    options = GRPOLossOptions(clip_eps_low=0.2, clip_eps_high=0.28, beta=0.04)
+    terms = grpo_token_terms(logp, old, ref, adv, options)
+    rows = zip(*(t.flatten().tolist() for t in (logp, old, ref, adv)), strict=True)
+    exact = torch.tensor([_exact_token_loss(*row, 0.2, 0.28, 0.04) for row in rows], dtype=F64)
+    torch.testing.assert_close(terms.loss.flatten(), exact, rtol=1e-13, atol=0.0)
+
+
+@pytest.mark.parametrize("impl", ["triton", "torch"])
+def test_kl_term_is_accurate_when_ref_is_close_to_logp(gen, impl):
+    """With zero advantages the loss is beta * mean k3; at |ref - logp| ~ 1e-3 every path keeps
+    fp32 relative accuracy against fp64 (exp(d) - d - 1 in fp32 is off by tens of percent)."""
+    logp, old, _, mask, _ = make_batch(gen, 4, 33, 2, "per-seq")
+    ref = logp + 1e-3 * torch.randn(4, 33, generator=gen, dtype=F64)
+    x, od, rf = (t.float().double() for t in (logp, old, ref))  # exact fp32 inputs
+    kw = dict(advantages=torch.zeros(4, dtype=F64))
+    want_loss, want_grad, want_metrics = reference(x, od, rf, mask, kw)
+    loss, grad, metrics = run(
+        x.float(), od.float(), rf.float(), mask, cast_kw(kw, torch.float32), impl=impl
+    )
+    torch.testing.assert_close(loss.to(F64), want_loss, rtol=1e-5, atol=0.0)
+    torch.testing.assert_close(
+        metrics["kl_mean"].to(F64), want_metrics["kl_mean"].to(F64), rtol=1e-5, atol=0.0
+    )
+    torch.testing.assert_close(grad.to(F64), want_grad, rtol=1e-5, atol=1e-12)
