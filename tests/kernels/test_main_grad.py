@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _kernel_checks import assert_close_to_ref
-from test_memory import PeakLiveElements
+from _memory_checks import PeakLiveElements
 
 from dsm_engine.kernels import fused_linear_grpo_loss, fused_linear_grpo_loss_ref
 
@@ -143,3 +143,51 @@ def test_ddp_hook_adds_other_gradients_once_and_finds_a_gradient_under_overlap(d
     want = _model_step(ddp_model, "fp32", seed=3)
     scale = want.abs().max().item()
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("ddp_model", [(True, False)], indirect=True)
+def test_the_grpo_step_sums_the_lm_head_gradient_into_main_grad(ddp_model, monkeypatch):
+    """The GRPO trainer's update (``accumulate_grads``, default config) under megatron's DDP
+    runs ``"main_grad"`` and gives the lm_head the gradient that the same step gives an
+    unwrapped copy of the model in ``.grad``."""
+    from dsm_engine.grpo.batch import build_batch
+    from dsm_engine.grpo.config import GRPOAlgoConfig
+    from dsm_engine.grpo.step import accumulate_grads
+    from dsm_engine.kernels import _head, group_advantages
+    from dsm_engine.models import build_model
+    from dsm_engine.models.config import model_config
+
+    real_mode, modes = _head.grad_weight_mode, []
+
+    def spy(*args):  # records the mode each fused call resolves to
+        modes.append(real_mode(*args))
+        return modes[-1]
+
+    monkeypatch.setattr(_head, "grad_weight_mode", spy)
+
+    gen = torch.Generator().manual_seed(4)
+    group, rows = 2, 4
+    prompts = [torch.randint(3, V, (3,), generator=gen).tolist() for _ in range(rows)]
+    responses = [torch.randint(3, V, (n,), generator=gen).tolist() for n in (5, 2, 7, 4)]
+    rewards = [1.0, 0.0, 0.0, 1.0]
+    batch = build_batch(
+        prompts, responses, [[0.0] * len(r) for r in responses], rewards, [True] * rows, pad_id=0
+    )
+    old = -5.5 + 0.3 * torch.randn(batch.mask.shape, generator=gen)
+    ref = -5.5 + 0.3 * torch.randn(batch.mask.shape, generator=gen)
+    adv = group_advantages(batch.rewards, group)
+    cfg = GRPOAlgoConfig(group_size=group, micro_batch_size=2)
+    assert cfg.grad_weight_accum == "auto"
+
+    plain = build_model(model_config("tiny", hidden_size=H), None)
+    plain.load_state_dict(ddp_model.module.state_dict())
+    ddp_model.zero_grad_buffer()
+    accumulate_grads(ddp_model, batch, old, ref, adv, cfg, temperature=1.0)
+    ddp_model.finish_grad_sync()
+    assert modes and set(modes) == {"main_grad"}
+    modes.clear()
+    accumulate_grads(plain, batch, old, ref, adv, cfg, temperature=1.0)
+    assert set(modes) == {"param"}  # an fp32 weight without main_grad
+
+    got, want = _weight(ddp_model).main_grad, _weight(plain).grad
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6 * want.abs().max().item())
