@@ -3,30 +3,40 @@
 Public ops (each takes ``impl="auto"|"triton"|"torch"``): ``logprobs_from_logits``,
 ``fused_linear_logprobs``, ``fused_linear_grpo_loss``, ``kl_k3``, ``grpo_loss``,
 ``group_advantages``, ``process_advantages``; ``<op>_ref`` is the plain-PyTorch reference.
+The loss ops take their options as one object each: ``GRPOLossOptions`` (the GRPO loss) and
+``HeadOptions`` (the fused lm_head), or those objects' fields as keywords.
 
 Importing this package never imports megatron-core, transformers or datatrove.
 """
 
 if __name__ == "dsm_engine.kernels":
+    from dsm_engine.kernels._head_chunks import default_chunk_sizes
     from dsm_engine.kernels.advantages import (
         group_advantages,
         group_advantages_ref,
         process_advantages,
         process_advantages_ref,
     )
-    from dsm_engine.kernels.fused_linear import (
-        default_chunk_sizes,
+    from dsm_engine.kernels.fused_linear import fused_linear_logprobs, fused_linear_logprobs_ref
+    from dsm_engine.kernels.fused_linear_grpo import (
         fused_linear_grpo_loss,
         fused_linear_grpo_loss_ref,
-        fused_linear_logprobs,
-        fused_linear_logprobs_ref,
     )
-    from dsm_engine.kernels.grpo_loss import LOSS_AGGS, grpo_loss, grpo_loss_ref
+    from dsm_engine.kernels.grpo_loss import grpo_loss, grpo_loss_ref
     from dsm_engine.kernels.kl import kl_k3, kl_k3_ref
     from dsm_engine.kernels.logprobs import logprobs_from_logits, logprobs_from_logits_ref
+    from dsm_engine.kernels.options import (
+        GRAD_WEIGHT_ACCUM,
+        LOSS_AGGS,
+        GRPOLossOptions,
+        HeadOptions,
+    )
 
     __all__ = [
+        "GRAD_WEIGHT_ACCUM",
         "LOSS_AGGS",
+        "GRPOLossOptions",
+        "HeadOptions",
         "default_chunk_sizes",
         "fused_linear_grpo_loss",
         "fused_linear_grpo_loss_ref",

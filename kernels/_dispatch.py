@@ -6,6 +6,7 @@ Triton kernels launched on CPU tensors run under Triton's interpreter, scoped to
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -44,3 +45,26 @@ def check_shape(name: str, tensor: torch.Tensor, shape: tuple[int, ...]) -> None
     """Raise ValueError naming ``name`` unless ``tensor.shape == shape``."""
     if tuple(tensor.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(tensor.shape)}")
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """Return ``value``; ValueError naming ``name`` unless it is a positive int (bool is not)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def check_group_size(group_size: object, batch: int, *, name: str = "group_size") -> int:
+    """Validate ``group_size`` as a positive int dividing ``batch``; return it."""
+    check_positive_int(name, group_size)
+    if batch % group_size != 0:
+        raise ValueError(f"{name}={group_size} does not divide the batch size {batch}")
+    return group_size
+
+
+def check_temperature(temperature: float) -> float:
+    """Return ``1 / temperature``; ValueError unless it is a positive finite number."""
+    t = float(temperature)
+    if not (math.isfinite(t) and t > 0):
+        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+    return 1.0 / t

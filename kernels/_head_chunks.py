@@ -33,19 +33,32 @@ At DeepSeekMath-7B's head (H=4096, V=102,400) this gives 256 full-vocabulary row
 and 128 at N <= 4096 (13 Mi logits), so the 6NHV path is kept; vocabulary chunks start at
 larger vocabularies (V_local > 131,072 at 128 <= N <= 4096) or when chunk sizes are passed explicitly.
 
-Gradient accumulators (``addmm_fp32_``): ``grad_weight`` may be an fp32 buffer while the
-inputs are bf16/fp16 (``grad_weight_accum="fp32"`` of the fused ops); each chunk's product is
-then added to it without ever being rounded to the low-precision dtype.
+Gradient accumulators (``addmm_fp32_``): ``grad_weight`` may be fp32 while the inputs are
+bf16/fp16 (an fp32 buffer, or megatron's ``main_grad``: ``grad_weight_accum`` of the fused ops,
+``_head``); each chunk's product is then added to it without ever being rounded to the
+low-precision dtype.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 
 from .library import Backend
 from .tensor_parallel import merge_partial_stats
+
+
+class Head(NamedTuple):
+    """What the chunk loops need to know about a fused lm_head call (``_head.resolve_head``)."""
+
+    backend: Backend  # the log-softmax primitives, Triton or PyTorch
+    inv_temp: float
+    vocab_start: int  # this shard's first global vocabulary id
+    token_chunk: int
+    vocab_chunk: int
+    grad_weight: Literal["fp32", "param", "main_grad"]  # where grad_weight is summed
+
 
 EFFICIENT_TOKEN_CHUNK = 128
 MIN_BUDGET = 1 << 24
@@ -108,18 +121,12 @@ def default_chunk_sizes(
     return max(1, min(c0, budget // vocab)), vocab
 
 
-def _check_chunk(name: str, value: object) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
-
-
 def resolve_chunk_sizes(
     n: int, h: int, v_local: int, token_chunk: int | None, vocab_chunk: int | None
 ) -> tuple[int, int]:
-    """Validate user chunk sizes; fill a missing one from the default budget
-    (``default_chunk_sizes``). Returns ``(token_chunk, vocab_chunk <= v_local)``."""
-    _check_chunk("token_chunk", token_chunk)
-    _check_chunk("vocab_chunk", vocab_chunk)
+    """User chunk sizes (positive ints or None, as ``HeadOptions`` validated them), a missing
+    one filled from the default budget (``default_chunk_sizes``).
+    Returns ``(token_chunk, vocab_chunk <= v_local)``."""
     if token_chunk is None and vocab_chunk is None:
         return default_chunk_sizes(n, h, v_local)
     budget = max(n * h, MIN_BUDGET)
@@ -134,47 +141,30 @@ def resolve_chunk_sizes(
     return token_chunk, vocab_chunk
 
 
-GradWeightAccum = Literal["auto", "fp32", "param"]
-GRAD_WEIGHT_ACCUM = ("auto", "fp32", "param")
-
-
-def resolve_grad_weight_accum(
-    mode: str, weight_dtype: torch.dtype, n: int, token_chunk: int
-) -> bool:
-    """Whether ``grad_weight`` is summed in an fp32 buffer; ``mode`` is the fused ops'
-    ``grad_weight_accum`` (see ``fused_linear``'s module docstring). ValueError names it."""
-    if mode not in GRAD_WEIGHT_ACCUM:
-        raise ValueError(f"grad_weight_accum must be one of {GRAD_WEIGHT_ACCUM}, got {mode!r}")
-    if weight_dtype == torch.float32 or mode == "param":
-        return False
-    return mode == "fp32" or n > token_chunk
-
-
 def chunk_stats(
-    backend: Backend,
+    head: Head,
     hidden: torch.Tensor,
     weight: torch.Tensor,
     targets: torch.Tensor,
-    vocab_start: int,
-    inv_temp: float,
-    vocab_chunk: int,
     *,
     keep_last: bool = False,
 ) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], list[torch.Tensor]]:
     """This shard's ``(lse, tgt, px)`` (fp32 ``(C,)`` each) for the token chunk ``hidden (C, H)``.
 
-    Walks ``weight (V_local, H)`` in slices of ``vocab_chunk`` rows; only one slice's logits
+    Walks ``weight (V_local, H)`` in slices of ``head.vocab_chunk`` rows; only one slice's logits
     ``(C, vocab_chunk)`` exist at a time. With ``keep_last`` the last slice's logits are
     returned in a one-element list for ``chunk_grads`` to take (an empty list otherwise): the
     caller holds no reference of its own, so the buffer dies as soon as it has been used.
     """
-    v = weight.shape[0]
+    v, vocab_chunk = weight.shape[0], head.vocab_chunk
     parts = []
     logits = shift = None
     for v0 in range(0, v, vocab_chunk):
         logits = None  # free the previous slice before the next matmul allocates
         logits = hidden @ weight[v0 : v0 + vocab_chunk].T
-        lse, tgt, px = backend.stats(logits, targets, vocab_start + v0, inv_temp, shift)
+        lse, tgt, px = head.backend.stats(
+            logits, targets, head.vocab_start + v0, head.inv_temp, shift
+        )
         if shift is None and vocab_chunk < v:
             # Later chunks report lse/px relative to this chunk's lse: merging small numbers
             # keeps each chunk's fp32 rounding of an O(|logit|) lse out of the merge weights.
@@ -192,7 +182,7 @@ def chunk_stats(
 
 
 def chunk_grads(
-    backend: Backend,
+    head: Head,
     hidden: torch.Tensor,
     weight: torch.Tensor,
     targets: torch.Tensor,
@@ -200,9 +190,6 @@ def chunk_grads(
     px: torch.Tensor,
     grad_logp: torch.Tensor,
     grad_ent: torch.Tensor | None,
-    vocab_start: int,
-    inv_temp: float,
-    vocab_chunk: int,
     *,
     grad_hidden: torch.Tensor | None,
     grad_weight: torch.Tensor | None,
@@ -214,11 +201,11 @@ def chunk_grads(
     the incoming gradients. Writes ``grad_hidden (C, H)`` (summed over slices, in fp32 when
     ``hidden`` is low precision) and adds each slice's ``dlogits.T @ hidden`` into its rows of
     ``grad_weight (V_local, H)``: in the weight's dtype when ``grad_weight`` has it (one
-    rounding per call), exactly in fp32 when ``grad_weight`` is an fp32 accumulator.
+    rounding per call), exactly in fp32 when ``grad_weight`` is fp32 (a buffer or ``main_grad``).
     ``last_logits``: the list from ``chunk_stats(keep_last=True)``; its tensor (the last
     slice's logits) is taken out, used first and overwritten by its gradient, not recomputed.
     """
-    v = weight.shape[0]
+    v, vocab_chunk = weight.shape[0], head.vocab_chunk
     starts = list(range(0, v, vocab_chunk))
     kept = last_logits.pop() if last_logits else None
     if kept is not None:
@@ -232,8 +219,9 @@ def chunk_grads(
             logits, kept = kept, None
         else:
             logits = hidden @ w.T
-        dlogits = backend.grad(
-            logits, targets, lse, px, grad_logp, grad_ent, None, vocab_start + v0, inv_temp, True
+        start = head.vocab_start + v0
+        dlogits = head.backend.grad(
+            logits, targets, lse, px, grad_logp, grad_ent, None, start, head.inv_temp, True
         )
         logits = None
         if grad_hidden is not None:

@@ -16,9 +16,15 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._dispatch import check_same_device, check_shape, resolve_impl
+from ._dispatch import (
+    check_group_size,
+    check_positive_int,
+    check_same_device,
+    check_shape,
+    resolve_impl,
+)
 from ._interpret import launchable
-from .grpo_common import ADV_EPS, check_group_size, group_normalise
+from .options import ADV_EPS
 
 _BLOCK_T = 128
 _BLOCK_S = 32
@@ -26,8 +32,16 @@ _BLOCK_GS = 1024
 
 
 def group_advantages_ref(rewards: Tensor, group_size: int, *, eps: float = ADV_EPS) -> Tensor:
-    """Plain-PyTorch group normalisation: ``(B,)`` -> ``(B,)`` (fp32; fp64 for fp64 input)."""
-    return group_normalise(rewards, group_size, eps=eps)
+    """Plain-PyTorch ``(r - mean) / (std + eps)`` within consecutive groups of ``group_size``
+    (population std): ``(B,)`` -> ``(B,)`` in fp32 (fp64 for fp64 input). A group whose
+    rewards are all equal gets exactly 0 (its mean may differ from the rewards by rounding)."""
+    dtype = torch.float64 if rewards.dtype == torch.float64 else torch.float32
+    r = rewards.to(dtype).reshape(-1, group_size)
+    mean = r.mean(dim=1, keepdim=True)
+    std = (r - mean).square().mean(dim=1, keepdim=True).sqrt()
+    adv = (r - mean) / (std + eps)
+    constant = r.amax(dim=1, keepdim=True) == r.amin(dim=1, keepdim=True)
+    return torch.where(constant, torch.zeros_like(adv), adv).reshape(-1)
 
 
 def process_advantages_ref(
@@ -273,8 +287,7 @@ def process_advantages(
     if step_ends.is_floating_point() or step_ends.is_complex() or step_ends.dtype == torch.bool:
         raise ValueError(f"step_ends must be an integer tensor, got {step_ends.dtype}")
     check_group_size(group_size, shape[0])
-    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len <= 0:
-        raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
+    check_positive_int("seq_len", seq_len)
     valid = step_mask if step_mask.dtype == torch.bool else step_mask != 0
     outside = (step_ends < 0) | (step_ends >= seq_len)
     if bool((outside & valid).any()):

@@ -3,9 +3,15 @@
 It is an unbiased, always non-negative estimate of ``KL(pi_theta || pi_ref)`` from samples of
 ``pi_theta``. Its gradient w.r.t. ``logp`` is ``1 - exp(ref - logp)``, w.r.t. ``ref_logp``
 ``exp(ref - logp) - 1``.
+
+One formula everywhere (``k3_and_expm1`` in Triton, ``k3_and_expm1_torch`` its PyTorch twin):
+near ``d = ref - logp = 0``, ``exp(d)`` and ``1 + d`` agree in most digits and the paper's
+formula cancels to noise while k3 ~ d^2/2, so ``|d| < 1`` sums the Taylor series instead.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import triton
@@ -18,19 +24,40 @@ from ._interpret import launchable
 _BLOCK = 1024
 
 
+# Taylor coefficients 1/n! of k3 = sum_{n>=2} d^n/n!, highest order first (Horner). The
+# truncation at |d| < 1 is below the rounding of the dtype: n = 12 for fp32 (and bf16/fp16, as
+# the Triton kernel), n = 18 for fp64, so autograd's derivative of the series is exact too.
+_SERIES_FP32 = tuple(1.0 / math.factorial(n) for n in range(12, 1, -1))
+_SERIES_FP64 = tuple(1.0 / math.factorial(n) for n in range(18, 1, -1))
+
+
+def k3_and_expm1_torch(d: Tensor) -> tuple[Tensor, Tensor]:
+    """``(exp(d) - d - 1, exp(d) - 1)`` in ``d``'s dtype, accurate for ``d`` near 0: the PyTorch
+    twin of the Triton ``k3_and_expm1`` (same series for ``|d| < 1``, the direct formula
+    elsewhere). Differentiable; the series' derivative is ``exp(d) - 1`` to the dtype's
+    rounding."""
+    small = d.abs() < 1.0
+    x = torch.where(small, d, 0.0)
+    coeffs = _SERIES_FP64 if d.dtype == torch.float64 else _SERIES_FP32
+    s = coeffs[0]
+    for c in coeffs[1:]:
+        s = c + x * s
+    series = x * x * s
+    direct = torch.exp(torch.where(small, 0.0, d)) - d - 1.0
+    k3 = torch.where(small, series, direct)
+    return k3, k3 + d
+
+
 def kl_k3_ref(logp: Tensor, ref_logp: Tensor) -> Tensor:
-    """Plain PyTorch k3 in the inputs' promoted dtype (the paper's formula, term by term)."""
-    d = ref_logp - logp
-    return torch.exp(d) - d - 1
+    """Plain PyTorch k3 in the inputs' promoted dtype (``k3_and_expm1_torch``)."""
+    return k3_and_expm1_torch(ref_logp - logp)[0]
 
 
 @triton.jit
 def k3_and_expm1(d):
-    """Return ``(exp(d) - d - 1, exp(d) - 1)`` in fp32, accurate for ``d`` near 0.
-
-    Near 0, ``exp(d)`` and ``1 + d`` agree in most digits, so the direct formula would lose
-    them all while k3 ~ d^2/2; there the Taylor series sum_{n>=2} d^n/n! is used instead
-    (to n = 12, so the truncation is below fp32 rounding for |d| < 1).
+    """Return ``(exp(d) - d - 1, exp(d) - 1)`` in fp32, accurate for ``d`` near 0: for
+    ``|d| < 1`` the Taylor series sum_{n>=2} d^n/n! to n = 12 (``_SERIES_FP32``), whose
+    truncation is below fp32 rounding there. ``k3_and_expm1_torch`` is the same in PyTorch.
     """
     small = tl.abs(d) < 1.0
     x = tl.where(small, d, 0.0)

@@ -7,24 +7,14 @@ logits buffer itself. ``logprobs_from_logits_ref`` is the plain-PyTorch referenc
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.distributed as dist
 
 from . import library
-from ._dispatch import check_same_device, check_shape, resolve_impl
+from ._dispatch import check_same_device, check_shape, check_temperature, resolve_impl
 from .tensor_parallel import ShardedLogprobs, shard_info
 
 LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-def check_temperature(temperature: float) -> float:
-    """Return ``1 / temperature``; ValueError unless it is a positive finite number."""
-    t = float(temperature)
-    if not (math.isfinite(t) and t > 0):
-        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
-    return 1.0 / t
 
 
 def check_targets(targets: torch.Tensor, n: int, v_global: int, name: str = "targets") -> None:

@@ -24,7 +24,7 @@ from dsm_engine.kernels import (
     fused_linear_logprobs,
     fused_linear_logprobs_ref,
 )
-from dsm_engine.kernels._head_chunks import resolve_grad_weight_accum
+from dsm_engine.kernels._head import grad_weight_mode, resolve_grad_weight_accum
 from dsm_engine.kernels.grpo_loss import grpo_loss_ref
 
 BF16 = torch.bfloat16
@@ -53,10 +53,17 @@ def _head(n, gen):
     return hidden, weight, torch.randint(0, V, (n,), generator=gen)
 
 
-def _grad_weight(loss_fn, hidden, weight):
+def _grad_weight(loss_fn, hidden, weight, *, main_grad=False):
+    """d loss / d weight; with ``main_grad`` the weight carries a zeroed fp32 ``main_grad``
+    (as megatron's DDP gives it) and that is returned after backward."""
     w = weight.detach().requires_grad_()
-    (g,) = torch.autograd.grad(loss_fn(hidden, w), w)
-    return g
+    if not main_grad:
+        (g,) = torch.autograd.grad(loss_fn(hidden, w), w)
+        return g
+    w.main_grad = torch.zeros(w.shape, dtype=torch.float32)
+    loss_fn(hidden, w).backward()
+    assert w.grad is None
+    return w.main_grad
 
 
 def _logprobs_problem(n, gen):
@@ -70,6 +77,7 @@ def _logprobs_problem(n, gen):
             ).sum(),
             hidden,
             weight,
+            main_grad=mode == "main_grad",
         )
 
     ref = _grad_weight(
@@ -116,6 +124,7 @@ def _grpo_problem(n, gen):
             )[0],
             hs,
             weight,
+            main_grad=mode == "main_grad",
         )
 
     def via_logp(logp_fn, h, w, dtype):
@@ -266,3 +275,29 @@ def test_unknown_grad_weight_accum_raises_value_error_naming_it(op):
         kw = {"advantages": torch.ones(2)}
     with pytest.raises(ValueError, match="grad_weight_accum must be one of"):
         op(*args, grad_weight_accum="bf16", **kw)
+
+
+@pytest.mark.parametrize("problem", list(PROBLEMS))
+def test_main_grad_mode_sums_the_gradient_unrounded_into_main_grad(problem):
+    """128 bf16 token chunks summed into an fp32 ``main_grad``: within the low-precision bound
+    and, for the log-likelihood (the same backward loop as ``fp32``), exactly the fp32 mode's
+    buffer before its one rounding."""
+    fused, ref, base, inherent = PROBLEMS[problem](N, _gen("main_grad", problem))
+    got = fused("main_grad", MANY_CHUNKS, "torch")
+    assert got.dtype == torch.float32
+    assert_close_to_ref("main_grad", got, ref, base, BF16, inherent=inherent)
+    if problem == "logprobs":
+        assert torch.equal(got.to(BF16), fused("fp32", MANY_CHUNKS, "torch"))
+
+
+def test_auto_is_main_grad_when_the_weight_has_one():
+    weight = torch.zeros(10, 4, dtype=BF16)
+    assert grad_weight_mode("auto", weight, 100, 10) == "fp32"
+    with pytest.raises(ValueError, match="main_grad"):
+        grad_weight_mode("main_grad", weight, 100, 10)
+    weight.main_grad = torch.zeros(10, 4)
+    assert grad_weight_mode("auto", weight, 100, 10) == "main_grad"
+    assert grad_weight_mode("fp32", weight, 100, 10) == "fp32"  # an explicit mode wins
+    weight.main_grad = torch.zeros(4, 10)
+    with pytest.raises(ValueError, match="main_grad must be a tensor of the weight's shape"):
+        grad_weight_mode("auto", weight, 100, 10)

@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import zlib
+from decimal import Decimal, localcontext
 
 import pytest
 import torch
 
 import dsm_engine.kernels  # noqa: F401  (selects Triton's interpreter without CUDA)
-from dsm_engine.kernels.grpo_loss import (
-    LOSS_AGGS,
-    GRPOLossRowsFunction,
-    grpo_loss,
-    grpo_loss_ref,
-    grpo_loss_rows_op,
+from dsm_engine.kernels.grpo_inputs import grpo_token_advantages, grpo_token_weights
+from dsm_engine.kernels.grpo_loss import grpo_loss, grpo_loss_ref
+from dsm_engine.kernels.grpo_loss_triton import GRPOLossRowsFunction, grpo_loss_rows_op
+from dsm_engine.kernels.grpo_metrics import (
     grpo_metric_partials,
     grpo_metrics,
     grpo_metrics_from_partials,
-    grpo_token_advantages,
-    grpo_token_loss_and_grad,
-    grpo_token_weights,
 )
+from dsm_engine.kernels.grpo_token import grpo_token_terms
+from dsm_engine.kernels.options import LOSS_AGGS, GRPOLossOptions
 
 F64 = torch.float64
 COUNT_METRICS = ("nonfinite",)
@@ -233,9 +231,8 @@ def test_token_weights_times_terms_equal_the_reference_loss(gen, loss_agg):
     logp, old, ref, mask, kw = make_batch(gen, 6, 9, 3, "rewards")
     want_loss, want_grad, want_metrics = reference(logp, old, ref, mask, kw, loss_agg=loss_agg)
     adv = grpo_token_advantages(mask, **kw)
-    terms, dterms = grpo_token_loss_and_grad(
-        logp, old, ref, adv, clip_eps_low=0.2, clip_eps_high=0.2, beta=0.04
-    )
+    options = GRPOLossOptions(clip_eps_low=0.2, clip_eps_high=0.2, beta=0.04)
+    terms, _, _, dterms = grpo_token_terms(logp, old, ref, adv, options, with_grad=True)
     weights = grpo_token_weights(mask, loss_agg, dtype=F64)
     assert grpo_token_weights(mask, loss_agg).dtype == torch.float32
     torch.testing.assert_close((weights * terms).sum(), want_loss, rtol=1e-12, atol=1e-14)
@@ -336,12 +333,13 @@ def _op_args(gen, adv_source):
 
 @pytest.mark.parametrize("adv_source", ["rewards", "per-token"])
 def test_library_op_passes_opcheck(gen, adv_source):
-    args = _op_args(gen, adv_source) + (1e-6, 0.2, 0.25, 0.04)
+    # coeffs: (adv_eps, clip_eps_low, clip_eps_high, beta)
+    args = _op_args(gen, adv_source) + ([1e-6, 0.2, 0.25, 0.04],)
     torch.library.opcheck(grpo_loss_rows_op, args)
 
 
 def test_autograd_function_equals_the_registered_op(gen):
-    args = _op_args(gen, "per-seq") + (1e-6, 0.2, 0.2, 0.04)
+    args = _op_args(gen, "per-seq") + ([1e-6, 0.2, 0.2, 0.04],)
     a = GRPOLossRowsFunction.apply(*args)[0].sum()
     b = grpo_loss_rows_op(*args)[0].sum()
     (ga,) = torch.autograd.grad(a, args[0])
@@ -385,3 +383,49 @@ def test_gpu_deepseekmath_shape_matches_fp64_and_beats_plain_bf16(gen, adv_sourc
     assert _max_err(loss, want_loss) <= 2 * _max_err(naive_loss, want_loss) + 1e-6
     assert _max_err(grad, want_grad) <= 2 * _max_err(naive_grad, want_grad) + 1e-6
     assert_metrics_equal(metrics, want_metrics, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------
+# One per-token formula
+# ------------------------------------------------------------------------------------------
+
+
+def _exact_token_loss(logp, old, ref, adv, lo, hi, beta):
+    """The per-token loss in 40-digit decimal arithmetic (an independent reference)."""
+    with localcontext() as ctx:
+        ctx.prec = 40
+        lp, od, rf, a = (Decimal(float(x)) for x in (logp, old, ref, adv))
+        r = (lp - od).exp()
+        clipped = min(max(r, 1 - Decimal(lo)), 1 + Decimal(hi)) * a
+        d = rf - lp
+        return float(-min(r * a, clipped) + Decimal(beta) * (d.exp() - d - 1))
+
+
+def test_token_formula_in_fp64_matches_exact_arithmetic(gen):
+    logp, old, ref, _, _ = make_batch(gen, 4, 9, 2, "per-token")
+    ref[0] = logp[0] + 1e-6 * torch.randn(9, generator=gen, dtype=F64)  # k3 ~ d^2/2 ~ 1e-12
+    adv = torch.randn(4, 9, generator=gen, dtype=F64)
+    options = GRPOLossOptions(clip_eps_low=0.2, clip_eps_high=0.28, beta=0.04)
+    terms = grpo_token_terms(logp, old, ref, adv, options)
+    rows = zip(*(t.flatten().tolist() for t in (logp, old, ref, adv)), strict=True)
+    exact = torch.tensor([_exact_token_loss(*row, 0.2, 0.28, 0.04) for row in rows], dtype=F64)
+    torch.testing.assert_close(terms.loss.flatten(), exact, rtol=1e-13, atol=0.0)
+
+
+@pytest.mark.parametrize("impl", ["triton", "torch"])
+def test_kl_term_is_accurate_when_ref_is_close_to_logp(gen, impl):
+    """With zero advantages the loss is beta * mean k3; at |ref - logp| ~ 1e-3 every path keeps
+    fp32 relative accuracy against fp64 (exp(d) - d - 1 in fp32 is off by tens of percent)."""
+    logp, old, _, mask, _ = make_batch(gen, 4, 33, 2, "per-seq")
+    ref = logp + 1e-3 * torch.randn(4, 33, generator=gen, dtype=F64)
+    x, od, rf = (t.float().double() for t in (logp, old, ref))  # exact fp32 inputs
+    kw = dict(advantages=torch.zeros(4, dtype=F64))
+    want_loss, want_grad, want_metrics = reference(x, od, rf, mask, kw)
+    loss, grad, metrics = run(
+        x.float(), od.float(), rf.float(), mask, cast_kw(kw, torch.float32), impl=impl
+    )
+    torch.testing.assert_close(loss.to(F64), want_loss, rtol=1e-5, atol=0.0)
+    torch.testing.assert_close(
+        metrics["kl_mean"].to(F64), want_metrics["kl_mean"].to(F64), rtol=1e-5, atol=0.0
+    )
+    torch.testing.assert_close(grad.to(F64), want_grad, rtol=1e-5, atol=1e-12)

@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent(
 
     gl, kl, adv, ls = (
         importlib.import_module("dsm_engine.kernels." + m)
-        for m in ("grpo_loss", "kl", "advantages", "_logsoftmax")
+        for m in ("grpo_loss_triton", "kl", "advantages", "_logsoftmax")
     )
     target = GPUTarget("cuda", 90, 32)
 

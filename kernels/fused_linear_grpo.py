@@ -1,0 +1,211 @@
+"""The GRPO loss straight from the lm_head's input: ``(B, T, V)`` logits never exist.
+
+Two paths over the chunk loops of ``_head_chunks`` (FLOPs and memory: ``fused_linear``'s
+module docstring):
+
+* gradients in the forward chunk loop (``grad_weight_accum`` ``"fp32"``/``"param"``, or no
+  gradient wanted): a token chunk's logits give its log-probs, the GRPO terms and their
+  gradient (``grpo_token_terms``, the formula every path shares), then both gradient matmuls
+  before the next chunk; ``backward`` only scales the stored gradients. 6NHV.
+* ``"main_grad"``: ``FusedLinearLogprobs`` under ``grpo_loss``; the logits are recomputed in
+  backward, once the incoming gradient's scale is known, and the weight's gradient goes
+  straight into ``weight.main_grad``. 8NHV, no ``(V_local, H)`` buffer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+import torch.distributed as dist
+
+from ._dispatch import check_same_device, check_shape
+from ._head import grad_weight_accumulator, grad_weight_result, resolve_head
+from ._head_chunks import Head, chunk_grads, chunk_stats
+from .fused_linear import FusedLinearLogprobs, fused_linear_logprobs_ref
+from .grpo_inputs import GRPOInputs, check_grpo_inputs, grpo_token_inputs
+from .grpo_loss import grpo_loss_checked, grpo_loss_ref
+from .grpo_metrics import grpo_metrics
+from .grpo_token import grpo_token_terms
+from .options import GRPOLossOptions, HeadOptions, from_keywords, split_keywords
+from .tensor_parallel import all_reduce_sum_, combine_stats
+
+
+class _Tokens(NamedTuple):
+    """Per-token constants of the loss, flat ``(N,)``: fp32 old/ref log-probs and advantages,
+    the aggregation weights and the bool mask."""
+
+    old: torch.Tensor
+    ref: torch.Tensor
+    adv: torch.Tensor
+    w: torch.Tensor
+    valid: torch.Tensor
+
+
+class _FusedLinearGRPOLoss(torch.autograd.Function):
+    """Loss and (when ``want_grads``) its gradients in one chunked pass over the tokens."""
+
+    @staticmethod
+    def forward(
+        ctx, hidden, weight, targets, tokens: _Tokens, head: Head, group, options, want_grads
+    ):
+        n = hidden.shape[0]
+        logp = hidden.new_empty(n, dtype=torch.float32)
+        loss = logp.new_zeros(())
+        grad_h = torch.empty_like(hidden) if want_grads else None
+        grad_w = grad_weight_accumulator(weight, head) if want_grads else None
+        for s in range(0, n, head.token_chunk):
+            e = min(s + head.token_chunk, n)
+            stats, kept = chunk_stats(head, hidden[s:e], weight, targets[s:e], keep_last=want_grads)
+            lse, tgt, px = combine_stats(*stats, group)
+            logp[s:e] = tgt - lse
+            old, ref, adv, w, valid = (x[s:e] for x in tokens)
+            terms = grpo_token_terms(logp[s:e], old, ref, adv, options, with_grad=want_grads)
+            # Masked tokens may hold non-finite terms; their weight is 0 but 0*inf is not.
+            loss += torch.where(valid, w * terms.loss, 0.0).sum()
+            if want_grads:
+                g = torch.where(valid, w * terms.grad, 0.0).float()
+                chunk_grads(
+                    head,
+                    hidden[s:e],
+                    weight,
+                    targets[s:e],
+                    lse,
+                    px,
+                    g,
+                    None,
+                    grad_hidden=grad_h[s:e],
+                    grad_weight=grad_w,
+                    last_logits=kept,
+                )
+            del kept
+        if want_grads:
+            all_reduce_sum_(grad_h, group)
+            # Round once here and drop the fp32 buffer, rather than hold it until backward.
+            grad_w = grad_weight_result(grad_w, weight, head)
+        ctx.grads = (grad_h, grad_w)
+        ctx.mark_non_differentiable(logp)
+        return loss, logp
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_logp):
+        grad_h, grad_w = ctx.grads
+        if grad_h is None and grad_w is None:
+            raise RuntimeError(
+                "fused_linear_grpo_loss: gradients were not computed in forward "
+                "(it ran with grad mode off or with inputs that did not require grad)"
+            )
+        # The stored grads are scaled in place (no second copy of grad_weight); a second
+        # backward through the same graph would scale them again, so forbid it.
+        ctx.grads = (None, None)
+        g = grad_loss.to(grad_h.dtype)
+        grad_h.mul_(g)
+        grad_w.mul_(g)
+        return grad_h, grad_w, None, None, None, None, None, None
+
+
+def fused_linear_grpo_loss_ref(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    **grpo_kwargs: Any,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Materialised reference: ``grpo_loss_ref`` of ``logprobs_from_logits_ref(hidden @ W.T)``.
+
+    ``grpo_kwargs`` are ``grpo_loss_ref``'s keyword arguments (advantages, rewards, options or
+    its fields).
+    """
+    b, t, h = hidden.shape
+    logp = fused_linear_logprobs_ref(
+        hidden.reshape(b * t, h), weight, targets.reshape(-1), temperature=temperature
+    ).reshape(b, t)
+    return grpo_loss_ref(logp, old_logp, ref_logp, mask, **grpo_kwargs)
+
+
+def fused_linear_grpo_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    advantages: torch.Tensor | None = None,
+    rewards: torch.Tensor | None = None,
+    options: GRPOLossOptions | None = None,
+    head: HeadOptions | None = None,
+    tp_group: dist.ProcessGroup | None = None,
+    impl: str = "auto",
+    **option_keywords: Any,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """GRPO loss straight from the last hidden states; ``(B, T, V)`` logits never exist.
+
+    Equals ``grpo_loss(logprobs_from_logits(hidden @ weight.T / T), ...)`` in value, metrics
+    and gradients (see ``grpo_loss`` for the loss, ``loss_agg`` and the advantages options).
+
+    Args:
+        hidden: ``(B, T, H)`` fp32/bf16/fp16, the input of the lm_head (replicated across
+            ``tp_group``; its gradient is all-reduced, see ``tensor_parallel``).
+        weight: ``(V_local, H)`` lm_head (shard), same dtype.
+        targets: ``(B, T)`` integer global ids; old_logp, ref_logp: ``(B, T)`` floats (no grad);
+            mask: ``(B, T)`` bool or 0/1.
+        advantages / rewards: the advantage source (exactly one; rewards need
+            ``options.group_size``).
+        options: the loss's ``GRPOLossOptions``; head: the lm_head's ``HeadOptions``
+            (temperature, chunk sizes, ``grad_weight_accum``, as in ``fused_linear_logprobs``).
+            Instead of either object, its fields can be given as keywords
+            (``beta=0.0, temperature=0.7, token_chunk=256, ...``).
+
+    Returns:
+        ``(loss, metrics)``: 0-d fp32 loss and the ``grpo_metrics`` dict (0-d fp32 tensors).
+        When grad mode is on and ``hidden`` or ``weight`` requires grad, both gradients are
+        computed during this call (6NHV FLOPs in all without vocabulary chunks, up to 8NHV
+        with them) and ``backward`` only scales them; in ``"main_grad"`` mode they are
+        computed in ``backward`` (8NHV), the weight's straight into ``weight.main_grad``.
+    """
+    loss_keywords, head_keywords = split_keywords(option_keywords, GRPOLossOptions, HeadOptions)
+    options = from_keywords(GRPOLossOptions, options, loss_keywords, name="options")
+    head = from_keywords(HeadOptions, head, head_keywords, name="head")
+    plan = resolve_head(hidden, weight, targets, head, hidden_dims=3, tp_group=tp_group, impl=impl)
+    b, t, h = hidden.shape
+    n = b * t
+    check_same_device(hidden=hidden, old_logp=old_logp)
+    check_shape("old_logp", old_logp, (b, t))
+    x = GRPOInputs(None, old_logp, ref_logp, mask, advantages, rewards)
+    check_grpo_inputs(x, options)
+    want_grads = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    if want_grads and plan.grad_weight == "main_grad":
+        logp, _ = FusedLinearLogprobs.apply(
+            hidden.reshape(n, h), weight, targets.reshape(n).contiguous(), tp_group, plan
+        )
+        return grpo_loss_checked(x._replace(logp=logp.view(b, t)), options, impl)
+    valid, adv, w = grpo_token_inputs(x, options)
+    old, ref, adv = old_logp.detach().float(), ref_logp.detach().float(), adv.float()
+    tokens = _Tokens(*(x.reshape(n) for x in (old, ref, adv, w, valid)))
+    loss, logp = _FusedLinearGRPOLoss.apply(
+        hidden.reshape(n, h),
+        weight,
+        targets.reshape(n).contiguous(),
+        tokens,
+        plan,
+        tp_group,
+        options,
+        want_grads,
+    )
+    with torch.no_grad():
+        terms = grpo_token_terms(logp.view(b, t), old, ref, adv, options)
+        metrics = grpo_metrics(
+            valid,
+            terms.ratio,
+            adv,
+            terms.k3,
+            terms.loss,
+            clip_eps_low=options.clip_eps_low,
+            clip_eps_high=options.clip_eps_high,
+        )
+    return loss, metrics
