@@ -9,10 +9,11 @@ records them in ``doc.metadata["decontamination"]`` and in a removal log (JSON L
 record per removed line: ``id``, ``url``, ``segment``, ``text``, ``benchmarks``, ``ngram``),
 drops documents left with no text, and counts what it did in its stats.
 
-``dsm data decontaminate --input DIR_OR_JSONL --out DIR [--benchmarks DIR]`` runs
-``JsonlReader -> Decontaminator -> JsonlWriter`` and writes ``DIR/documents/*.jsonl.gz`` (the
-clean corpus), ``DIR/removed/*.jsonl`` (the removal log), ``DIR/logs/`` (datatrove logs,
-completion markers, ``stats.json``) and ``DIR/summary.json``.
+``dsm data decontaminate --input DIR_OR_JSONL --out DIR [--benchmarks DIR] [--executor ray]
+[executor.partition=cpu ...]`` runs ``JsonlReader -> Decontaminator -> JsonlWriter`` (locally,
+on Slurm or on Ray: :mod:`executors`) and writes ``DIR/documents/*.jsonl.gz`` (the clean
+corpus), ``DIR/removed/*.jsonl`` (the removal log), ``DIR/logs/`` (datatrove logs, completion
+markers, per-task ``stats/``) and ``DIR/summary.json``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from datatrove.data import Document, DocumentsPipeline
 from datatrove.io import DataFolderLike, get_datafolder
 from datatrove.pipeline.base import PipelineStep
 
+from dsm_engine.config import ConfigError, load_config
 from dsm_engine.data_pipeline.decont_text import split_segments
+from dsm_engine.data_pipeline.executors import ExecutorConfig, run_stage, stage_stats, step_stats
 from dsm_engine.data_pipeline.jsonl_io import has_records, jsonl_files
 from dsm_engine.data_pipeline.ngram_index import Backend, load_benchmark_index
 from dsm_engine.data_pipeline.ngram_ref import NGramMatcher
@@ -157,23 +160,6 @@ class Decontaminator(PipelineStep):
                 log.close()
 
 
-def _step_stats(stats_file: Path) -> dict[str, float]:
-    """This step's counters from a datatrove ``stats.json``."""
-    if not stats_file.is_file():
-        return {}
-    for entry in json.loads(stats_file.read_text()):
-        if entry.get("name", "").endswith(STEP_NAME):
-            counters = {}
-            for key, value in entry.get("stats", {}).items():
-                # plain counters are stored as numbers, distributions as {"total": ...}
-                if isinstance(value, (int, float)):
-                    counters[key] = value
-                elif isinstance(value, dict) and "total" in value:
-                    counters[key] = value["total"]
-            return counters
-    return {}
-
-
 def decontaminate_jsonl(
     input_path: str | Path,
     out_dir: str | Path,
@@ -183,14 +169,16 @@ def decontaminate_jsonl(
     tasks: int = 1,
     workers: int = 1,
     text_key: str = "text",
+    executor: ExecutorConfig | None = None,
 ) -> dict[str, float]:
     """Decontaminates JSON Lines documents into ``out_dir``; returns the step's counters.
+
+    ``executor`` says where the tasks run (default: ``workers`` local processes).
 
     ``input_path`` is a ``.jsonl[.gz|.zst]`` file or a folder of them (e.g. a datatrove
     ``JsonlWriter`` output); records need ``text_key`` and may carry ``id`` and ``metadata``.
     A rerun into the same ``out_dir`` skips tasks datatrove marked completed.
     """
-    from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
 
@@ -213,18 +201,30 @@ def decontaminate_jsonl(
         Decontaminator(benchmarks, removal_log=str(out_dir / "removed"), backend=backend),
         JsonlWriter(str(out_dir / "documents")),
     ]
-    executor = LocalPipelineExecutor(
-        pipeline, tasks=tasks, workers=workers, logging_dir=str(out_dir / "logs")
-    )
-    executor.run()
-    counters = _step_stats(out_dir / "logs" / "stats.json")
+    executor = executor or ExecutorConfig(workers=workers)
+    run_stage("decontaminate", pipeline, tasks=tasks, logging_dir=out_dir / "logs", cfg=executor)
+    counters = step_stats(stage_stats(out_dir / "logs"), STEP_NAME)
     summary = {"input": str(input_path), "benchmarks": str(benchmarks), **counters}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return counters
 
 
+def _executor_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``executor.KEY=VALUE`` arguments (as ``KEY=VALUE``) and the rest of ``argv``."""
+    overrides, rest = [], []
+    for arg in argv:
+        if "=" in arg and not arg.startswith("-"):
+            key = arg.split("=", 1)[0]
+            if not key.startswith("executor."):
+                raise ConfigError(f"{arg}: only executor.KEY=VALUE settings are accepted")
+            overrides.append(arg.removeprefix("executor."))
+        else:
+            rest.append(arg)
+    return overrides, rest
+
+
 def main(argv: list[str]) -> int:
-    """``dsm data decontaminate``."""
+    """``dsm data decontaminate``; ``executor.KEY=VALUE`` sets any :class:`ExecutorConfig` field."""
     parser = argparse.ArgumentParser(
         prog="dsm data decontaminate",
         description="Remove lines holding benchmark 10-grams (or whole 3-9 word benchmark texts).",
@@ -238,8 +238,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--tasks", type=int, default=1, help="datatrove tasks (input shards)")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes")
     parser.add_argument("--text-key", default="text")
-    args = parser.parse_args(argv)
+    parser.add_argument("--executor", choices=["local", "slurm", "ray"], default="local")
     try:
+        overrides, rest = _executor_overrides(argv)
+        args = parser.parse_args(rest)
+        executor = load_config(
+            ExecutorConfig, None, [f"kind={args.executor}", f"workers={args.workers}", *overrides]
+        )
         counters = decontaminate_jsonl(
             args.input,
             args.out,
@@ -248,6 +253,7 @@ def main(argv: list[str]) -> int:
             tasks=args.tasks,
             workers=args.workers,
             text_key=args.text_key,
+            executor=executor,
         )
     except (FileNotFoundError, ValueError) as e:
         print(f"dsm data decontaminate: error: {e}", file=sys.stderr)
