@@ -31,7 +31,7 @@ from datatrove.executor import LocalPipelineExecutor, RayPipelineExecutor, Slurm
 @dataclass
 class ExecutorConfig:
     """Where stages run. ``local`` needs nothing; ``slurm`` submits sbatch arrays; ``ray``
-    runs on a Ray cluster (``pip install 'dsm-engine[cluster]'``). On Slurm and Ray the
+    runs on a Ray cluster (``pip install 'dsm-engine[data,cluster]'``). On Slurm and Ray the
     cluster's free CPUs bound how many tasks run at once."""
 
     kind: Literal["local", "slurm", "ray"] = "local"
@@ -123,7 +123,7 @@ def _run_ray(pipeline: list, tasks: int, logging_dir: Path, cfg: ExecutorConfig)
     try:
         import ray
     except ImportError as e:
-        raise ImportError("--executor ray needs Ray: pip install 'dsm-engine[cluster]'") from e
+        raise ImportError("--executor ray needs Ray: pip install 'dsm-engine[data,cluster]'") from e
     if not ray.is_initialized():
         ray.init(address=cfg.address or None)
     ex = _RayExecutor(
