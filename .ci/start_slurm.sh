@@ -45,11 +45,16 @@ if ! munge -n >/dev/null 2>&1; then
   for _ in $(seq 50); do munge -n >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 
+HEADER="# written by dsm-engine .ci/start_slurm.sh"
+if [ -f "$CONF" ] && ! head -n 1 "$CONF" | grep -qF "$HEADER"; then
+  echo "start_slurm.sh: $CONF is another Slurm's configuration; not touching it" >&2
+  exit 1
+fi
 mkdir -p /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
 CPUS=$(nproc)
 MEM_MB=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
 cat >"$CONF.new" <<CONF
-# written by dsm-engine .ci/start_slurm.sh: one node, no cgroups, no accounting
+$HEADER: one node, no cgroups, no accounting
 ClusterName=dsm
 SlurmctldHost=$HOST(127.0.0.1)
 SlurmUser=root
