@@ -9,6 +9,7 @@ import contextlib
 import gzip
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -215,7 +216,8 @@ def test_a_task_whose_ray_worker_is_killed_runs_again_without_loss_or_duplicates
     finally:
         _kill_tree(driver.pid)
     assert len(done) < 2  # the killed task had not finished
-    assert "RayActorError" in log.read_text()  # datatrove saw the worker die and resubmitted
+    # datatrove saw the worker die and submitted the task again
+    assert re.search(r"RayActorError|WorkerCrashedError", log.read_text())
     _same_decontamination(out, local / "decont")
     ids = [json.loads(x)["id"] for lines in _files(out / "documents").values() for x in lines]
     assert len(ids) == len(set(ids))
