@@ -9,12 +9,14 @@ records them in ``doc.metadata["decontamination"]`` and in a removal log (JSON L
 record per removed line: ``id``, ``url``, ``segment``, ``text``, ``benchmarks``, ``ngram``),
 drops documents left with no text, and counts what it did in its stats.
 
-``dsm data decontaminate --input DIR_OR_JSONL --out DIR [--benchmarks DIR] [--skip-bad-lines]``
-checks every input line first (a line that is not a JSON object with a string text field fails
-the run naming its file and line, or with ``--skip-bad-lines`` is skipped and counted in the
-summary's ``bad_lines``), runs ``JsonlDocReader -> Decontaminator -> JsonlWriter`` and writes ``DIR/documents/*.jsonl.gz`` (the
-clean corpus), ``DIR/removed/*.jsonl`` (the removal log), ``DIR/logs/`` (datatrove logs,
-completion markers, ``stats/<rank>.json``) and ``DIR/summary.json``.
+``dsm data decontaminate --input DIR_OR_JSONL --out DIR [--benchmarks DIR] [--skip-bad-lines]
+[--executor ray] [executor.partition=cpu ...]`` checks every input line first (a line that is not
+a JSON object with a string text field fails the run naming its file and line, or with
+``--skip-bad-lines`` is skipped and counted in the summary's ``bad_lines``), runs
+``JsonlDocReader -> Decontaminator -> JsonlWriter`` (locally, on Slurm or on Ray:
+:mod:`executors`) and writes ``DIR/documents/*.jsonl.gz`` (the clean corpus),
+``DIR/removed/*.jsonl`` (the removal log), ``DIR/logs/`` (datatrove logs, completion markers,
+per-task ``stats/``) and ``DIR/summary.json``.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from datatrove.data import Document, DocumentsPipeline
 from datatrove.io import DataFolderLike, get_datafolder
 from datatrove.pipeline.base import PipelineStep
 
+from dsm_engine.config import ConfigError, load_config
 from dsm_engine.data_pipeline.decont_text import split_segments
-from dsm_engine.data_pipeline.executors import ExecutorConfig, run_stage, stage_stats
+from dsm_engine.data_pipeline.executors import ExecutorConfig, run_stage, stage_stats, step_stats
 from dsm_engine.data_pipeline.jsonl_io import JsonlDocReader, count_records, jsonl_files
 from dsm_engine.data_pipeline.ngram_index import Backend, load_benchmark_index
 from dsm_engine.data_pipeline.ngram_ref import NGramMatcher
@@ -171,8 +174,11 @@ def decontaminate_jsonl(
     workers: int = 1,
     text_key: str = "text",
     skip_bad_lines: bool = False,
+    executor: ExecutorConfig | None = None,
 ) -> dict[str, float]:
     """Decontaminates JSON Lines documents into ``out_dir``; returns the step's counters.
+
+    ``executor`` says where the tasks run (default: ``workers`` local processes).
 
     ``input_path`` is a ``.jsonl[.gz|.zst]`` file or a folder of them (e.g. a datatrove
     ``JsonlWriter`` output); records need ``text_key`` and may carry ``id`` and ``metadata``.
@@ -204,9 +210,10 @@ def decontaminate_jsonl(
         Decontaminator(benchmarks, removal_log=str(out_dir / "removed"), backend=backend),
         JsonlWriter(str(out_dir / "documents")),
     ]
+    executor = executor or ExecutorConfig(workers=workers)
     logs = out_dir / "logs"
-    run_stage("decontaminate", pipeline, tasks=tasks, logging_dir=logs, cfg=ExecutorConfig(workers=workers))  # fmt: skip
-    counters = next((v for k, v in stage_stats(logs).items() if k.endswith(STEP_NAME)), {})
+    run_stage("decontaminate", pipeline, tasks=tasks, logging_dir=logs, cfg=executor)
+    counters = step_stats(stage_stats(logs), STEP_NAME)
     counters["bad_lines"] = bad.count
     summary = {"input": str(input_path), "benchmarks": str(benchmarks), **counters}
     summary["bad_line_examples"] = bad.named
@@ -214,8 +221,22 @@ def decontaminate_jsonl(
     return counters
 
 
+def _executor_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``executor.KEY=VALUE`` arguments (as ``KEY=VALUE``) and the rest of ``argv``."""
+    overrides, rest = [], []
+    for arg in argv:
+        if "=" in arg and not arg.startswith("-"):
+            key = arg.split("=", 1)[0]
+            if not key.startswith("executor."):
+                raise ConfigError(f"{arg}: only executor.KEY=VALUE settings are accepted")
+            overrides.append(arg.removeprefix("executor."))
+        else:
+            rest.append(arg)
+    return overrides, rest
+
+
 def main(argv: list[str]) -> int:
-    """``dsm data decontaminate``."""
+    """``dsm data decontaminate``; ``executor.KEY=VALUE`` sets any :class:`ExecutorConfig` field."""
     parser = argparse.ArgumentParser(
         prog="dsm data decontaminate",
         description="Remove lines holding benchmark 10-grams (or whole 3-9 word benchmark texts).",
@@ -234,8 +255,13 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="skip (and count) lines that are not JSON objects with a string text field",
     )
-    args = parser.parse_args(argv)
+    parser.add_argument("--executor", choices=["local", "slurm", "ray"], default="local")
     try:
+        overrides, rest = _executor_overrides(argv)
+        args = parser.parse_args(rest)
+        executor = load_config(
+            ExecutorConfig, None, [f"kind={args.executor}", f"workers={args.workers}", *overrides]
+        )
         counters = decontaminate_jsonl(
             args.input,
             args.out,
@@ -245,6 +271,7 @@ def main(argv: list[str]) -> int:
             workers=args.workers,
             text_key=args.text_key,
             skip_bad_lines=args.skip_bad_lines,
+            executor=executor,
         )
     except (FileNotFoundError, ValueError) as e:
         print(f"dsm data decontaminate: error: {e}", file=sys.stderr)

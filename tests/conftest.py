@@ -46,6 +46,21 @@ def torchrun() -> Callable[..., subprocess.CompletedProcess[str]]:
 
 
 @pytest.fixture(scope="session")
+def slurm_partition() -> str:
+    """The partition of a one-node Slurm on this machine, started (and, where missing,
+    installed) by ``.ci/start_slurm.sh``; the test is skipped, with the script's words, where
+    it cannot start (not root, no apt, no munge ...)."""
+    script = REPO / ".ci" / "start_slurm.sh"
+    try:
+        proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=900)
+    except subprocess.TimeoutExpired:
+        pytest.skip(f"no Slurm: {script} did not finish in 15 minutes")
+    if proc.returncode != 0:
+        pytest.skip(f"no Slurm: {script} failed: {(proc.stdout + proc.stderr)[-1500:]}")
+    return proc.stdout.split()[-1]
+
+
+@pytest.fixture(scope="session")
 def neox_tokenizer_path(shared_data: Path) -> Path:
     return shared_data / "tokenizers" / "gpt-neox-20b" / "tokenizer.json"
 

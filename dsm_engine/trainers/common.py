@@ -37,10 +37,18 @@ def config_help(prog: str, cls: type[RunConfig]) -> str:
     )
 
 
+def _lost_peer(error: BaseException) -> bool:
+    """Whether ``error`` is a collective or store call failing because another rank is gone."""
+    import torch.distributed as dist
+
+    return isinstance(error, dist.DistError) or "gloo/transport/" in str(error)
+
+
 def run_main(prog: str, cls: type[C], argv: list[str], run: Callable[[C], object]) -> int:
     """Parse ``[--config PATH] key=value ...`` into ``cls`` and call ``run(cfg)``.
 
-    Returns 0 on success, 2 on a user error (printed as ``prog: error: ...``).
+    Returns 0 on success, 2 on a user error (printed as ``prog: error: ...``), 1 when another
+    rank of the job died or hung (the usual sign of a lost node; printed with what to do).
     """
     from dsm_engine.models.parallel import destroy_parallel
 
@@ -55,6 +63,15 @@ def run_main(prog: str, cls: type[C], argv: list[str], run: Callable[[C], object
     except USER_ERRORS as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        if not _lost_peer(e):
+            raise
+        first = str(e).strip().splitlines()[0]
+        print(f"{prog}: error: lost contact with the other ranks ({type(e).__name__}: {first}).\n"
+              "A process of this job died or stopped answering, on this node or another. Start "
+              "every node again with resume=auto to continue from the last complete checkpoint "
+              f"in {cfg.run_dir}/checkpoints.", file=sys.stderr)  # fmt: skip
+        return 1
     finally:
         destroy_parallel()
     return 0
