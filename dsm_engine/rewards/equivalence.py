@@ -7,8 +7,9 @@
      comparison (units, when both name one, must agree; see percent and rounding below);
    - else the normalised strings (``normalize_answer``) are equal: True;
    - else the pair is screened (``guards``): an answer too large to evaluate or with a
-     literal division by zero, a qualifier or relation the reference lacks (``18 \\text{ or
-     more}``, ``x+1 = 18``), two numbers written side by side (``9 9``), or a number
+     literal division by zero, a qualifier, relation or text word the reference lacks
+     (``18 \\text{ or more}``, ``x+1 = 18``), two numbers written side by side (``9 9``),
+     a number base other than the reference's (``7602_9`` for ``7602_8``), or a number
      reference against anything but one closed numeric expression (``x+18``, ``lambda: 1``,
      ``\\{18\\}``, ``18, 19``): False;
    - else undecided.
@@ -30,7 +31,13 @@ Guarantees: the whole final answer must equal the reference: an answer with a fr
 variable, a word, a second value, a division by zero, a non-numeric token or an overflow is
 never equal to a number; huge or nested powers, factorials and exponents are rejected by
 size before any evaluation; model text is never executed; every pair is decided within the
-checker's time limit (a hostile pair costs at most one worker restart).
+checker's time limit (a hostile pair costs at most one worker restart). In the symbolic
+tier decimals must agree to 12 places (math-verify's default, 6, takes ``1.414214`` for
+``\\sqrt{2}``).
+
+Not guaranteed: equalities math-verify cannot prove are missed (``1011_2`` vs ``11``, number
+words such as ``eighteen``); a unit is compared only when both answers name one; a percent
+sign is read both ways, so ``0.5\\%`` equals a reference of ``0.5``.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from fractions import Fraction
 
 from dsm_engine.rewards.checker import EquivalenceConfig, SymbolicChecker, get_checker
 from dsm_engine.rewards.guards import (
+    bases,
     hedges,
     is_closed_numeric,
     juxtaposed,
@@ -240,6 +248,8 @@ def quick_equivalence(pred: str, gold: str, allow_rounding: bool = False) -> boo
         return False
     if juxtaposed(pred) and not juxtaposed(gold):
         return False
+    if bases(pred) and bases(pred) != bases(gold):
+        return False  # 7602_9 is not 7602_8 (a reference's base may be left out)
     if (gold_number is not None or is_closed_numeric(gold)) and not is_closed_numeric(pred):
         return False  # a free variable, a word or a second value never equals a number
     return None

@@ -25,6 +25,7 @@ from dsm_engine.rewards.numbers import HEDGE_WORDS, HEDGE_ZH, to_halfwidth
 
 __all__ = [
     "SizeLimits",
+    "bases",
     "hedges",
     "is_closed_numeric",
     "juxtaposed",
@@ -217,6 +218,7 @@ _CLOSED_COMMANDS = frozenset(
 _CLOSED_CHARS = frozenset("0123456789.+-*/^_()[]{}!| π√×÷·−%$")
 _TOKEN_RE = re.compile(r"\\[A-Za-z]+|\\.|.", re.DOTALL)
 _THOUSANDS_RE = re.compile(r"(?<=\d)(?:,|\{,\}|,\\!)(?=\d{3}(?!\d))")
+_SIDE_BY_SIDE_RE = re.compile(r"(?<![_^\d])\d+\s+\d")  # not "\\log_2 8"
 _SHORT_FRAC_RE = re.compile(r"\\[dt]?frac\s*\d\s*\d")
 _SPACING_RE = re.compile(r"\\[,;: ]|\\quad|\\qquad|~")
 
@@ -235,7 +237,7 @@ def juxtaposed(text: str) -> bool:
     which math-verify reads as a sum; a lone spaced number (``10 000``) is ``read_number``'s."""
     s = _SPACING_RE.sub(" ", to_halfwidth(text).replace("\\!", ""))
     s = _SHORT_FRAC_RE.sub("", s)  # "\\frac 1 2" is one half
-    return re.search(r"\d\s+\d", s) is not None
+    return _SIDE_BY_SIDE_RE.search(s) is not None
 
 
 def is_closed_numeric(text: str) -> bool:
@@ -263,6 +265,15 @@ def hedges(text: str) -> frozenset[str]:
     """Qualifier words of ``text`` (``or``, ``more``, ``约``, ``以上``, ...), lower-cased."""
     words = {w.lower() for w in _WORD_RE.findall(text)} & HEDGE_WORDS
     return frozenset(words | {h for h in HEDGE_ZH if h in text})
+
+
+_BASE_RE = re.compile(r"(?<![A-Za-z\\])\d[\d.]*_\{?\s*(\d+)\s*\}?")
+
+
+def bases(text: str) -> tuple[str, ...]:
+    """Number bases written as subscripts (``7602_8``, ``141_{13}``), in order: math-verify
+    drops them, so ``7602_9`` would equal ``7602_8``."""
+    return tuple(_BASE_RE.findall(text))
 
 
 _TEXT_RE = re.compile(r"\\(?:text|textrm|textbf|textit|mathrm|mbox|operatorname)\s*\{([^{}]*)\}")
