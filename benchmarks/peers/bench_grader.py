@@ -63,16 +63,20 @@ _PLAIN_RE = re.compile(r"-?\d+(?:\.\d+)?")
 _SIMPLE_FRAC_RE = re.compile(r"(-?)\\[dt]?frac\{(\d+)\}\{(\d+)\}")
 
 
+def _bare(answer: str) -> str:
+    """The answer without one leading ``x =``."""
+    return re.sub(r"^\s*[a-z]\s*=\s*", "", answer).strip()
+
+
 def _plain_value(answer: str) -> Fraction | None:
     """Value of an answer written as a bare integer or decimal, after one ``x =`` (labels
     rely on nothing else)."""
-    bare = re.sub(r"^\s*[a-z]\s*=\s*", "", answer).strip()
-    return Fraction(bare) if _PLAIN_RE.fullmatch(bare) else None
+    return Fraction(_bare(answer)) if _PLAIN_RE.fullmatch(_bare(answer)) else None
 
 
 def _certainly_not_a_number(answer: str) -> bool:
     """An answer holding a variable, a word, a list, a set or an interval is no real number."""
-    bare = re.sub(r"^\s*[a-z]\s*=\s*", "", answer)
+    bare = re.sub(r"\\(?:text|mbox|mathrm)\{[^{}]*\}", "", _bare(answer))  # units
     bare = re.sub(r"\\(?:frac|dfrac|sqrt|pi|left|right|cdot|times|circ)(?![A-Za-z])", "", bare)
     return bool(re.search(r"[A-Za-z,]|\\infty|\\cup|\\\{", bare))
 
@@ -87,7 +91,7 @@ def rewrite(answer: str, rng: random.Random) -> str | None:
     value = _plain_value(answer)
     if value is not None and value.denominator == 1 and abs(value) >= 1000:
         options.append(_with_separators(int(value)))
-    if value is not None:
+    if value is not None and _bare(answer) == answer.strip():
         options += [f"{answer} \\text{{ units}}", f"x = {answer}"]
     frac = _SIMPLE_FRAC_RE.fullmatch(answer.strip())
     if frac and int(frac.group(3)) != 0:
@@ -205,7 +209,7 @@ def math_pairs(limit: int, rng: random.Random) -> list[Pair]:
         if certain:
             add("other", answer, _boxed_output(other), False)
         if a is not None:
-            for group, wrong in embeddings(answer, rng, 1).items():
+            for group, wrong in embeddings(_bare(answer), rng, 1).items():
                 add(group, answer, _boxed_output(wrong), False)
     return pairs
 
