@@ -105,8 +105,8 @@ def rewrite(answer: str, rng: random.Random) -> str | None:
     if "\\left" not in answer and "\\sqrt[" not in answer and re.search(r"[()\[\]]", answer):
         swapped = answer.replace("(", "\\left(").replace(")", "\\right)")
         options.append(swapped.replace("[", "\\left[").replace("]", "\\right]"))
-    if ", " not in answer and "," in answer and "\\!" not in answer and "{,}" not in answer:
-        options.append(answer.replace(",", ", "))
+    if "," in answer and not re.search(r", |,\\!|\{,\}|\d,\d{3}(?!\d)", answer):
+        options.append(answer.replace(",", ", "))  # a list, not 61,328 (sixty-one thousand ...)
     options = [o for o in options if o != answer]
     return rng.choice(options) if options else None
 
@@ -399,6 +399,7 @@ def _measure(sets: dict[str, list[Pair]], repeats: int) -> tuple[dict, dict]:
 
 
 def run(args: argparse.Namespace) -> dict:
+    environment = machine()  # the commit that is measured, before anything can change it
     rng = random.Random(args.seed)
     sets = {"MATH": math_pairs(args.math, rng), "GSM8K": gsm8k_pairs(args.gsm8k, rng)}
     if args.adversarial != 0:
@@ -417,14 +418,14 @@ def run(args: argparse.Namespace) -> dict:
         rows.append({**row, "ms_per_pair": total / len(everything) * 1000})
     rows.sort(key=lambda r: [*sets, "all"].index(r["set"]))
     by_group: dict[str, dict] = {}
-    wrong_ours, wrong_peer = [], []
+    wrong_ours, missed_peer, credited_peer = [], [], []
     for set_name, pairs in sets.items():
         for i, p in enumerate(pairs):
             got = {name: verdicts[name, set_name][i] for name in GRADERS}
             if got["ours"] != p.label:
                 wrong_ours.append({**asdict(p), **got})
             elif got["math-verify"] != p.label:
-                wrong_peer.append({**asdict(p), **got})
+                (missed_peer if p.label else credited_peer).append({**asdict(p), **got})
             if not p.label:
                 empty = {"wrong_pairs": 0, **dict.fromkeys(GRADERS, 0)}
                 row = by_group.setdefault(f"{p.source}/{p.group}", empty)
@@ -448,12 +449,13 @@ def run(args: argparse.Namespace) -> dict:
     ]
     return {
         "benchmark": NAME,
-        "environment": machine(),
+        "environment": environment,
         "arguments": {**vars(args), "out": str(args.out)},
         "rows": rows,
         "false_credit_by_group": by_group,
         "ours_wrong": wrong_ours,
-        "only_math_verify_wrong": wrong_peer[:300],
+        "only_math_verify_missed": missed_peer,
+        "only_math_verify_false_credit_sample": credited_peer[:200],
         "notes": notes,
     }
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait
 
 from dsm_engine.procs import python_argv
+from dsm_engine.rewards.guards import nesting_depth
 
 __all__ = ["EquivalenceConfig", "SymbolicChecker", "get_checker"]
 
@@ -42,17 +43,6 @@ class EquivalenceConfig:
     memory_limit_mb: int = 2048
     max_chars: int = 400
     max_depth: int = 16
-
-
-def _nesting_depth(text: str) -> int:
-    depth = best = 0
-    for ch in text:
-        if ch in "{[(":
-            depth += 1
-            best = max(best, depth)
-        elif ch in "}])":
-            depth = max(0, depth - 1)
-    return best
 
 
 # --------------------------------------------------------------------------- worker pool
@@ -156,8 +146,8 @@ class SymbolicChecker:
         return (
             len(pred) > cfg.max_chars
             or len(gold) > cfg.max_chars
-            or _nesting_depth(pred) > cfg.max_depth
-            or _nesting_depth(gold) > cfg.max_depth
+            or nesting_depth(pred) > cfg.max_depth
+            or nesting_depth(gold) > cfg.max_depth
         )
 
     def check(self, pairs: Sequence[tuple[str, str]]) -> list[bool]:

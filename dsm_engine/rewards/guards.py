@@ -29,6 +29,7 @@ __all__ = [
     "hedges",
     "is_closed_numeric",
     "juxtaposed",
+    "nesting_depth",
     "relations",
     "strip_assignment",
     "text_words",
@@ -68,7 +69,8 @@ _DIVISION_BY_ZERO_RE = re.compile(
 )
 
 
-def _depth(text: str) -> int:
+def nesting_depth(text: str) -> int:
+    """Deepest nesting of ``{[(`` brackets in ``text``."""
     depth = best = 0
     for ch in text:
         if ch in "{[(":
@@ -157,7 +159,7 @@ def unsafe_reason(text: str, limits: SizeLimits = DEFAULT_LIMITS) -> str | None:
     """Why ``text`` must not be evaluated (too large, or a division by zero), else None."""
     if len(text) > limits.max_chars:
         return "too long"
-    if _depth(text) > limits.max_depth:
+    if nesting_depth(text) > limits.max_depth:
         return "nested too deep"
     s = to_halfwidth(text).replace("**", "^")
     if any(len(run) > limits.max_digits for run in _DIGITS_RE.findall(s)):
