@@ -17,7 +17,8 @@
    limit per pair, for the undecided pairs only.
 
 Normalisations (what may differ between equal answers): spaces, ``$``, ``\\left``/``\\right``,
-LaTeX spacing, ``\\dfrac``/``\\tfrac``/``\\frac12``, ``\\sqrt3``, ``a/b``, thousands
+LaTeX spacing, ``\\dfrac``/``\\tfrac``/``\\frac12``, ``\\sqrt3``, ``a/b``, SymPy's printing
+(``sqrt(2)/2``, ``pi/4``, ``2**10``, as programs print answers), thousands
 separators (``1,234``, ``1{,}234``, ``10\\,000``; space-separated groups of three digits only
 for a plain number), trailing zeros (``3.0``), degrees, ``\\text{}`` wrappers, one leading
 ``x =`` or ``x \\in``, a trailing unit (``5\\text{ cm}``, ``18 apples``, ``18元``; not one
@@ -63,6 +64,7 @@ __all__ = [
     "EquivalenceConfig",
     "SymbolicChecker",
     "are_equivalent",
+    "from_python",
     "get_checker",
     "is_equivalent",
     "normalize_answer",
@@ -170,6 +172,21 @@ def normalize_answer(answer: str) -> str:
     return s
 
 
+_PY_SQRT_RE = re.compile(r"(?<![A-Za-z\\])sqrt\(([^()]*)\)")
+_PY_NAME_RE = re.compile(r"(?<![A-Za-z\\])(pi|sin|cos|tan)(?![A-Za-z])")
+_PY_POWER_RE = re.compile(r"\*\*\s*(\d+|\([^()]*\))")
+
+
+def from_python(answer: str) -> str:
+    """SymPy's printing of an answer (``sqrt(2)/2``, ``pi/4``, ``2**10``), as programs print
+    them, in LaTeX (``\\sqrt{2}/2``, ``\\pi/4``, ``2^{10}``); any other text unchanged."""
+    if "sqrt(" not in answer and "**" not in answer and not _PY_NAME_RE.search(answer):
+        return answer
+    s = _PY_SQRT_RE.sub(r"\\sqrt{\1}", answer)
+    s = _PY_NAME_RE.sub(r"\\\1", s)
+    return _PY_POWER_RE.sub(lambda m: "^{" + m.group(1) + "}", s)
+
+
 def _braced(token: str) -> str:
     return token if token.startswith("{") else "{" + token + "}"
 
@@ -231,6 +248,7 @@ def quick_equivalence(pred: str, gold: str, allow_rounding: bool = False) -> boo
         return False
     if len(pred) > _MAX_NORMALIZE_CHARS or len(gold) > _MAX_NORMALIZE_CHARS:
         return pred.strip() == gold.strip()  # no final answer is this long: skip the regexes
+    pred, gold = from_python(pred), from_python(gold)
     pred_number, gold_number = read_number(pred), read_number(gold)
     if pred_number is not None and gold_number is not None:
         return _numbers_equal(pred_number, gold_number, allow_rounding)
@@ -260,10 +278,11 @@ def quick_equivalence(pred: str, gold: str, allow_rounding: bool = False) -> boo
 
 def _symbolic_form(answer: str) -> str:
     """What math-verify is shown: a plain number as its exact value (``1.8e1`` -> ``18``,
-    ``18 apples`` -> ``18``), which its LaTeX parser may misread; other answers as written."""
+    ``18 apples`` -> ``18``), which its LaTeX parser may misread; other answers in LaTeX
+    (``from_python``)."""
     number = read_number(answer)
     if number is None or number.percent:
-        return answer
+        return from_python(answer)
     value = number.value
     if value.denominator == 1:
         return str(value.numerator)
