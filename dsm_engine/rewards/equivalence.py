@@ -153,10 +153,10 @@ def normalize_answer(answer: str) -> str:
         if command + "{" in s:
             s = _unwrap_command(s, command)
     s = strip_assignment(s)
-    # "10 000" is ten thousand; "9 9" is no number: keep a mark that never equals a digit
-    s = _JUXTAPOSED_RE.sub("\\1\u2423", _GROUP_SPACE_RE.sub("", s))
     s = _SQRT_SHORT_RE.sub(r"\\sqrt{\1}", s)
     s = _FRAC_SHORT_RE.sub(lambda m: "\\frac" + _braced(m.group(1)) + _braced(m.group(2)), s)
+    # "10 000" is ten thousand; "9 9" is no number: keep a mark that never equals a digit
+    s = _JUXTAPOSED_RE.sub("\\1\u2423", _GROUP_SPACE_RE.sub("", s))
     s = s.replace(" ", "")
     s = re.sub(r"(^|[{(\[,=+\-])\.(\d)", r"\g<1>0.\2", s)
     if _THOUSANDS_RE.match(s):

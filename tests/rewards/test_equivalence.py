@@ -47,6 +47,10 @@ def checker():
         ("-3/4", r"-\frac{3}{4}"),
         (r"1-5\mathrm{i}", "1-5i"),
         (".25", "0.25"),
+        (r"\frac 1 2", r"\frac{1}{2}"),
+        ("9 9", "9\u24239"),  # two numbers side by side never normalise to 99
+        ("10 000", "10000"),
+        (r"18 \text{ or more}", "18ormore"),  # a hedge is no unit
     ],
 )
 def test_normalize_answer_like_math_is_equiv(raw, normal):
