@@ -7,6 +7,10 @@ GRPO trainer entry points::
     reward_fn = build_reward_fn("verifier", kind="auto")      # a RewardFn
     rewards = reward_fn.score(prompts, outputs, golds)        # list[float], 1.0 / 0.0
     verify(output, "#### 18", kind="gsm8k")                  # one output -> float
+
+What counts as equal (normalisations) and what the grader guarantees (no credit for a free
+variable, a hedge, a second value, a division by zero or an overflow; size limits before any
+evaluation): ``dsm_engine.rewards.equivalence``.
 """
 
 from dsm_engine.rewards.equivalence import (

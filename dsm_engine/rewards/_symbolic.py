@@ -25,6 +25,9 @@ from math_verify import LatexExtractionConfig, parse, verify
 
 _EXTRACTION = (LatexExtractionConfig(boxed_match_priority=0, try_extract_without_anchor=False),)
 _INNER_TIMEOUT_S = 1
+# math-verify rounds decimals to 6 places by default (1.414214 "equals" sqrt(2)); 12 places
+# keeps exact decimals equal to their fractions and rejects approximations
+_FLOAT_ROUNDING = 12
 
 
 @lru_cache(maxsize=4096)
@@ -47,7 +50,13 @@ def symbolic_equal(gold: str, pred: str) -> bool:
     pred_parsed = _parse_answer(pred)
     if not pred_parsed:
         return False
-    return bool(verify(list(gold_parsed), list(pred_parsed), timeout_seconds=_INNER_TIMEOUT_S))
+    verdict = verify(
+        list(gold_parsed),
+        list(pred_parsed),
+        float_rounding=_FLOAT_ROUNDING,
+        timeout_seconds=_INNER_TIMEOUT_S,
+    )
+    return bool(verdict)
 
 
 def serve(stdin: BinaryIO, stdout: BinaryIO, memory_limit_mb: int, inner_timeout_s: int) -> None:

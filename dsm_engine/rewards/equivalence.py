@@ -1,63 +1,76 @@
-"""Answer normalisation and equivalence checking with hard time limits.
+"""Answer equivalence: is a predicted final answer mathematically equal to the reference?
 
-Two tiers, cheapest first:
+``are_equivalent(pairs)`` / ``is_equivalent(pred, gold)`` decide in two tiers:
 
-1. ``quick_equivalence``: MATH-style string normalisation (``normalize_answer``) and exact
-   rational comparison of plain numbers, in-process, microseconds, no parser involved.
-2. ``SymbolicChecker``: math-verify (LaTeX -> SymPy) in persistent worker processes. Each
-   check has a hard wall-clock limit: a worker that overruns is killed and replaced, and the
-   pair scores "not equivalent". Model text is never evaluated as Python (see _symbolic.py).
+1. ``quick_equivalence`` (in-process, microseconds, nothing evaluated):
+   - both answers read as single numbers (``numbers.read_number``): exact rational
+     comparison (units, when both name one, must agree; see percent and rounding below);
+   - else the normalised strings (``normalize_answer``) are equal: True;
+   - else the pair is screened (``guards``): an answer too large to evaluate or with a
+     literal division by zero, a qualifier, relation or text word the reference lacks
+     (``18 \\text{ or more}``, ``x+1 = 18``), two numbers written side by side (``9 9``),
+     a number base other than the reference's (``7602_9`` for ``7602_8``), or a number
+     reference against anything but one closed numeric expression (``x+18``, ``lambda: 1``,
+     ``\\{18\\}``, ``18, 19``): False;
+   - else undecided.
+2. ``SymbolicChecker`` (``checker.py``): math-verify in worker processes, under a hard time
+   limit per pair, for the undecided pairs only.
 
-``is_equivalent``/``are_equivalent`` combine both tiers with a process-wide checker.
+Normalisations (what may differ between equal answers): spaces, ``$``, ``\\left``/``\\right``,
+LaTeX spacing, ``\\dfrac``/``\\tfrac``/``\\frac12``, ``\\sqrt3``, ``a/b``, SymPy's printing
+(``sqrt(2)/2``, ``pi/4``, ``2**10``, as programs print answers), thousands
+separators (``1,234``, ``1{,}234``, ``10\\,000``; space-separated groups of three digits only
+for a plain number), trailing zeros (``3.0``), degrees, ``\\text{}`` wrappers, one leading
+``x =`` or ``x \\in``, a trailing unit (``5\\text{ cm}``, ``18 apples``, ``18元``; not one
+holding a qualifier word), currency signs, Chinese numerals (``十八``, ``三分之一``,
+``百分之四十``, ``3.5万``). A percent sign may be read both ways: ``50\\%`` equals ``50`` (a
+reference in percent units, the benchmarks' convention) and ``0.5``; two percent signs must
+agree. ``allow_rounding`` (numeric benchmarks) also accepts a decimal of two or more places
+that is the correctly rounded value of a reference with no finite decimal (``0.33`` for 1/3).
+
+Guarantees: the whole final answer must equal the reference: an answer with a free
+variable, a word, a second value, a division by zero, a non-numeric token or an overflow is
+never equal to a number; huge or nested powers, factorials and exponents are rejected by
+size before any evaluation; model text is never executed; every pair is decided within the
+checker's time limit (a hostile pair costs at most one worker restart). In the symbolic
+tier decimals must agree to 12 places (math-verify's default, 6, takes ``1.414214`` for
+``\\sqrt{2}``).
+
+Not guaranteed: equalities math-verify cannot prove are missed (``1011_2`` vs ``11``, number
+words such as ``eighteen``); a unit is compared only when both answers name one; a percent
+sign is read both ways, so ``0.5\\%`` equals a reference of ``0.5``.
 """
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import json
-import os
 import re
-import subprocess
-import threading
-import time
-from collections import OrderedDict, deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from fractions import Fraction
-from multiprocessing.connection import wait
 
-from dsm_engine.procs import python_argv
-from dsm_engine.rewards.extract import to_halfwidth
+from dsm_engine.rewards.checker import EquivalenceConfig, SymbolicChecker, get_checker
+from dsm_engine.rewards.guards import (
+    bases,
+    hedges,
+    is_closed_numeric,
+    juxtaposed,
+    relations,
+    strip_assignment,
+    text_words,
+    unsafe_reason,
+)
+from dsm_engine.rewards.numbers import HEDGE_WORDS, NumberAnswer, read_number, to_halfwidth
 
 __all__ = [
     "EquivalenceConfig",
     "SymbolicChecker",
     "are_equivalent",
+    "from_python",
     "get_checker",
     "is_equivalent",
     "normalize_answer",
     "parse_number",
     "quick_equivalence",
 ]
-
-
-@dataclass
-class EquivalenceConfig:
-    """Limits of the symbolic tier.
-
-    timeout_s: hard wall-clock limit per (gold, pred) check, seconds.
-    num_workers: worker processes checking pairs in parallel.
-    memory_limit_mb: address-space limit of each worker (0: none).
-    max_chars: longer answers skip the symbolic tier (string match only).
-    max_depth: answers nested deeper than this ({[( levels) skip the symbolic tier.
-    """
-
-    timeout_s: float = 5.0
-    num_workers: int = 1
-    memory_limit_mb: int = 2048
-    max_chars: int = 400
-    max_depth: int = 16
 
 
 # --------------------------------------------------------------------------- normalisation
@@ -78,7 +91,8 @@ _SLASH_FRACTION_RE = re.compile(r"^(-?)(\d{1,30})/(\d{1,30})$")
 _LATEX_FRACTION_RE = re.compile(r"^(-?)\\frac\{(-?\d{1,30})\}\{(\d{1,30})\}$")
 _DECIMAL_RE = re.compile(r"^-?(?:\d{1,40}(?:\.\d{0,40})?|\.\d{1,40})$")
 _MAX_NORMALIZE_CHARS = 2000
-_ASSIGNMENT_RE = re.compile(r"^\s*[a-zA-Z](?:_\{?\w\}?)?\s*=\s*(?!=)")
+_GROUP_SPACE_RE = re.compile(r"(?<=\d) (?=\d{3}(?!\d))")
+_JUXTAPOSED_RE = re.compile(r"(\d) +(?=\d)")
 
 
 def _unwrap_command(text: str, command: str) -> str:
@@ -114,8 +128,9 @@ def normalize_answer(answer: str) -> str:
     """Canonical string form of a final answer, in the spirit of the MATH paper's ``is_equiv``.
 
     Removes what does not change the value: spaces, ``$``, ``\\left``/``\\right``, ``\\!`` and
-    other spacing, degrees, percent signs, trailing unit words (``5\\text{ cm}``), ``\\text{}``
-    wrappers, an ``x =`` prefix, thousands separators and trailing ``.0``; rewrites
+    other spacing, degrees, percent signs, trailing unit words (``5\\text{ cm}``; not
+    ``\\text{ or more}``), ``\\text{}`` wrappers, an ``x =``/``x \\in`` prefix, thousands
+    separators and trailing ``.0``; keeps digits written side by side apart (``9 9``); rewrites
     ``\\dfrac``/``\\tfrac`` to ``\\frac``, ``\\frac12`` to ``\\frac{1}{2}``, ``\\sqrt3`` to
     ``\\sqrt{3}``, ``a/b`` to ``\\frac{a}{b}`` and ``0.5`` to ``\\frac{1}{2}``.
     """
@@ -132,15 +147,16 @@ def normalize_answer(answer: str) -> str:
     s = s.replace("\\%", "").replace("%", "")
     s = s.strip().rstrip(".").strip()
     unit = _UNIT_TAIL_RE.match(s)
-    if unit:
+    if unit and not {w.lower() for w in re.findall(r"[A-Za-z]+", s[unit.end(1) :])} & HEDGE_WORDS:
         s = unit.group(1)
     for command in _TEXT_COMMANDS:
         if command + "{" in s:
             s = _unwrap_command(s, command)
-    if s.count("=") == 1 and _ASSIGNMENT_RE.match(s):
-        s = s.split("=", 1)[1]
+    s = strip_assignment(s)
     s = _SQRT_SHORT_RE.sub(r"\\sqrt{\1}", s)
     s = _FRAC_SHORT_RE.sub(lambda m: "\\frac" + _braced(m.group(1)) + _braced(m.group(2)), s)
+    # "10 000" is ten thousand; "9 9" is no number: keep a mark that never equals a digit
+    s = _JUXTAPOSED_RE.sub("\\1\u2423", _GROUP_SPACE_RE.sub("", s))
     s = s.replace(" ", "")
     s = re.sub(r"(^|[{(\[,=+\-])\.(\d)", r"\g<1>0.\2", s)
     if _THOUSANDS_RE.match(s):
@@ -156,30 +172,37 @@ def normalize_answer(answer: str) -> str:
     return s
 
 
+_PY_SQRT_RE = re.compile(r"(?<![A-Za-z\\])sqrt\(([^()]*)\)")
+_PY_NAME_RE = re.compile(r"(?<![A-Za-z\\])(pi|sin|cos|tan)(?![A-Za-z])")
+_PY_POWER_RE = re.compile(r"\*\*\s*(\d+|\([^()]*\))")
+
+
+def from_python(answer: str) -> str:
+    """SymPy's printing of an answer (``sqrt(2)/2``, ``pi/4``, ``2**10``), as programs print
+    them, in LaTeX (``\\sqrt{2}/2``, ``\\pi/4``, ``2^{10}``); any other text unchanged."""
+    if "sqrt(" not in answer and "**" not in answer and not _PY_NAME_RE.search(answer):
+        return answer
+    s = _PY_SQRT_RE.sub(r"\\sqrt{\1}", answer)
+    s = _PY_NAME_RE.sub(r"\\\1", s)
+    return _PY_POWER_RE.sub(lambda m: "^{" + m.group(1) + "}", s)
+
+
 def _braced(token: str) -> str:
     return token if token.startswith("{") else "{" + token + "}"
 
 
 def parse_number(answer: str) -> Fraction | None:
-    """Exact value of a plain number (``-12``, ``3.50``, ``3/4``, ``\\frac{3}{4}``), else None.
+    """Exact value of an answer that is one plain number (``-12``, ``3.50``, ``3/4``,
+    ``\\frac{3}{4}``, ``25\\%`` -> 25, ``18 apples``), else None (``numbers.read_number``).
 
-    Bounded-length regexes only: never exponent notation, so no huge integer is built.
+    Never builds a huge integer: ``1e1000000000`` is None.
     """
-    s = normalize_answer(answer)
-    if _DECIMAL_RE.match(s):
-        return Fraction(s)
-    frac = _LATEX_FRACTION_RE.match(s)
-    if frac:
-        sign = -1 if frac.group(1) else 1
-        numerator, denominator = int(frac.group(2)), int(frac.group(3))
-        if denominator == 0:
-            return None
-        return sign * Fraction(numerator, denominator)
-    return None
+    number = read_number(answer)
+    return None if number is None else number.value
 
 
 def _decimal_places(text: str) -> int:
-    s = to_halfwidth(text).strip().rstrip("%").strip()
+    s = text.rstrip("%")
     return len(s.split(".", 1)[1]) if re.fullmatch(r"-?\d+\.\d+", s) else 0
 
 
@@ -191,8 +214,32 @@ def _is_terminating(value: Fraction) -> bool:
     return d == 1
 
 
+def _readings(number: NumberAnswer) -> list[tuple[Fraction, int]]:
+    """(value, decimal places) of each reading: a percent is also read as a fraction."""
+    places = _decimal_places(number.text)
+    if not number.percent:
+        return [(number.value, places)]
+    return [(number.value, places), (number.value / 100, places + 2)]
+
+
+def _numbers_equal(pred: NumberAnswer, gold: NumberAnswer, allow_rounding: bool) -> bool:
+    if pred.unit and gold.unit and pred.unit != gold.unit:
+        return False  # "9 a.m." is not "9 p.m."
+    if pred.percent and gold.percent:
+        pairs = [((pred.value, _decimal_places(pred.text)), gold.value)]
+    else:
+        pairs = [(p, g) for p in _readings(pred) for g, _ in _readings(gold)]
+    if any(p == g for (p, _), g in pairs):
+        return True
+    return allow_rounding and any(
+        places >= 2 and not _is_terminating(g) and abs(p - g) <= Fraction(1, 2 * 10**places)
+        for (p, places), g in pairs
+    )
+
+
 def quick_equivalence(pred: str, gold: str, allow_rounding: bool = False) -> bool | None:
-    """Cheap verdict: True/False when decided by normalised strings or exact numbers, else None.
+    """Cheap verdict: True/False when decided without evaluation, else None (see the module
+    docstring for the order of the checks).
 
     allow_rounding: accept a decimal ``pred`` (>= 2 places) that is ``gold`` correctly rounded,
     when ``gold`` has no finite decimal expansion (``0.33`` for ``1/3``; never ``0.13`` for 0.125).
@@ -201,233 +248,45 @@ def quick_equivalence(pred: str, gold: str, allow_rounding: bool = False) -> boo
         return False
     if len(pred) > _MAX_NORMALIZE_CHARS or len(gold) > _MAX_NORMALIZE_CHARS:
         return pred.strip() == gold.strip()  # no final answer is this long: skip the regexes
+    pred, gold = from_python(pred), from_python(gold)
+    pred_number, gold_number = read_number(pred), read_number(gold)
+    if pred_number is not None and gold_number is not None:
+        return _numbers_equal(pred_number, gold_number, allow_rounding)
     norm_pred, norm_gold = normalize_answer(pred), normalize_answer(gold)
     if not norm_pred or not norm_gold:
         return False
     if norm_pred == norm_gold:
         return True
-    value_pred, value_gold = parse_number(pred), parse_number(gold)
-    if value_pred is None or value_gold is None:
-        return None
-    if value_pred == value_gold:
-        return True
-    places = _decimal_places(pred)
-    if allow_rounding and places >= 2 and not _is_terminating(value_gold):
-        return abs(value_pred - value_gold) <= Fraction(1, 2 * 10**places)
-    return False
-
-
-def _nesting_depth(text: str) -> int:
-    depth = best = 0
-    for ch in text:
-        if ch in "{[(":
-            depth += 1
-            best = max(best, depth)
-        elif ch in "}])":
-            depth = max(0, depth - 1)
-    return best
-
-
-# --------------------------------------------------------------------------- worker pool
-
-
-class _Worker:
-    """One math-verify worker subprocess (``python -m dsm_engine.rewards._symbolic``)."""
-
-    def __init__(self, config: EquivalenceConfig) -> None:
-        # math-verify's own signal limits (whole seconds) end most slow checks without a
-        # respawn; the parent's hard limit catches what signals cannot interrupt
-        inner = max(1, int(config.timeout_s / 2))
-        env = dict(os.environ, OMP_NUM_THREADS="1")
-        command = python_argv("-m", "dsm_engine.rewards._symbolic")
-        self.process = subprocess.Popen(
-            [*command, str(config.memory_limit_mb), str(inner)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            bufsize=0,
-            env=env,
-        )
-        self.ready = False
-
-    @property
-    def stdout(self):
-        return self.process.stdout
-
-    def wait_ready(self, timeout_s: float = 120.0) -> None:
-        """Block until the worker has loaded math-verify (its ``ready`` line)."""
-        if self.ready:
-            return
-        if not wait([self.stdout], timeout_s) or self.stdout.readline() != b"ready\n":
-            self.kill()
-            raise RuntimeError(
-                "math-verify worker failed to start (python -m dsm_engine.rewards._symbolic)"
-            )
-        self.ready = True
-
-    def send(self, gold: str, pred: str) -> None:
-        self.process.stdin.write((json.dumps([gold, pred]) + "\n").encode())
-
-    def receive(self) -> bool:
-        line = self.stdout.readline()
-        if not line:
-            raise EOFError("math-verify worker exited")
-        return line == b"1\n"
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait(timeout=10)
-        self._close_pipes()
-
-    def stop(self) -> None:
-        try:
-            self.process.stdin.close()  # EOF ends the worker's request loop
-            self.process.wait(timeout=2)
-        except (OSError, subprocess.TimeoutExpired):
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self._close_pipes()
-
-    def _close_pipes(self) -> None:
-        for stream in (self.process.stdin, self.process.stdout):
-            with contextlib.suppress(OSError):
-                stream.close()
-
-
-class SymbolicChecker:
-    """math-verify equivalence in worker processes, each check under a hard time limit.
-
-    ``check(pairs)`` takes ``(pred, gold)`` pairs and returns one bool per pair; a pair that
-    runs past ``config.timeout_s`` (wall clock, from the moment the warm worker receives it)
-    is False and its worker is killed and replaced. Results are cached (LRU). Thread-safe;
-    ``close()`` (or interpreter exit) stops the workers.
-    """
-
-    def __init__(self, config: EquivalenceConfig | None = None, cache_size: int = 100_000):
-        self.config = config or EquivalenceConfig()
-        if self.config.timeout_s <= 0:
-            raise ValueError(f"timeout_s must be > 0, got {self.config.timeout_s}")
-        if self.config.num_workers < 1:
-            raise ValueError(f"num_workers must be >= 1, got {self.config.num_workers}")
-        self._workers: list[_Worker] = []
-        self._lock = threading.Lock()
-        self._cache: OrderedDict[tuple[str, str], bool] = OrderedDict()
-        self._cache_size = cache_size
-        self.timeouts = 0  # checks that hit the hard limit
-        self.checks = 0  # checks sent to a worker
-
-    def start(self) -> None:
-        """Start all workers now and wait until they are warm (otherwise: on first use)."""
-        with self._lock:
-            while len(self._workers) < self.config.num_workers:
-                self._workers.append(_Worker(self.config))
-            for worker in self._workers:
-                worker.wait_ready()
-
-    def _skip(self, pred: str, gold: str) -> bool:
-        cfg = self.config
-        return (
-            len(pred) > cfg.max_chars
-            or len(gold) > cfg.max_chars
-            or _nesting_depth(pred) > cfg.max_depth
-            or _nesting_depth(gold) > cfg.max_depth
-        )
-
-    def check(self, pairs: Sequence[tuple[str, str]]) -> list[bool]:
-        """Symbolic verdict for each ``(pred, gold)``; False on timeout, error or skip."""
-        results = [False] * len(pairs)
-        todo: deque[int] = deque()
-        with self._lock:
-            for i, (pred, gold) in enumerate(pairs):
-                key = (gold, pred)
-                if key in self._cache:
-                    self._cache.move_to_end(key)
-                    results[i] = self._cache[key]
-                elif not self._skip(pred, gold):
-                    todo.append(i)
-            if todo:
-                self._run(pairs, todo, results)
-        return results
-
-    def _run(self, pairs: Sequence[tuple[str, str]], todo: deque[int], results: list[bool]):
-        while len(self._workers) < min(self.config.num_workers, len(todo)):
-            self._workers.append(_Worker(self.config))
-        idle = list(self._workers)
-        busy: dict[int, tuple[_Worker, int, float]] = {}  # stdout fd -> worker, item, deadline
-        while todo or busy:
-            while idle and todo:
-                worker, i = idle.pop(), todo.popleft()
-                pred, gold = pairs[i]
-                worker.wait_ready()
-                try:
-                    worker.send(gold, pred)
-                except OSError:  # the worker died between checks: replace it once
-                    worker = self._replace(worker)
-                    worker.wait_ready()
-                    worker.send(gold, pred)
-                self.checks += 1
-                deadline = time.monotonic() + self.config.timeout_s
-                busy[worker.stdout.fileno()] = (worker, i, deadline)
-            next_deadline = min(deadline for _, _, deadline in busy.values())
-            streams = [worker.stdout for worker, _, _ in busy.values()]
-            for stream in wait(streams, max(0.0, next_deadline - time.monotonic())):
-                worker, i, _ = busy.pop(stream.fileno())
-                try:
-                    results[i] = worker.receive()
-                    idle.append(worker)
-                except (EOFError, OSError):  # the worker died (e.g. hit its memory limit)
-                    idle.append(self._replace(worker))
-                self._remember(pairs[i], results[i])
-            now = time.monotonic()
-            for key, (worker, i, deadline) in list(busy.items()):
-                if now >= deadline:
-                    del busy[key]
-                    self.timeouts += 1
-                    self._remember(pairs[i], False)
-                    idle.append(self._replace(worker))
-
-    def _replace(self, worker: _Worker) -> _Worker:
-        worker.kill()
-        fresh = _Worker(self.config)
-        self._workers[self._workers.index(worker)] = fresh
-        return fresh
-
-    def _remember(self, pair: tuple[str, str], verdict: bool) -> None:
-        pred, gold = pair
-        self._cache[(gold, pred)] = verdict
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-
-    def close(self) -> None:
-        """Stop all worker processes."""
-        with self._lock:
-            for worker in self._workers:
-                worker.stop()
-            self._workers.clear()
-
-    @property
-    def worker_pids(self) -> list[int]:
-        """Process ids of the live workers (for tests and monitoring)."""
-        return [worker.process.pid for worker in self._workers]
+    # the answers differ as written: only evaluation can equate them, and only if it is safe
+    if unsafe_reason(pred) is not None or unsafe_reason(gold) is not None:
+        return False
+    if not hedges(pred) <= hedges(gold) or not relations(pred) <= relations(gold):
+        return False
+    if not text_words(pred) <= text_words(gold):
+        return False
+    if juxtaposed(pred) and not juxtaposed(gold):
+        return False
+    if bases(pred) and bases(pred) != bases(gold):
+        return False  # 7602_9 is not 7602_8 (a reference's base may be left out)
+    if (gold_number is not None or is_closed_numeric(gold)) and not is_closed_numeric(pred):
+        return False  # a free variable, a word or a second value never equals a number
+    return None
 
 
 # --------------------------------------------------------------------------- public API
 
-_DEFAULT: SymbolicChecker | None = None
-_DEFAULT_LOCK = threading.Lock()
 
-
-def get_checker(config: EquivalenceConfig | None = None) -> SymbolicChecker:
-    """The process-wide checker (created on first use; ``config`` only applies then)."""
-    global _DEFAULT
-    with _DEFAULT_LOCK:
-        if _DEFAULT is None:
-            if config is None:
-                workers = int(os.environ.get("DSM_VERIFY_WORKERS", "1"))
-                config = EquivalenceConfig(num_workers=max(1, workers))
-            _DEFAULT = SymbolicChecker(config)
-            atexit.register(_DEFAULT.close)
-        return _DEFAULT
+def _symbolic_form(answer: str) -> str:
+    """What math-verify is shown: a plain number as its exact value (``1.8e1`` -> ``18``,
+    ``18 apples`` -> ``18``), which its LaTeX parser may misread; other answers in LaTeX
+    (``from_python``)."""
+    number = read_number(answer)
+    if number is None or number.percent:
+        return from_python(answer)
+    value = number.value
+    if value.denominator == 1:
+        return str(value.numerator)
+    return ("-" if value < 0 else "") + f"\\frac{{{abs(value.numerator)}}}{{{value.denominator}}}"
 
 
 def are_equivalent(
@@ -439,7 +298,7 @@ def are_equivalent(
     """Verdict per ``(pred, gold)`` pair: quick tier first, math-verify only when undecided.
 
     A None or empty answer is never equivalent. ``symbolic=False`` stops at the quick tier
-    (undecided pairs are False), for numeric benchmarks where math-verify adds nothing.
+    (undecided pairs are False). ``checker``: default, the process-wide one (``get_checker``).
     """
     results: list[bool] = [False] * len(pairs)
     undecided: list[int] = []
@@ -453,7 +312,10 @@ def are_equivalent(
             results[i] = verdict
     if symbolic and undecided:
         checker = checker or get_checker()
-        verdicts = checker.check([(str(pairs[i][0]), str(pairs[i][1])) for i in undecided])
+        todo = [
+            (_symbolic_form(str(pairs[i][0])), _symbolic_form(str(pairs[i][1]))) for i in undecided
+        ]
+        verdicts = checker.check(todo)
         for i, verdict in zip(undecided, verdicts):
             results[i] = verdict
     return results

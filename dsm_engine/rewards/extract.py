@@ -6,8 +6,11 @@ evaluation of model text), so it is safe and linear-time on hostile outputs.
 Kinds of answers:
 - ``math``: the last ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces), else an
   "answer is ..." phrase.
-- ``gsm8k`` / ``number``: ``#### n``, a boxed answer, an "answer is"/"答案是" phrase, else the
-  last number in the text (Arabic, full-width or Chinese numerals).
+- ``gsm8k`` / ``number``: the whole of the ``#### ...`` line, the last boxed answer or the
+  "answer is"/"答案是" phrase, as one number when it reads as one (``numbers.read_number``),
+  else as written (an expression is graded as a whole, never by a number inside it); only
+  when the text marks no final answer, its last number, unless that number is an operand
+  (``x+18``, ``\frac{3}{18}``, ``18^2``).
 - ``choice``: the chosen letters of a multiple-choice question, as a sorted string (``"AC"``).
 - ``cloze``: one answer per blank (several boxed answers or a ``;``-separated list).
 """
@@ -15,6 +18,8 @@ Kinds of answers:
 from __future__ import annotations
 
 import re
+
+from dsm_engine.rewards.numbers import chinese_to_number, read_number, to_halfwidth
 
 __all__ = [
     "BOX_COMMANDS",
@@ -27,6 +32,7 @@ __all__ = [
     "extract_math_answer",
     "extract_number_answer",
     "find_all_boxed",
+    "find_final_number",
     "find_last_boxed",
     "find_last_number",
     "to_halfwidth",
@@ -52,37 +58,7 @@ _ANSWER_PHRASES = (
 )
 
 _NUMBER_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?(?:/\d+)?|-?\.\d+")
-_CHINESE_DIGITS = {
-    "零": 0,
-    "〇": 0,
-    "一": 1,
-    "二": 2,
-    "两": 2,
-    "三": 3,
-    "四": 4,
-    "五": 5,
-    "六": 6,
-    "七": 7,
-    "八": 8,
-    "九": 9,
-}
-_CHINESE_UNITS = {"十": 10, "百": 100, "千": 1000}
-_CHINESE_BIG_UNITS = {"万": 10_000, "亿": 100_000_000}
 _CHINESE_NUM_RE = re.compile(r"[零〇一二两三四五六七八九十百千万亿]+")
-
-
-def to_halfwidth(text: str) -> str:
-    """Map full-width ASCII forms (``１２．５``, ``，``, ``－``) to ASCII; other text unchanged."""
-    out = []
-    for ch in text:
-        code = ord(ch)
-        if 0xFF01 <= code <= 0xFF5E:
-            out.append(chr(code - 0xFEE0))
-        elif ch == "\u3000":
-            out.append(" ")
-        else:
-            out.append(ch)
-    return "".join(out)
 
 
 _BOX_SCAN_RE = re.compile(r"\\boxed|\\fbox|\\.|[{}]", re.DOTALL)
@@ -171,28 +147,29 @@ def _after_answer_phrase(text: str) -> str | None:
     return answer or None
 
 
-def chinese_to_number(text: str) -> int | None:
-    """Convert a Chinese numeral (``十八``, ``两千零五``, ``三万五千``) to an int, else None."""
-    if not text or any(
-        ch not in _CHINESE_DIGITS and ch not in _CHINESE_UNITS and ch not in _CHINESE_BIG_UNITS
-        for ch in text
-    ):
-        return None
-    total = 0  # finished big-unit sections
-    section = 0  # value below the current big unit
-    digit: int | None = None
-    for ch in text:
-        if ch in _CHINESE_DIGITS:
-            digit = _CHINESE_DIGITS[ch]
-        elif ch in _CHINESE_UNITS:
-            # "十八" means 18: a unit without a digit before it counts once
-            section += (1 if digit is None else digit) * _CHINESE_UNITS[ch]
-            digit = None
-        else:
-            section += digit or 0
-            total = (total + section) * _CHINESE_BIG_UNITS[ch]
-            section, digit = 0, None
-    return total + section + (digit or 0)
+def _last_number_match(text: str) -> re.Match[str] | None:
+    last = None
+    for match in _NUMBER_RE.finditer(text):
+        last = match
+    return last
+
+
+def _spell(match: re.Match[str]) -> str:
+    number = match.group(0).replace(",", "")
+    if number.startswith("-."):
+        return "-0" + number[1:]
+    return "0" + number if number.startswith(".") else number
+
+
+def _last_chinese_number(text: str) -> str | None:
+    chinese = None
+    for match in _CHINESE_NUM_RE.finditer(text):
+        chinese = match
+    if chinese is not None:
+        value = chinese_to_number(chinese.group(0))
+        if value is not None:
+            return str(value)
+    return None
 
 
 def find_last_number(text: str) -> str | None:
@@ -202,24 +179,44 @@ def find_last_number(text: str) -> str | None:
     at all, Chinese numerals.
     """
     text = to_halfwidth(text)
-    last = None
-    for match in _NUMBER_RE.finditer(text):
-        last = match
-    if last is not None:
-        number = last.group(0).replace(",", "")
-        if number.startswith("-."):
-            number = "-0" + number[1:]
-        elif number.startswith("."):
-            number = "0" + number
-        return number
-    chinese = None
-    for match in _CHINESE_NUM_RE.finditer(text):
-        chinese = match
-    if chinese is not None:
-        value = chinese_to_number(chinese.group(0))
-        if value is not None:
-            return str(value)
-    return None
+    last = _last_number_match(text)
+    return _spell(last) if last is not None else _last_chinese_number(text)
+
+
+_COMMAND_END_RE = re.compile(r"\\[A-Za-z]+\s*$")
+_SPACED_VARIABLE_RE = re.compile(r"\s+[B-HJ-Zb-z](?![A-Za-z])")  # "18 x" (not "18 a day")
+
+
+def _is_operand(text: str, start: int, end: int) -> bool:
+    """Whether the number at ``text[start:end]`` is part of an expression (``x+18``,
+    ``\\frac{3}{18}``, ``18^2``, ``18x``) rather than a value standing on its own."""
+    before, after = text[:start], text[end:]
+    previous, following = before[-1:], after[:1]
+    if previous and (previous.isascii() and previous.isalnum() or previous in "_^{\\"):
+        return True
+    if before.rstrip()[-1:] in tuple("+-*/^×÷·<>≤≥≈~") or _COMMAND_END_RE.search(before[-64:]):
+        return True  # "x + 18", "2 \\times 18"
+    if following.isascii() and following.isalpha() and not after[1:2].isalpha():
+        return True
+    next_sign = after.lstrip()[:1]
+    return (
+        bool(next_sign)
+        and next_sign in "+-*/^×÷·!}<>≤≥≈_"
+        or bool(_SPACED_VARIABLE_RE.match(after))
+    )
+
+
+def find_final_number(text: str) -> str | None:
+    """The number a text without a marked answer ends on: its last number, unless that
+    number is an operand of an expression (then None). A ``%`` right after it is kept."""
+    text = to_halfwidth(text)
+    last = _last_number_match(text)
+    if last is None:
+        return _last_chinese_number(text)
+    if _is_operand(text, last.start(), last.end()):
+        return None
+    percent = text[last.end() :].lstrip().startswith(("%", "\\%"))
+    return _spell(last) + ("%" if percent else "")
 
 
 def extract_gsm8k_gold(answer: str) -> str:
@@ -238,19 +235,23 @@ def extract_math_answer(text: str) -> str | None:
 
 
 def extract_number_answer(text: str) -> str | None:
-    """Numeric answer (GSM8K, CMATH, MGSM): ``####``, boxed, answer phrase, then last number."""
+    """Numeric answer (GSM8K, CMATH, MGSM): the whole ``####`` line, last boxed answer or
+    answer phrase (the first of these present); without any, the final number of the text.
+
+    A candidate that reads as one number comes back in canonical form (``\\$1,250`` ->
+    ``1250``, ``27.3%`` kept, ``十八个`` -> ``18``); any other candidate comes back whole, so
+    that ``\\boxed{x+18}`` is the answer ``x+18`` and never the number 18.
+    """
+    candidates = []
     if "####" in text:
-        number = find_last_number(text.rsplit("####", 1)[1].split("\n", 1)[0])
-        if number is not None:
-            return number
-    for candidate in (find_last_boxed(text), _after_answer_phrase(text)):
-        if candidate is None:
+        candidates.append(text.rsplit("####", 1)[1].split("\n", 1)[0])
+    candidates += [find_last_boxed(text), _after_answer_phrase(text)]
+    for candidate in candidates:
+        if candidate is None or not candidate.strip():
             continue
-        number = find_last_number(candidate)
-        if number is not None:
-            # keep a percent sign: 40% and 0.4 are different answers to "what percent"
-            return number + "%" if candidate.rstrip().rstrip("$").endswith("%") else number
-    return find_last_number(text)
+        number = read_number(candidate)
+        return number.text if number is not None else candidate.strip()
+    return find_final_number(text)
 
 
 _LETTERS = "ABCDEFGH"

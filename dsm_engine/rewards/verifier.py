@@ -81,7 +81,7 @@ def grade_batch(
             raise ValueError(f"unknown answer kind {k!r}; expected one of {KINDS} or 'auto'")
 
     grades: list[Grade] = []
-    # pairs checked together: (pred, gold), their owner and whether math-verify may be used
+    # pairs checked together: (pred, gold) and their owner; numeric kinds accept rounding
     numeric_pairs: list[tuple[str | None, str]] = []
     numeric_owner: list[int] = []
     symbolic_pairs: list[tuple[str | None, str]] = []
@@ -105,7 +105,7 @@ def grade_batch(
             numeric_pairs.append((pred, gold_answer))
             numeric_owner.append(i)
 
-    numeric = are_equivalent(numeric_pairs, symbolic=False, allow_rounding=True)
+    numeric = are_equivalent(numeric_pairs, checker=checker, allow_rounding=True)
     for i, ok in zip(numeric_owner, numeric):
         grades[i].correct = ok
     symbolic = are_equivalent(symbolic_pairs, checker=checker)

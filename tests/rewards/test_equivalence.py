@@ -11,6 +11,7 @@ from dsm_engine.rewards.equivalence import (
     EquivalenceConfig,
     SymbolicChecker,
     are_equivalent,
+    from_python,
     is_equivalent,
     normalize_answer,
     parse_number,
@@ -46,6 +47,10 @@ def checker():
         ("-3/4", r"-\frac{3}{4}"),
         (r"1-5\mathrm{i}", "1-5i"),
         (".25", "0.25"),
+        (r"\frac 1 2", r"\frac{1}{2}"),
+        ("9 9", "9\u24239"),  # two numbers side by side never normalise to 99
+        ("10 000", "10000"),
+        (r"18 \text{ or more}", "18ormore"),  # a hedge is no unit
     ],
 )
 def test_normalize_answer_like_math_is_equiv(raw, normal):
@@ -203,3 +208,19 @@ def test_are_equivalent_skips_the_symbolic_tier_when_told(checker):
     before = checker.checks
     assert are_equivalent([("x+1", "1+x")], checker=checker, symbolic=False) == [False]
     assert checker.checks == before
+
+
+@pytest.mark.parametrize(
+    ("printed", "latex"),
+    [
+        ("sqrt(2)/2", r"\sqrt{2}/2"),
+        ("3*sqrt(3)", r"3*\sqrt{3}"),
+        ("pi/4", r"\pi/4"),
+        ("2**10", "2^{10}"),
+        ("2**(1/2)", "2^{(1/2)}"),
+        ("spin + x", "spin + x"),  # only whole names
+        (r"\sqrt{2}", r"\sqrt{2}"),
+    ],
+)
+def test_sympy_printing_is_read_as_latex(printed, latex):
+    assert from_python(printed) == latex

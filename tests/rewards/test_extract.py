@@ -128,3 +128,39 @@ def test_extraction_is_linear_on_hostile_text():
     extract_number_answer(text)
     extract_choice(text)
     assert time.perf_counter() - start < 5
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (r"\boxed{x+18}", "x+18"),  # the whole answer, never the number inside it
+        (r"\boxed{\frac{3}{18}}", "3/18"),
+        (r"\boxed{lambda: 1}", "lambda: 1"),
+        ("#### 1e999999999", "1e999999999"),
+        ("#### x+18\nmore text 18", "x+18"),
+        (r"The answer is 18 \text{ or more}.", r"18 \text{ or more}"),
+        (r"\boxed{18 \text{ apples}}", "18"),
+        (r"\boxed{\$1,234.50}", "1234.50"),
+        ("答案是十八个", "18"),
+    ],
+)
+def test_number_answers_are_read_whole(text, expected):
+    assert extract_number_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("x + 18", None),  # no marked answer, and the last number is an operand
+        (r"so the total is 2 \times 18", None),
+        ("it is 18^2", None),
+        ("so 18x", None),
+        ("the value is 18 / 2", None),
+        (r"cut off \boxed{18", None),
+        ("She makes 9 * 2 = $18 a day.", "18"),
+        ("so she has 18 apples left", "18"),
+        ("the rate rose by 25%", "25%"),
+    ],
+)
+def test_the_final_number_of_an_unmarked_text_must_stand_alone(text, expected):
+    assert extract_number_answer(text) == expected
