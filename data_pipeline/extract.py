@@ -43,7 +43,8 @@ from .mathml import mathml_to_latex
 _OPEN, _CLOSE = "\ue000", "\ue001"
 # Each selector list below is matched by lexbor in one walk of the tree (or during
 # resiliparse's own walk, for the skip list); Python only sees the nodes they return.
-_MATH_MARKERS = ("math", "Math", "MATH", "katex", "mjx-")  # substrings of all formula markup
+# substrings of all formula markup (not "Math": scripts calling Math.max would match)
+_MATH_MARKERS = ("<math", ":math", "math/tex", "MathJax", "mathjax", "katex", "mjx-", "MJX")
 _MATH_NODES = (
     "mjx-container, script[type^='math/tex' i], math, .katex-html, [class^=MathJax], "
     "[class*=' MathJax'], [class^=MJX], [class*=' MJX'], [class^=mjx-], [class*=' mjx-']"

@@ -99,3 +99,17 @@ def test_decont_bench_compares_removed_documents_with_datatrove(tmp_path):
     assert [r["decontaminator"].split()[0] for r in rows] == ["ours", "datatrove", "datatrove"]
     caught, planted = map(int, rows[0]["planted docs caught"].split("/"))
     assert planted > 0 and caught == planted
+
+
+@pytest.mark.slow
+def test_grpo_bench_splits_a_step_for_ours_and_trl(tmp_path):
+    pytest.importorskip("trl")
+    args = ["--steps", "2", "--prompts", "2", "--group", "2", "--new-tokens", "4"]
+    assert _load("bench_grpo_trl").main([*args, "--out", str(tmp_path)]) == 0
+    rows = _rows(tmp_path, "grpo_trl")
+    assert [r["trainer"] for r in rows] == ["ours", "trl"]
+    for r in rows:
+        assert "error" not in r, r
+        parts = r["generation s/step"] + r["logprobs s/step"]
+        assert 0 < parts <= r["total s/step"] and r["peak RSS MiB"] > 0
+        assert len(r["losses"].split()) == 2
