@@ -5,7 +5,8 @@ Both train the same tiny Llama-architecture policy (the arithmetic demo's ``TINY
 random init from one seed) on the same arithmetic prompts (``arithmetic_demo.prepare``:
 tokenizer and ``train.jsonl``), with the same group size, prompts per step, response length,
 sampling (temperature 1, top-p 1), loss (``loss_type="grpo"``: the paper's sequence mean of
-token means, beta 0.04, clip 0.2, one update per batch, lr 5e-4 constant, grad clip 1.0) and
+token means, beta 0.04 on the plain k3 KL (TRL: ``use_bias_correction_kl=False``), clip 0.2,
+one update per batch, lr 5e-4 constant, grad clip 1.0) and
 the same verifier reward (``dsm_engine.rewards.verifier.verify``).
 
 * ours: ``dsm_engine.grpo.trainer.run_grpo`` on ``arithmetic_demo.grpo_config`` (rollout
@@ -154,6 +155,7 @@ def run_trl(spec: dict) -> dict:
         beta=0.04,
         epsilon=0.2,
         loss_type="grpo",
+        use_bias_correction_kl=False,  # TRL's default weights the KL by pi/pi_old; the paper not
         num_iterations=1,
         learning_rate=5e-4,
         lr_scheduler_type="constant",
