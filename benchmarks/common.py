@@ -65,7 +65,9 @@ def run_info(packages: tuple[str, ...] = ()) -> dict[str, str]:
         ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     )
     dirty = subprocess.run(
-        ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+        # the result files themselves are rewritten by the runs: they do not make code dirty
+        ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no", "--", "."]
+        + [":!benchmarks/results"],
         capture_output=True,
         text=True,
     )
