@@ -260,9 +260,9 @@ def run(args: argparse.Namespace) -> Path:
                 baseline = got["cpu_seconds"] or got["seconds"]
             rows.append(_row(spec, got, baseline))
             print(json.dumps(rows[-1]), flush=True)
-        # after each shape, so a crash or a stop keeps what was measured
-        env["load_avg_1m_5m_15m"] = run_info()["load_avg_1m_5m_15m"]
-        out = write_results(name, rows, env, notes, out_dir=Path(args.out), echo=False)
+            # after each variant, so a crash or a stop keeps what was measured
+            env["load_avg_after"] = run_info()["load_avg_1m_5m_15m"]
+            out = write_results(name, rows, env, notes, out_dir=Path(args.out), echo=False)
     print(out.read_text())
     return out
 
