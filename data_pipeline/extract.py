@@ -1,20 +1,29 @@
-"""HTML -> text that keeps the mathematics (stage 2), written on lxml.
+"""HTML -> text that keeps the mathematics (stage 2): formulas rewritten in the tree first,
+then resiliparse's main-content extraction does the rest.
 
-Where pages hide their formulas, and what we keep:
+Where pages hide their formulas, and what we keep (each becomes ``$tex$``, or ``$$tex$$`` on a
+line of its own for display math, before the text is extracted):
 - MathJax v2 sources ``<script type="math/tex">x^2</script>`` (``; mode=display`` for display
-  math) become ``$x^2$`` / ``$$x^2$$``; the rendered MathJax spans beside them are dropped.
+  math); the rendered MathJax copies beside them (``MathJax*``/``MJX*``/``mjx-*`` classes) go.
 - KaTeX renders each formula twice (``span.katex-mathml`` holding MathML with a TeX
   ``annotation``, and ``span.katex-html``): the annotation is kept once, the HTML copy dropped.
-- ``<math>`` (MathML, also MathJax v3's assistive MathML) becomes LaTeX (``mathml.py``).
-- ``<img alt="\\frac{a}{b}">`` (LaTeX rendered as images, as WordPress does) keeps its alt text.
+- ``<math>`` (MathML) and MathJax v3's ``<mjx-container>`` (its assistive MathML) become
+  LaTeX (``mathml.py``; a TeX annotation is used verbatim).
+- ``<img alt="\\frac{a}{b}">`` (LaTeX rendered as images, as WordPress does) keeps its alt text;
+  other alt text is dropped.
 - ``$...$``, ``$$...$$``, ``\\(...\\)``, ``\\[...\\]`` written in the page text are left intact.
-Boilerplate goes: ``nav``/``header``/``footer``/``aside``/forms/menus/scripts/styles, elements
-whose class, id or role names navigation, sidebars, cookie banners, sharing widgets and ads,
-and link-dense lines (more than ``max_link_density`` of their characters inside ``<a>``).
+
+Only the formula nodes (found by CSS selectors, in C) are touched from Python; parsing,
+main-content detection and serialisation are resiliparse's (lexbor), so this runs near
+resiliparse's speed. On top of resiliparse's main-content rules, elements whose class names
+start with a boilerplate word it keeps (sidebars, widgets, cookie notices, breadcrumbs,
+sharing and subscription boxes, ...) are skipped, and so are link-dense lines (more than
+``max_link_density`` of their characters inside ``<a>``) that hold no formula.
 """
 
 from __future__ import annotations
 
+import html as html_lib
 import re
 from dataclasses import dataclass
 
@@ -23,120 +32,42 @@ from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from datatrove.utils.logging import logger
 from lxml import etree
+from resiliparse.extract.html2text import extract_plain_text
+from resiliparse.parse.html import HTMLTree
+from resiliparse.parse.html import Node as DomNode
 
-from .mathml import is_display, local_name, mathml_to_latex
+from .mathml import mathml_to_latex
 
-_TEX_TAG = "dsm-tex"  # placeholder element holding an already delimited formula
-_DROP_TAGS = frozenset(
-    [
-        "script",
-        "style",
-        "noscript",
-        "nav",
-        "footer",
-        "aside",
-        "form",
-        "menu",
-        "iframe",
-        "svg",
-        "button",
-        "select",
-        "option",
-        "input",
-        "textarea",
-        "template",
-        "head",
-        "object",
-        "embed",
-        "canvas",
-        "audio",
-        "video",
-        "map",
-        "dialog",
-    ]
+# Formulas are wrapped in two private-use characters while the text is extracted, so that
+# link-density filtering can tell a line holding a formula; both are removed afterwards.
+_OPEN, _CLOSE = "\ue000", "\ue001"
+# Each selector list below is matched by lexbor in one walk of the tree (or during
+# resiliparse's own walk, for the skip list); Python only sees the nodes they return.
+# substrings of all formula markup (not "Math": scripts calling Math.max would match)
+_MATH_MARKERS = ("<math", ":math", "math/tex", "MathJax", "mathjax", "katex", "mjx-", "MJX")
+_MATH_NODES = (
+    "mjx-container, script[type^='math/tex' i], math, .katex-html, [class^=MathJax], "
+    "[class*=' MathJax'], [class^=MJX], [class*=' MJX'], [class^=mjx-], [class*=' mjx-']"
 )
-_BLOCK_TAGS = frozenset(
-    [
-        "p",
-        "div",
-        "section",
-        "article",
-        "main",
-        "h1",
-        "h2",
-        "h3",
-        "h4",
-        "h5",
-        "h6",
-        "li",
-        "ul",
-        "ol",
-        "table",
-        "tr",
-        "thead",
-        "tbody",
-        "tfoot",
-        "blockquote",
-        "pre",
-        "dl",
-        "dt",
-        "dd",
-        "figure",
-        "figcaption",
-        "address",
-        "hr",
-        "center",
-        "details",
-        "summary",
-        "body",
-        "html",
-        "header",
-    ]
-)
-_CELL_TAGS = frozenset(["td", "th"])
-_BOILER_TOKENS = frozenset(
-    [
-        "nav",
-        "navbar",
-        "navigation",
-        "menu",
-        "menubar",
-        "sidebar",
-        "footer",
-        "breadcrumb",
-        "breadcrumbs",
-        "cookie",
-        "cookies",
-        "banner",
-        "share",
-        "sharing",
-        "social",
-        "advert",
-        "advertisement",
-        "ads",
-        "ad",
-        "popup",
-        "modal",
-        "related",
-        "widget",
-        "widgets",
-        "subscribe",
-        "newsletter",
-        "toolbar",
-        "pagination",
-        "skiplink",
-        "masthead",
-    ]
-)
-_BOILER_ROLES = frozenset(
-    ["navigation", "banner", "contentinfo", "complementary", "search", "menu", "menubar"]
-)
-_MATHJAX_RENDERED = re.compile(r"^(MathJax(_\w+)?|MJX\w*|mjx-\w+)$")
+_IMG_MARKERS = ("\\", "^", "_{", "atex", "codecogs", "quation", "ormula")
+_LATEX_IMG = ", ".join(
+    ["img[alt*='\\\\']", "img[alt*='^']", "img[alt*='_{']"]
+    + [f"img[alt][{a}*={w} i]" for a in ("class", "src") for w in ("tex", "codecogs", "equation", "formula")]
+)  # fmt: skip
+# Boilerplate that resiliparse's main-content rules keep: class names that start with one of
+# these words ("sidebar-widget", "cookie_notice"); a page wrapper ("has-sidebar") is not hit.
+_BOILER_WORDS = ("sidebar", "widget", "cookie", "breadcrumb", "toolbar", "masthead", "pagination",
+                 "newsletter", "subscribe", "popup", "modal", "advert", "skiplink", "menubar",
+                 "social", "share")  # fmt: skip
+_NOT_PAGE = ":not(html):not(body):not(main):not(article)"
+_SKIP = [f"[class^={w} i]{_NOT_PAGE}, [class*=' {w}' i]{_NOT_PAGE}" for w in _BOILER_WORDS]
+_DISPLAY_PARENT = ".katex-display, .MathJax_Display"
 _LATEX_COMMAND = re.compile(r"\\[A-Za-z]+|[\^_]\{|\^\d")
 _LATEX_IMG_HINT = re.compile(r"latex|mathtex|codecogs|\btex\b|equation|formula", re.IGNORECASE)
 _FILE_NAME = re.compile(r"\.(jpe?g|png|gif|svg|webp)$", re.IGNORECASE)
 _XML_DECL = re.compile(r"^\s*<\?xml[^>]*\?>", re.IGNORECASE)
-_WS = re.compile(r"\s+")
+_TAG = re.compile(r"<[^>]+>")
+_MATHML_PARSER = lxml.html.HTMLParser(remove_comments=True, recover=True, huge_tree=True)
 
 
 @dataclass
@@ -147,39 +78,6 @@ class Extraction:
     math_from_markup: int
 
 
-def _classes(el: etree._Element) -> list[str]:
-    return ((el.get("class") or "") + " " + (el.get("id") or "")).split()
-
-
-def _is_boilerplate(el: etree._Element, tag: str) -> bool:
-    if tag in _DROP_TAGS:
-        return True
-    if tag in ("html", "body", "main", "article"):
-        return False
-    if (el.get("role") or "").lower() in _BOILER_ROLES:
-        return True
-    for name in _classes(el):
-        tokens = [t for t in re.split(r"[-_]", name.lower()) if t]
-        # first or last token only: "site-footer", "nav-menu", but not "footer-note-content"
-        if tokens and (tokens[0] in _BOILER_TOKENS or tokens[-1] in _BOILER_TOKENS):
-            return True
-    return False
-
-
-def _replace(el: etree._Element, tex: str | None, display: bool) -> None:
-    """Replace ``el`` by a placeholder holding ``tex`` (or nothing), keeping its tail text."""
-    parent = el.getparent()
-    if parent is None:
-        return
-    if tex is None:
-        el.drop_tree() if hasattr(el, "drop_tree") else parent.remove(el)
-        return
-    new = etree.Element(_TEX_TAG, display="1" if display else "0")
-    new.text = ("$$" + tex + "$$") if display else ("$" + tex + "$")
-    new.tail = el.tail
-    parent.replace(el, new)
-
-
 def _looks_like_latex(alt: str, hint: str) -> bool:
     """LaTeX alt text: a TeX command or script (``\\frac``, ``x^{2}``), or any alt text of an image
     that a LaTeX renderer (WordPress ``latex.php``, CodeCogs, ...) produced. File names never."""
@@ -188,113 +86,111 @@ def _looks_like_latex(alt: str, hint: str) -> bool:
     return bool(_LATEX_COMMAND.search(alt)) or bool(_LATEX_IMG_HINT.search(hint))
 
 
-def _rewrite_math(root: etree._Element) -> int:
-    """Turn every formula in ``root`` into a placeholder; return how many were found."""
-    found = 0
-    for el in list(root.iter()):
-        if el.getparent() is None and el is not root:
-            continue  # already removed with an ancestor
-        tag = local_name(el)
-        classes = _classes(el)
-        if tag == "script":
-            kind = (el.get("type") or "").lower()
-            if kind.startswith("math/tex"):
-                tex = (el.text or "").strip()
-                _replace(el, tex or None, "mode=display" in kind.replace(" ", ""))
-                found += bool(tex)
-        elif "katex-html" in classes or any(_MATHJAX_RENDERED.match(c) for c in classes):
-            _replace(el, None, False)  # rendered copies of a formula kept elsewhere
-        elif tag == "math":
-            display = is_display(el) or any(
-                "katex-display" in _classes(a) or "MathJax_Display" in _classes(a)
-                for a in el.iterancestors()
-            )
-            try:
-                tex = mathml_to_latex(el)
-            except RecursionError:  # pathological nesting: keep nothing rather than crash
-                tex = ""
-            _replace(el, tex or None, display)
-            found += bool(tex)
-        elif tag == "mjx-container":
-            maths = [m for m in el.iter() if local_name(m) == "math"]
-            tex = mathml_to_latex(maths[0]) if maths else ""
-            _replace(el, tex or None, el.get("display") == "true")
-            found += bool(tex)
-        elif tag == "img":
-            alt = (el.get("alt") or "").strip()
-            hint = " ".join([el.get("class") or "", el.get("src") or ""])
-            if _looks_like_latex(alt, hint):
-                alt = alt.strip("$").strip()
-                _replace(el, alt, False)
-                found += 1
-    return found
+def _mathml_tex(node: DomNode) -> str:
+    """LaTeX of the ``<math>`` element ``node`` (re-parsed by lxml for ``mathml_to_latex``)."""
+    try:
+        el = lxml.html.fragment_fromstring(node.html, parser=_MATHML_PARSER)
+        return mathml_to_latex(el)
+    except (etree.ParserError, ValueError, RecursionError):  # keep nothing rather than crash
+        return ""
 
 
-def _drop_boilerplate(root: etree._Element) -> None:
-    total = len(root.text_content()) or 1
-    for el in list(root.iter()):
-        if not isinstance(el.tag, str) or el.getparent() is None:
-            continue
-        tag = local_name(el)
-        if tag == _TEX_TAG or not _is_boilerplate(el, tag):
-            continue
-        # an element that holds most of the page is the page, whatever its class says
-        if tag not in _DROP_TAGS and len(el.text_content()) > 0.6 * total:
-            continue
-        if tag == "header" and any(
-            local_name(a) in ("article", "main") for a in el.iterancestors()
-        ):
-            continue  # an article's own header holds its title
-        el.getparent().remove(el) if el.tail is None else el.drop_tree()
+class _Rewriter:
+    """Replaces formula nodes of one tree by their delimited LaTeX; counts them."""
 
+    def __init__(self, tree: HTMLTree) -> None:
+        self.tree = tree
+        self.found = 0
+        self.gone: list[DomNode] = []  # replaced or removed: their descendants are done
 
-class _Lines:
-    """Accumulates output lines with their link and math character counts."""
+    def _done(self, node: DomNode) -> bool:
+        return any(g.contains(node) for g in self.gone)
 
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, int, bool]] = []  # (text, link_chars, has_math)
-        self.parts: list[str] = []
-        self.link_chars = 0
-        self.has_math = False
+    def remove(self, node: DomNode) -> None:
+        self.gone.append(node)
+        node.remove()
 
-    def add(self, text: str | None, in_link: bool, pre: bool, math: bool = False) -> None:
-        if not text:
+    def replace(self, node: DomNode, tex: str, display: bool) -> None:
+        tex = tex.strip()
+        if not tex:
+            self.remove(node)
             return
-        if not pre:
-            text = _WS.sub(" ", text)
-        self.parts.append(text)
-        if in_link:
-            self.link_chars += len(text.strip())
-        self.has_math |= math
+        self.found += 1
+        self.gone.append(node)
+        text = self.tree.create_text_node(
+            _OPEN + (f"$${tex}$$" if display else f"${tex}$") + _CLOSE
+        )
+        if display:  # a block of its own, so the formula gets its own line
+            block = self.tree.create_element("div")
+            block.append_child(text)
+            text = block
+        node.replace_with(text)
 
-    def newline(self) -> None:
-        text = "".join(self.parts)
-        for i, line in enumerate(text.split("\n")):
-            line = line.strip()
-            if line:
-                self.lines.append((line, self.link_chars if i == 0 else 0, self.has_math))
-        self.parts, self.link_chars, self.has_math = [], 0, False
+    def math(self, doc: DomNode) -> None:
+        """Formula markup (nodes come in document order: containers before their content)."""
+        for node in doc.query_selector_all(_MATH_NODES).values():
+            if self._done(node):
+                continue
+            tag = node.tag
+            if tag == "mjx-container":
+                maths = node.query_selector_all("math")
+                tex = _mathml_tex(maths[0]) if len(maths) else ""
+                self.replace(node, tex, node.getattr("display") == "true")
+            elif tag == "script":
+                kind = (node.getattr("type") or "").lower().replace(" ", "")
+                self.replace(node, node.text or "", "mode=display" in kind)
+            elif tag == "math":
+                display = (node.getattr("display") or "").lower() == "block"
+                display = display or node.closest(_DISPLAY_PARENT) is not None
+                self.replace(node, _mathml_tex(node), display)
+            else:
+                self.remove(node)  # a rendered copy of a formula kept elsewhere
 
-    def text(self, max_link_density: float) -> str:
-        self.newline()
-        kept = [
-            line
-            for line, links, math in self.lines
-            if math or links <= max_link_density * len(line.replace(" ", "") or "x")
-        ]
-        return "\n".join(kept)
+    def image(self, node: DomNode) -> None:
+        alt = (node.getattr("alt") or "").strip()
+        hint = (node.getattr("class") or "") + " " + (node.getattr("src") or "")
+        if _looks_like_latex(alt, hint):
+            self.replace(node, alt.strip("$"), False)
 
 
-class _Tail(tuple):
-    """A tail text waiting on the stack; unpacked like an element entry."""
+def _rewrite(tree: HTMLTree, doc: DomNode, html: str) -> int:
+    """Formulas to delimited LaTeX; returns how many were found. The substring checks on the
+    raw HTML spare most pages the tree queries."""
+    rw = _Rewriter(tree)
+    if any(m in html for m in _MATH_MARKERS):
+        rw.math(doc)
+    if "<img" in html and any(m in html for m in _IMG_MARKERS):
+        for node in doc.query_selector_all(_LATEX_IMG).values():
+            rw.image(node)
+    return rw.found
 
-    def __new__(cls, text: str | None, in_link: bool, pre: bool):
-        return super().__new__(cls, (text, in_link, pre, None))
+
+def _link_chars(line: str) -> int:
+    """Characters of ``line`` (minimal HTML) inside ``<a>`` elements (linear in the line)."""
+    if "</a>" not in line:
+        return 0
+    n = 0
+    for part in line.split("</a>")[:-1]:
+        start = part.rfind("<a")
+        if start >= 0:
+            n += len(_TAG.sub("", part[part.find(">", start) + 1 :]).strip())
+    return n
 
 
-def _serialize_entry(out: _Lines, entry: _Tail) -> None:
-    text, in_link, pre, _ = entry
-    out.add(text, in_link, pre)
+def _lines(minimal_html: str, max_link_density: float) -> str:
+    """resiliparse's minimal-HTML output -> text lines, without link-dense lines."""
+    kept = []
+    for line in minimal_html.split("\n"):
+        text = html_lib.unescape(_TAG.sub("", line)).strip()
+        if not text:
+            continue
+        if _OPEN in text or _link_chars(line) <= max_link_density * len(
+            text.replace(" ", "") or "x"
+        ):
+            text = text.replace(_OPEN, "").replace(_CLOSE, "").strip()
+            if text:
+                kept.append(text)
+    return "\n".join(kept)
 
 
 def extract_text(html: str, *, max_link_density: float = 0.5) -> Extraction:
@@ -306,53 +202,21 @@ def extract_text(html: str, *, max_link_density: float = 0.5) -> Extraction:
     html = _XML_DECL.sub("", html, count=1)
     if not html.strip():
         return Extraction("", 0)
-    # huge_tree: keep content nested deeper than 256 levels (libxml2 still stops at ~2048)
-    parser = lxml.html.HTMLParser(
-        remove_comments=True, remove_pis=True, recover=True, huge_tree=True
-    )
-    try:
-        root = lxml.html.document_fromstring(html, parser=parser)
-    except (etree.ParserError, ValueError):
+    tree = HTMLTree.parse(html)
+    doc = tree.document
+    if doc is None:
         return Extraction("", 0)
-    found = _rewrite_math(root)
-    _drop_boilerplate(root)
-    return Extraction(_serialize_walk(root, max_link_density), found)
-
-
-def _serialize_walk(root: etree._Element, max_link_density: float) -> str:
-    out = _Lines()
-    stack: list = [(root, False, False, False)]
-    while stack:
-        entry = stack.pop()
-        if isinstance(entry, _Tail):
-            _serialize_entry(out, entry)
-            continue
-        el, in_link, pre, closing = entry
-        tag = local_name(el)
-        if closing:
-            if tag in _BLOCK_TAGS or (tag == _TEX_TAG and el.get("display") == "1"):
-                out.newline()
-            elif tag in _CELL_TAGS:
-                out.add(" ", False, False)
-            continue
-        if not tag:
-            continue
-        if tag == _TEX_TAG:
-            if el.get("display") == "1":
-                out.newline()
-            out.add(el.text, in_link, False, math=True)
-            stack.append((el, in_link, pre, True))
-            continue
-        if tag == "br" or tag in _BLOCK_TAGS:
-            out.newline()
-        child_link = in_link or tag == "a"
-        child_pre = pre or tag in ("pre", "code")
-        out.add(el.text, child_link, child_pre)
-        stack.append((el, in_link, pre, True))
-        for child in reversed(list(el)):
-            stack.append(_Tail(child.tail, child_link, child_pre))
-            stack.append((child, child_link, child_pre, False))
-    return out.text(max_link_density)
+    found = _rewrite(tree, doc, html)
+    out = extract_plain_text(
+        tree,
+        preserve_formatting="minimal_html",
+        main_content=True,
+        links=True,
+        alt_texts=False,
+        list_bullets=False,
+        skip_elements=_SKIP,
+    )
+    return Extraction(_lines(out, max_link_density), found)
 
 
 class MathHtmlExtractor(PipelineStep):

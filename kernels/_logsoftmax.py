@@ -217,12 +217,21 @@ def stats_torch(
     inv_temp: float,
     shift: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """PyTorch twin of :func:`stats_triton` (computes in fp32)."""
+    """PyTorch twin of :func:`stats_triton` (computes in fp32).
+
+    Written as few passes over the ``(N, V)`` chunk as eager PyTorch allows (it is the CPU
+    path): one ``exp`` serves both ``lse`` and ``px``, and ``px`` is a batched dot product.
+    """
     n, v = logits.shape
-    z = logits.float() * inv_temp
+    z = logits.float()  # no copy for fp32 logits
+    if inv_temp != 1.0:
+        z = z * inv_temp
     zs = z if shift is None else z - shift.float().unsqueeze(1)
-    lse = torch.logsumexp(zs, dim=-1)
-    px = (torch.softmax(zs, dim=-1) * zs).sum(-1)
+    m = zs.amax(dim=-1, keepdim=True)  # (N, 1)
+    e = torch.sub(zs, m).exp_()  # (N, V) exp(z - max)
+    s = e.sum(dim=-1)
+    lse = m.squeeze(1) + s.log()
+    px = torch.bmm(e.unsqueeze(1), zs.unsqueeze(2)).view(n) / s  # sum_j softmax_j · z_j
     local = targets.long() - vocab_start
     owned = (local >= 0) & (local < v)
     zt = z.gather(1, local.clamp(0, max(v - 1, 0)).unsqueeze(1)).squeeze(1)
@@ -241,21 +250,38 @@ def grad_torch(
     out: torch.Tensor | None = None,
     grad_lse: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """PyTorch twin of :func:`grad_triton`."""
+    """PyTorch twin of :func:`grad_triton`.
+
+    Without an entropy gradient the softmax is built in the output buffer itself (fp32
+    ``out``) and scaled in place: three passes over the chunk, no ``(N, V)`` temporary.
+    """
     n, v = logits.shape
-    z = logits.float() * inv_temp
-    p = torch.exp(z - lse.unsqueeze(1))
     a = grad_logp.float().unsqueeze(1)
     b = a if grad_lse is None else a - grad_lse.float().unsqueeze(1)
-    g = -b * p
-    if grad_ent is not None:
+    if grad_ent is None:
+        fp32_out = out is not None and out.dtype == torch.float32
+        g = (
+            out
+            if fp32_out
+            else torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+        )
+        if inv_temp == 1.0:
+            torch.sub(logits, lse.unsqueeze(1), out=g)  # in place when out is logits
+        else:
+            torch.mul(logits, inv_temp, out=g).sub_(lse.unsqueeze(1))
+        g.exp_().mul_(b * -inv_temp)  # -b·p/T
+    else:
+        z = logits.float() * inv_temp
+        p = torch.exp(z - lse.unsqueeze(1))
+        g = -b * p
         g -= grad_ent.float().unsqueeze(1) * p * (z - px.unsqueeze(1))
+        g *= inv_temp
     local = targets.long() - vocab_start
     owned = (local >= 0) & (local < v)
     rows = torch.nonzero(owned).squeeze(1)
-    g[rows, local[rows]] += a.squeeze(1)[rows]
-    g = (g * inv_temp).to(logits.dtype)
+    g[rows, local[rows]] += a.squeeze(1)[rows] * inv_temp
     if out is None:
-        return g
-    out.copy_(g)
+        return g.to(logits.dtype)
+    if g is not out:
+        out.copy_(g)
     return out

@@ -1,0 +1,263 @@
+"""A GRPO step on the CPU against TRL's ``GRPOTrainer``: seconds per step split into
+generation, log-prob passes and update, and peak RSS.
+
+Both train the same tiny Llama-architecture policy (the arithmetic demo's ``TINY_MODEL``,
+random init from one seed) on the same arithmetic prompts (``arithmetic_demo.prepare``:
+tokenizer and ``train.jsonl``), with the same group size, prompts per step, response length,
+sampling (temperature 1, top-p 1), loss (``loss_type="grpo"``: the paper's sequence mean of
+token means, beta 0.04 on the plain k3 KL (TRL: ``use_bias_correction_kl=False``), clip 0.2,
+one update per batch, lr 5e-4 constant, grad clip 1.0) and
+the same verifier reward (``dsm_engine.rewards.verifier.verify``).
+
+* ours: ``dsm_engine.grpo.trainer.run_grpo`` on ``arithmetic_demo.grpo_config`` (rollout
+  backend ``hf``); its per-step metrics give the split (rollout, reference + old log-probs,
+  update; weight sync and reward counted in the step total).
+* TRL: ``GRPOTrainer`` (generation by ``transformers``' ``generate``, ``use_cpu=True``); the
+  split is timed around its ``_generate``, its log-prob passes without gradient, and
+  ``training_step`` (the update is the rest of ``training_step``).
+
+Each runs in its own process; peak RSS is over the RSS after imports. The first step of each
+is a warm-up and is not counted; the table gives medians over the other steps.
+
+    python -P benchmarks/peers/bench_grpo_trl.py [--steps 4 --prompts 8 --group 8 --new-tokens 32]
+
+Writes ``benchmarks/results/grpo_trl.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(BENCH))
+from common import RESULTS, peak_rss_bytes, reset_peak_rss, run_child, run_info, write_results  # noqa: E402
+
+PACKAGES = ("dsm-engine", "torch", "transformers", "trl", "accelerate")
+SEED = 0
+
+
+def _tiny_model_config():
+    from dsm_engine.grpo.arithmetic_demo import TINY_MODEL
+    from dsm_engine.models import model_config
+
+    return model_config("tiny", **TINY_MODEL)
+
+
+def run_ours(spec: dict) -> dict:
+    from dsm_engine.grpo import arithmetic_demo as demo
+    from dsm_engine.grpo.trainer import run_grpo
+
+    paths = demo.DemoPaths(Path(spec["root"]))
+    cfg = demo.grpo_config(
+        paths,
+        init=Path("unused"),
+        run_dir=str(Path(spec["root"]) / "ours"),
+        checkpoint={"every": 1000, "load": None},
+        logging={"tensorboard": False, "progress": False},
+        eval={"path": ""},
+        train={"seed": SEED},
+        grpo={
+            "steps": spec["steps"],
+            "prompts_per_step": spec["prompts"],
+            "group_size": spec["group"],
+            "micro_batch_size": spec["prompts"] * spec["group"],
+        },
+        rollout={"backend": "hf", "temperature": 1.0, "max_new_tokens": spec["new_tokens"]},
+    )
+    base = reset_peak_rss()
+    history = run_grpo(cfg)
+    steps = [
+        {
+            "generation": h["time_rollout_s"],
+            "logprobs": h["time_reference_s"] + h["time_old_s"],
+            "update": h["time_update_s"],
+            "total": h["step_time_s"],
+            "loss": h["loss"],
+        }
+        for h in history
+    ]
+    return _result(steps, base)
+
+
+def run_trl(spec: dict) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+    from trl import GRPOConfig, GRPOTrainer
+
+    from dsm_engine.grpo.arithmetic_demo import DemoPaths
+    from dsm_engine.models.convert import hf_config
+    from dsm_engine.rewards.verifier import verify
+    from dsm_engine.tasks.arithmetic import PROMPT_TEMPLATE
+
+    paths = DemoPaths(Path(spec["root"]))
+    base = reset_peak_rss()  # as for ours: model, optimizer and sampler are counted
+    torch.manual_seed(SEED)
+    model = LlamaForCausalLM(hf_config(_tiny_model_config())).float()
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(paths.tokenizer))
+    eos = tok.convert_ids_to_tokens(spec["eos"])
+    tok.eos_token = tok.pad_token = eos
+    model.generation_config.eos_token_id = model.generation_config.pad_token_id = spec["eos"]
+    # TRL builds its reference model from the policy's path (beta > 0): give it a folder
+    folder = Path(spec["root"]) / "trl-init"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    rows = [json.loads(line) for line in paths.train.read_text().splitlines() if line.strip()]
+    data = Dataset.from_list(
+        [
+            {"prompt": PROMPT_TEMPLATE.format(question=r["question"]), "gold": str(r["answer"])}
+            for r in rows
+        ]
+    )
+
+    def reward(completions, gold, **_):
+        return [verify(c, g, kind="auto") for c, g in zip(completions, gold)]
+
+    times: dict[str, list[float]] = {"generation": [], "logprobs": [], "step": []}
+
+    class Timed(GRPOTrainer):
+        def _generate(self, *args, **kwargs):
+            tic = time.perf_counter()
+            out = super()._generate(*args, **kwargs)
+            times["generation"].append(time.perf_counter() - tic)
+            return out
+
+        def _get_per_token_logps_and_entropies(self, *args, **kwargs):
+            tic = time.perf_counter()
+            out = super()._get_per_token_logps_and_entropies(*args, **kwargs)
+            if not torch.is_grad_enabled():  # old / reference passes, not the update's
+                times["logprobs"].append(time.perf_counter() - tic)
+            return out
+
+        def training_step(self, *args, **kwargs):
+            tic = time.perf_counter()
+            out = super().training_step(*args, **kwargs)
+            times["step"].append(time.perf_counter() - tic)
+            return out
+
+    n = spec["prompts"] * spec["group"]
+    args = GRPOConfig(
+        output_dir=str(Path(spec["root"]) / "trl"),
+        use_cpu=True,
+        seed=SEED,
+        max_steps=spec["steps"],
+        per_device_train_batch_size=n,
+        num_generations=spec["group"],
+        max_completion_length=spec["new_tokens"],
+        temperature=1.0,
+        top_p=1.0,
+        beta=0.04,
+        epsilon=0.2,
+        loss_type="grpo",
+        use_bias_correction_kl=False,  # TRL's default weights the KL by pi/pi_old; the paper not
+        num_iterations=1,
+        learning_rate=5e-4,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        bf16=False,
+        disable_tqdm=True,
+        model_init_kwargs={"dtype": torch.float32},
+    )
+    trainer = Timed(
+        model=str(folder), reward_funcs=reward, args=args, train_dataset=data, processing_class=tok
+    )
+    trainer.train()
+    return _result(times_to_steps(times, trainer), base)
+
+
+def times_to_steps(times: dict[str, list[float]], trainer) -> list[dict]:
+    """TRL's per-step split from the timed calls (its losses from the trainer's log)."""
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    logp_per_step = len(times["logprobs"]) // max(1, len(times["step"]))
+    steps = []
+    for i, total in enumerate(times["step"]):
+        lp = sum(times["logprobs"][i * logp_per_step : (i + 1) * logp_per_step])
+        gen = times["generation"][i]
+        steps.append(
+            {
+                "generation": gen,
+                "logprobs": lp,
+                "update": total - gen - lp,
+                "total": total,
+                "loss": losses[i] if i < len(losses) else float("nan"),
+            }
+        )
+    return steps
+
+
+def _result(steps: list[dict], base: int) -> dict:
+    return {"steps": steps, "peak_bytes": peak_rss_bytes() - base, "peak_abs": peak_rss_bytes()}
+
+
+def _summary(name: str, got: dict) -> dict:
+    if "error" in got:
+        return {"trainer": name, "error": got["error"]}
+    timed = got["steps"][1:] or got["steps"]  # the first step warms up
+    row = {"trainer": name}
+    for key in ("generation", "logprobs", "update", "total"):
+        row[f"{key} s/step"] = round(statistics.median(s[key] for s in timed), 3)
+    row["peak RSS MiB"] = round(got["peak_abs"] / 2**20, 1)
+    row["peak RSS over imports MiB"] = round(got["peak_bytes"] / 2**20, 1)
+    row["losses"] = " ".join(f"{s['loss']:.4f}" for s in got["steps"])
+    return row
+
+
+def run(args: argparse.Namespace) -> Path:
+    from dsm_engine.grpo import arithmetic_demo as demo
+
+    env = run_info(PACKAGES)
+    with tempfile.TemporaryDirectory() as tmp:
+        _, eos = demo.prepare(tmp, num_docs=2000, seed=SEED)
+        spec = {"root": tmp, "eos": eos, "steps": args.steps, "prompts": args.prompts}
+        spec.update(group=args.group, new_tokens=args.new_tokens)
+        rows = []
+        for name in ("ours", "trl"):
+            got = run_child(Path(__file__), [f"--{name}", json.dumps(spec)], args.timeout)
+            rows.append(_summary(name, got))
+            print(json.dumps(rows[-1]), flush=True)
+    env["load_avg_after"] = run_info()["load_avg_1m_5m_15m"]
+    notes = [
+        f"{args.prompts} prompts x {args.group} samples, up to {args.new_tokens} new tokens, "
+        f"{args.steps} steps (the first a warm-up); policy: arithmetic demo TINY_MODEL, random "
+        "init; wall seconds per step on a shared 2-core machine (load above).",
+        "ours: logprobs = reference + old-policy passes; total also holds reward scoring and "
+        "the weight sync to the sampler. TRL: update = training_step - generation - logprobs "
+        "(its reward scoring is inside).",
+        "Losses are per step; both start from random weights of the same architecture and "
+        "seed, but sample differently, so they are not expected to be equal.",
+    ]
+    return write_results("grpo_trl", rows, env, notes, out_dir=Path(args.out))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--prompts", type=int, default=8)
+    p.add_argument("--group", type=int, default=8)
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--timeout", type=float, default=3600)
+    p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--ours", help=argparse.SUPPRESS)
+    p.add_argument("--trl", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.ours or args.trl:
+        fn, spec = (run_ours, args.ours) if args.ours else (run_trl, args.trl)
+        print(json.dumps(fn(json.loads(spec))))
+        return 0
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
