@@ -42,9 +42,11 @@ class GRPOAlgoConfig:
     tis_cap: truncated importance sampling: the policy-gradient term of each token is weighted
     by ``min(π_old / π_sampler, tis_cap)`` (None: off).
     grad_weight_accum: how the fused loss sums the lm_head weight's gradient over token chunks
-    (``dsm_engine.kernels.fused_linear_grpo_loss``): ``fp32`` rounds once like PyTorch (a
-    V_local × H fp32 buffer while the loss runs), ``param`` in the weight's dtype (no extra
-    memory), ``auto`` fp32 for bf16/fp16 weights split into several chunks.
+    (``dsm_engine.kernels.fused_linear_grpo_loss``): ``main_grad`` adds it straight into
+    megatron DDP's fp32 ``main_grad`` (no extra memory, fp32 accuracy; ``optim.backend:
+    megatron``), ``fp32`` rounds once like PyTorch (a V_local × H fp32 buffer while the loss
+    runs), ``param`` in the weight's dtype (no extra memory), ``auto`` main_grad when the
+    weight has one, else fp32 for bf16/fp16 weights split into several chunks.
     """
 
     steps: int = 100
@@ -62,7 +64,7 @@ class GRPOAlgoConfig:
     old_logp: Literal["recompute", "rollout"] = "recompute"
     tis_cap: float | None = None
     impl: Literal["auto", "triton", "torch"] = "auto"
-    grad_weight_accum: Literal["auto", "fp32", "param"] = "auto"
+    grad_weight_accum: Literal["auto", "main_grad", "fp32", "param"] = "auto"
 
     def __post_init__(self) -> None:
         for name in ("steps", "iterations", "prompts_per_step", "group_size", "mu"):
