@@ -78,9 +78,7 @@ class _LocalExecutor(LocalPipelineExecutor):
         ctx = multiprocess.get_context("spawn")
         # local rank 0 logs to the console: one task in each round of `workers`
         jobs = [(rank, i % self.workers) for i, rank in enumerate(ranks)]
-        with ctx.Pool(
-            self.workers, initializer=die_with_parent, initargs=(os.getpid(),)
-        ) as pool:
+        with ctx.Pool(self.workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
             list(pool.starmap(self._run_for_rank, jobs, chunksize=1))
 
 
