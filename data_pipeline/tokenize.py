@@ -24,8 +24,9 @@ import numpy as np
 
 from dsm_engine.data_pipeline.jsonl_io import has_records, iter_texts, jsonl_files
 from dsm_engine.jsonl import SKIP_HINT, BadLines
+from dsm_engine.text_codec import END_TOKENS
 
-EOD_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|eot_id|>")
+EOD_CANDIDATES = END_TOKENS  # the engine's one list of end-token spellings
 
 
 @dataclass

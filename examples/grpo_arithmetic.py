@@ -24,10 +24,10 @@ def main() -> int:
     parser.add_argument("--grpo-steps", type=int, default=90)
     args = parser.parse_args()
 
-    from dsm_engine.grpo.arithmetic_demo import grpo_config, prepare, pretrain
     from dsm_engine.grpo.trainer import run_grpo
     from dsm_engine.models.parallel import destroy_parallel
     from dsm_engine.plotting import plot_run
+    from dsm_engine.recipes.arithmetic import grpo_config, prepare, pretrain
 
     t0 = time.process_time()
     paths, eos = prepare(Path(args.out))

@@ -2,7 +2,7 @@
 
     python examples/prm_arithmetic.py --root runs/prm-demo
 
-1. the GRPO demo's data and pretrained tiny policy (``dsm_engine.grpo.arithmetic_demo``;
+1. the GRPO demo's data and pretrained tiny policy (``dsm_engine.recipes.arithmetic``;
    reused when ``ROOT/pretrain`` already holds a checkpoint);
 2. ``dsm rm label --kind prm``: Monte-Carlo step labels on policy samples of the train split
    (at temperatures 1.0 and 1.5) and, for evaluation, of the held-out split; steps end at "."
@@ -41,10 +41,10 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args()
 
-    from dsm_engine.grpo import arithmetic_demo as demo
     from dsm_engine.grpo.trainer import run_grpo
     from dsm_engine.models.parallel import destroy_parallel
     from dsm_engine.plotting import plot_run
+    from dsm_engine.recipes import arithmetic as demo
 
     root = Path(a.root)
     t0 = time.process_time()

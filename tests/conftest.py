@@ -67,13 +67,13 @@ def neox_tokenizer_path(shared_data: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def arithmetic_pretrained(tmp_path_factory):
-    """The tiny arithmetic policy of ``dsm_engine.grpo.arithmetic_demo``, pretrained once per
+    """The tiny arithmetic policy of ``dsm_engine.recipes.arithmetic``, pretrained once per
     session (600 steps, ~66% held-out greedy accuracy): ``(paths, eos, checkpoint)``.
 
     Shared and read-only: tests write their runs under their own ``tmp_path``, never under
     ``paths.root``."""
-    from dsm_engine.grpo.arithmetic_demo import prepare, pretrain
     from dsm_engine.models.parallel import destroy_parallel
+    from dsm_engine.recipes.arithmetic import prepare, pretrain
 
     paths, eos = prepare(tmp_path_factory.mktemp("arithmetic"))
     checkpoint = pretrain(paths, eos, steps=600, progress=False)

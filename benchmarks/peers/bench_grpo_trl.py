@@ -2,14 +2,14 @@
 generation, log-prob passes and update, and peak RSS.
 
 Both train the same tiny Llama-architecture policy (the arithmetic demo's ``TINY_MODEL``,
-random init from one seed) on the same arithmetic prompts (``arithmetic_demo.prepare``:
+random init from one seed) on the same arithmetic prompts (``recipes.arithmetic.prepare``:
 tokenizer and ``train.jsonl``), with the same group size, prompts per step, response length,
 sampling (temperature 1, top-p 1), loss (``loss_type="grpo"``: the paper's sequence mean of
 token means, beta 0.04 on the plain k3 KL (TRL: ``use_bias_correction_kl=False``), clip 0.2,
 one update per batch, lr 5e-4 constant, grad clip 1.0) and
 the same verifier reward (``dsm_engine.rewards.verifier.verify``).
 
-* ours: ``dsm_engine.grpo.trainer.run_grpo`` on ``arithmetic_demo.grpo_config`` (rollout
+* ours: ``dsm_engine.grpo.trainer.run_grpo`` on ``recipes.arithmetic.grpo_config`` (rollout
   backend ``hf``); its per-step metrics give the split (rollout, reference + old log-probs,
   update; weight sync and reward counted in the step total).
 * TRL: ``GRPOTrainer`` (generation by ``transformers``' ``generate``, ``use_cpu=True``); the
@@ -43,15 +43,15 @@ SEED = 0
 
 
 def _tiny_model_config():
-    from dsm_engine.grpo.arithmetic_demo import TINY_MODEL
     from dsm_engine.models import model_config
+    from dsm_engine.recipes.arithmetic import TINY_MODEL
 
     return model_config("tiny", **TINY_MODEL)
 
 
 def run_ours(spec: dict) -> dict:
-    from dsm_engine.grpo import arithmetic_demo as demo
     from dsm_engine.grpo.trainer import run_grpo
+    from dsm_engine.recipes import arithmetic as demo
 
     paths = demo.DemoPaths(Path(spec["root"]))
     cfg = demo.grpo_config(
@@ -91,8 +91,8 @@ def run_trl(spec: dict) -> dict:
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
     from trl import GRPOConfig, GRPOTrainer
 
-    from dsm_engine.grpo.arithmetic_demo import DemoPaths
     from dsm_engine.models.convert import hf_config
+    from dsm_engine.recipes.arithmetic import DemoPaths
     from dsm_engine.rewards.verifier import verify
     from dsm_engine.tasks.arithmetic import PROMPT_TEMPLATE
 
@@ -214,7 +214,7 @@ def _summary(name: str, got: dict) -> dict:
 
 
 def run(args: argparse.Namespace) -> Path:
-    from dsm_engine.grpo import arithmetic_demo as demo
+    from dsm_engine.recipes import arithmetic as demo
 
     env = run_info(PACKAGES)
     with tempfile.TemporaryDirectory() as tmp:

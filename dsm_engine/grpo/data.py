@@ -16,9 +16,7 @@ import torch
 from dsm_engine.config import ConfigError
 from dsm_engine.grpo.config import PromptDataConfig
 from dsm_engine.jsonl import iter_jsonl
-
-_BOS = ("<bos>", "<s>", "<｜begin▁of▁sentence｜>", "<|begin_of_text|>")
-_EOS = ("<eos>", "</s>", "<｜end▁of▁sentence｜>", "<|endoftext|>", "<|eot_id|>")
+from dsm_engine.text_codec import TextCodec
 
 
 @dataclass
@@ -28,39 +26,6 @@ class Prompt:
     text: str
     gold: str
     token_ids: list[int]
-
-
-class TextCodec:
-    """A ``tokenizers.Tokenizer`` with the special ids GRPO needs (bos optional, eos required)."""
-
-    def __init__(self, path: str | Path) -> None:
-        from tokenizers import Tokenizer
-
-        path = Path(path)
-        if path.is_dir():
-            path = path / "tokenizer.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"data.tokenizer: {path} is not a tokenizer.json file")
-        self.tokenizer = Tokenizer.from_file(str(path))
-        self.bos_id = self._first_id(_BOS)
-        self.eos_id = self._first_id(_EOS)
-        if self.eos_id is None:
-            raise ConfigError(f"data.tokenizer: {path} has none of the end tokens {_EOS}")
-        self.pad_id = self._first_id(("<pad>", "<|pad|>")) or self.eos_id
-        self.vocab_size = self.tokenizer.get_vocab_size()
-
-    def _first_id(self, names: tuple[str, ...]) -> int | None:
-        for name in names:
-            tid = self.tokenizer.token_to_id(name)
-            if tid is not None:
-                return tid
-        return None
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def read_jsonl(path: str | Path, fields: tuple[str, ...], where: str) -> list[dict[str, Any]]:

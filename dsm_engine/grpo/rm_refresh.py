@@ -34,8 +34,9 @@ import torch.distributed as dist
 
 from dsm_engine.config import ConfigError
 from dsm_engine.grpo.config import GRPOConfig
-from dsm_engine.grpo.data import PromptDataset, TextCodec
+from dsm_engine.grpo.data import PromptDataset
 from dsm_engine.rollout.base import RolloutEngine, SamplingParams
+from dsm_engine.text_codec import TextCodec
 
 RM_DIR = "reward_model"
 STATE_KEY = "reward_model"

@@ -19,8 +19,9 @@ import torch
 import torch.distributed as dist
 
 from dsm_engine.grpo.batch import GRPOBatch, build_batch
-from dsm_engine.grpo.data import Prompt, TextCodec
+from dsm_engine.grpo.data import Prompt
 from dsm_engine.rollout.base import RolloutEngine, SamplingParams
+from dsm_engine.text_codec import TextCodec
 
 
 def is_sampler_rank() -> bool:

@@ -41,7 +41,7 @@ import torch.distributed as dist
 
 from dsm_engine.config import ConfigError
 from dsm_engine.grpo.config import GRPOConfig
-from dsm_engine.grpo.data import PromptDataset, TextCodec
+from dsm_engine.grpo.data import PromptDataset
 from dsm_engine.grpo.rm_refresh import RewardModelRefresher
 from dsm_engine.grpo.sampling import (
     evaluate_greedy,
@@ -58,6 +58,7 @@ from dsm_engine.grpo.step import (
 from dsm_engine.reward_models.grpo_rewards import compute_advantages
 from dsm_engine.reward_models.scorer import MeanScorer, TokenScorer, load_reward_fn
 from dsm_engine.rollout.base import SamplingParams, build_rollout_engine
+from dsm_engine.text_codec import TextCodec
 
 StepHook = Callable[[int, dict[str, float]], None]
 REFERENCE_DIR = "reference"

@@ -12,6 +12,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from dsm_engine.text_codec import BEGIN_TOKENS, END_TOKENS, PAD_TOKENS, UNK_TOKENS
+
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -22,10 +24,10 @@ TOKENIZER_FILES = (
 )
 # role -> token names tried in order (the first one in the vocabulary wins)
 SPECIAL_TOKENS = {
-    "eos_token": ("<|endoftext|>", "</s>", "<eos>", "<｜end▁of▁sentence｜>", "<|eot_id|>"),
-    "bos_token": ("<s>", "<bos>", "<｜begin▁of▁sentence｜>", "<|begin_of_text|>"),
-    "pad_token": ("<pad>", "<|pad|>"),
-    "unk_token": ("<unk>",),
+    "eos_token": END_TOKENS,
+    "bos_token": BEGIN_TOKENS,
+    "pad_token": PAD_TOKENS,
+    "unk_token": UNK_TOKENS,
 }
 
 

@@ -280,11 +280,11 @@ def load_reward_fn(
     parallel layout (this rank's TP shard / pipeline stage; a one-process TP=1, PP=1 context
     is initialised if none exists). At TP/PP > 1 scoring is collective over the
     model-parallel group (see ``RewardModelScorer``)."""
-    from dsm_engine.grpo.data import TextCodec
     from dsm_engine.models.checkpoint import load_checkpoint, read_meta, resolve_checkpoint
     from dsm_engine.models.config import model_config
     from dsm_engine.models.parallel import ParallelConfig, current_context, initialize_parallel
     from dsm_engine.reward_models.model import build_reward_model
+    from dsm_engine.text_codec import TextCodec
 
     step_dir = resolve_checkpoint(model_path)
     ctx = current_context() or initialize_parallel(ParallelConfig())

@@ -33,6 +33,7 @@ import torch
 from dsm_engine.config import ConfigError
 from dsm_engine.jsonl import iter_jsonl
 from dsm_engine.sandbox.tir_format import split_tool_outputs
+from dsm_engine.text_codec import END_TOKENS
 
 
 @dataclass
@@ -54,9 +55,6 @@ class Example:
     target: list[int]
 
 
-_EOS_CANDIDATES = ("<|endoftext|>", "<｜end▁of▁sentence｜>", "</s>", "<eos>", "<|eot_id|>")
-
-
 def load_tokenizer(path: str | Path) -> Any:
     """A ``tokenizers.Tokenizer`` from ``tokenizer.json`` (error names the field if missing)."""
     from tokenizers import Tokenizer
@@ -68,11 +66,11 @@ def load_tokenizer(path: str | Path) -> Any:
 
 def eos_id(tokenizer: Any, name: str | None) -> int:
     """Id of the end-of-sequence token ``name`` (or the first known EOS spelling)."""
-    for cand in (name,) if name else _EOS_CANDIDATES:
+    for cand in (name,) if name else END_TOKENS:
         tid = tokenizer.token_to_id(cand)
         if tid is not None:
             return tid
-    raise ConfigError(f"data.eos_token: {name or _EOS_CANDIDATES} not in the tokenizer vocabulary")
+    raise ConfigError(f"data.eos_token: {name or END_TOKENS} not in the tokenizer vocabulary")
 
 
 def _encode(tokenizer: Any, text: str) -> list[int]:

@@ -17,7 +17,7 @@ def main() -> None:
     import torch.distributed as dist
     from test_iterative_rm import _config, _spied_run
 
-    from dsm_engine.grpo.arithmetic_demo import DemoPaths
+    from dsm_engine.recipes.arithmetic import DemoPaths
 
     root, rm, run, tp, out = sys.argv[1:6]
     cfg = _config(DemoPaths(Path(root)), rm, run, parallel={"tp": int(tp)})

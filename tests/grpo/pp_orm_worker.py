@@ -1,7 +1,7 @@
 """GRPO at pp=2 with a learned outcome reward model, under ``torchrun --nproc_per_node 2``.
 
 ``python pp_orm_worker.py ROOT OUT.json``: ROOT holds the tokenizer and train prompts
-(``arithmetic_demo.DemoPaths``). Both ranks train an ORM at pp=2 (``dsm train rm``, one layer
+(``recipes.arithmetic.DemoPaths``). Both ranks train an ORM at pp=2 (``dsm train rm``, one layer
 per stage) on synthetic labels, then run 2 GRPO steps at pp=2 with ``reward.supervision=orm``
 scoring with it; the iteration boundary between the steps continues the reward model at pp=2
 and switches the scorer to it (iterative RL). Rank 0 writes the GRPO history.
@@ -86,9 +86,9 @@ def grpo_cfg(paths, rm: Path, run_dir: Path):
 def main(root: Path, out: Path) -> None:
     import torch.distributed as dist
 
-    from dsm_engine.grpo.arithmetic_demo import DemoPaths
     from dsm_engine.grpo.trainer import run_grpo
     from dsm_engine.models.parallel import destroy_parallel
+    from dsm_engine.recipes.arithmetic import DemoPaths
 
     dist.init_process_group("gloo")  # kept across destroy_parallel so rank 0 can still write
     rm = train_rm(root)

@@ -1,7 +1,7 @@
 """A short GRPO run at pp=2 (one layer per stage) under ``torchrun --nproc_per_node 2``, gloo.
 
 ``python pp_run_worker.py ROOT OUT.json``: ROOT holds the tokenizer and train prompts
-(``arithmetic_demo.DemoPaths``). Runs 3 straight steps (run ``a``), then run ``b``: stopped
+(``recipes.arithmetic.DemoPaths``). Runs 3 straight steps (run ``a``), then run ``b``: stopped
 after 2 steps and resumed (``resume=auto``) for the third. Rank 0 writes both histories.
 """
 
@@ -21,7 +21,7 @@ class _Stop(Exception):
 def tiny_pp2_config(paths, run_dir: Path, *, steps: int = 3, every: int = 1, **over):
     """A 2-layer policy split over 2 stages, 8 rows per step in microbatches of 3 + 3 + 2;
     ``over`` replaces whole top-level sections (merged into the demo's by ``grpo_config``)."""
-    from dsm_engine.grpo.arithmetic_demo import grpo_config
+    from dsm_engine.recipes.arithmetic import grpo_config
 
     sections = {
         "model": {"num_layers": 2, "hidden_size": 32, "ffn_hidden_size": 64},
@@ -47,9 +47,9 @@ def main(root: Path, out: Path) -> None:
     import torch.distributed as dist
     from test_resume import _ParityReward
 
-    from dsm_engine.grpo.arithmetic_demo import DemoPaths
     from dsm_engine.grpo.trainer import run_grpo
     from dsm_engine.models.parallel import destroy_parallel
+    from dsm_engine.recipes.arithmetic import DemoPaths
     from dsm_engine.rewards import register_reward_fn
 
     paths = DemoPaths(root)

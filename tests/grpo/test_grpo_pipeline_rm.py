@@ -16,8 +16,8 @@ HERE = Path(__file__).resolve().parent
 @pytest.mark.dist
 @pytest.mark.slow
 def test_pp2_orm_supervised_grpo_runs_and_refreshes_the_reward_model(tmp_path, torchrun):
-    from dsm_engine.grpo.arithmetic_demo import DemoPaths
     from dsm_engine.models.checkpoint import latest_checkpoint
+    from dsm_engine.recipes.arithmetic import DemoPaths
     from dsm_engine.tasks import arithmetic as ar
 
     paths = DemoPaths(tmp_path)

@@ -23,8 +23,8 @@ def _run_worker(torchrun, root: Path) -> dict:
 @pytest.mark.dist
 @pytest.mark.slow
 def test_pp2_grpo_run_trains_checkpoints_and_resumes(tmp_path, torchrun):
-    from dsm_engine.grpo.arithmetic_demo import DemoPaths
     from dsm_engine.models.checkpoint import latest_checkpoint
+    from dsm_engine.recipes.arithmetic import DemoPaths
     from dsm_engine.tasks import arithmetic as ar
 
     paths = DemoPaths(tmp_path)
@@ -57,8 +57,8 @@ def test_virtual_pipeline_layout_is_refused_by_name(tmp_path):
     # (tied embeddings at pp > 1 are no longer refused: both optimizer backends sum the two
     # stages' copies, tests/trainers/test_tied_embedding_pp.py)
     from dsm_engine.config import ConfigError
-    from dsm_engine.grpo.arithmetic_demo import DemoPaths, grpo_config
     from dsm_engine.grpo.trainer import run_grpo
+    from dsm_engine.recipes.arithmetic import DemoPaths, grpo_config
 
     cfg = grpo_config(DemoPaths(tmp_path), tmp_path / "none", parallel={"pp": 2, "virtual_pp": 2})
     with pytest.raises(ConfigError, match=r"parallel\.virtual_pp"):

@@ -65,7 +65,7 @@ def _initial_rm(root, kind="orm"):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from dsm_engine.grpo.arithmetic_demo import DemoPaths
+    from dsm_engine.recipes.arithmetic import DemoPaths
     from dsm_engine.tasks import arithmetic as ar
 
     root = tmp_path_factory.mktemp("irm")
@@ -76,7 +76,7 @@ def setup(tmp_path_factory):
 
 
 def _config(paths, rm, run_dir, *, reward=None, rm_update=None, grpo=None, **over):
-    from dsm_engine.grpo.arithmetic_demo import grpo_config
+    from dsm_engine.recipes.arithmetic import grpo_config
 
     return grpo_config(
         paths,

@@ -12,10 +12,10 @@ import pytest
 
 @pytest.mark.slow
 def test_grpo_raises_heldout_accuracy_by_20_points(arithmetic_pretrained, tmp_path):
-    from dsm_engine.grpo.arithmetic_demo import grpo_config
     from dsm_engine.grpo.trainer import run_grpo
     from dsm_engine.models.parallel import destroy_parallel
     from dsm_engine.plotting import plot_run
+    from dsm_engine.recipes.arithmetic import grpo_config
 
     paths, _, init = arithmetic_pretrained  # shared by the session: read-only
     run_dir = tmp_path / "grpo"

@@ -32,7 +32,7 @@ class _Crash(Exception):
 
 
 def _config(paths, run_dir, **over):
-    from dsm_engine.grpo.arithmetic_demo import grpo_config
+    from dsm_engine.recipes.arithmetic import grpo_config
 
     return grpo_config(
         paths,
@@ -61,9 +61,9 @@ def _rows(run_dir):
 
 
 def test_resume_restores_policy_reference_optimizer_and_data_position(tmp_path):
-    from dsm_engine.grpo.arithmetic_demo import DemoPaths
     from dsm_engine.grpo.trainer import run_grpo
     from dsm_engine.models.parallel import destroy_parallel
+    from dsm_engine.recipes.arithmetic import DemoPaths
     from dsm_engine.tasks import arithmetic as ar
 
     paths = DemoPaths(tmp_path)

@@ -41,7 +41,7 @@ def _rm_checkpoint(root, seed=5):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from dsm_engine.grpo.arithmetic_demo import DemoPaths
+    from dsm_engine.recipes.arithmetic import DemoPaths
     from dsm_engine.tasks import arithmetic as ar
 
     root = tmp_path_factory.mktemp("rk")
@@ -57,7 +57,7 @@ def second_rm(tmp_path_factory):
 
 
 def _config(paths, run_dir, reward):
-    from dsm_engine.grpo.arithmetic_demo import grpo_config
+    from dsm_engine.recipes.arithmetic import grpo_config
 
     return grpo_config(
         paths,
@@ -95,10 +95,10 @@ def _one_step(monkeypatch, cfg):
 
 
 def test_prm_supervision_feeds_per_token_process_advantages(setup, tmp_path, monkeypatch):
-    from dsm_engine.grpo.data import TextCodec
     from dsm_engine.models.parallel import destroy_parallel
     from dsm_engine.reward_models.grpo_rewards import compute_advantages
     from dsm_engine.reward_models.scorer import load_reward_fn
+    from dsm_engine.text_codec import TextCodec
 
     paths, rm = setup
     reward = {"supervision": "prm", "model_path": str(rm), "delimiter": "\n"}
@@ -140,10 +140,10 @@ def test_orm_supervision_group_normalises_last_token_scores(setup, tmp_path, mon
 
 
 def test_an_ensemble_scores_with_the_mean_of_its_members(setup, second_rm, tmp_path, monkeypatch):
-    from dsm_engine.grpo.data import TextCodec
     from dsm_engine.models.parallel import destroy_parallel
     from dsm_engine.reward_models.grpo_rewards import compute_advantages
     from dsm_engine.reward_models.scorer import MeanScorer, load_reward_fn
+    from dsm_engine.text_codec import TextCodec
 
     paths, rm = setup
     reward = {"supervision": "prm", "model_path": str(rm), "ensemble": [str(second_rm)]}

@@ -1,5 +1,5 @@
 """The proof of process supervision (CPU, issue #6), on the tiny arithmetic task of
-``dsm_engine.grpo.arithmetic_demo`` with the session's pretrained policy:
+``dsm_engine.recipes.arithmetic`` with the session's pretrained policy:
 
 * a PRM trained on Monte-Carlo step labels (``dsm rm label --kind prm``) of the policy's
   samples separates good from bad steps of *held-out* problems: AUC >= 0.75;
@@ -9,7 +9,7 @@
   check arithmetic, so the run is anchored (β = 1.0: a weakly anchored one collapses held-out
   accuracy to 0.0-0.29) and its learning rate decays (at a constant rate the greedy policy
   swings by up to 20 points between evaluations); measured over PRM seeds in
-  ``arithmetic_demo.prm_grpo_config``.
+  ``recipes.arithmetic.prm_grpo_config``.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import pytest
 @pytest.fixture(scope="module")
 def arithmetic_prm(arithmetic_pretrained, tmp_path_factory):
     """``(checkpoint roots, final metrics, CPU seconds)`` of the PRM trained on the policy."""
-    from dsm_engine.grpo.arithmetic_demo import label_and_train_prm
     from dsm_engine.models.parallel import destroy_parallel
+    from dsm_engine.recipes.arithmetic import label_and_train_prm
 
     paths, _, policy = arithmetic_pretrained
     cpu0 = time.process_time()
@@ -57,9 +57,9 @@ def test_process_supervised_grpo_raises_heldout_accuracy_by_10_points(
     """The PRM alone drives the advantages; the KL anchor (β = 1.0) holds what it cannot see
     (the arithmetic, the operands) while the policy learns which operation each problem
     needs: the PRM's score on the policy's own samples rises, and so does held-out accuracy."""
-    from dsm_engine.grpo.arithmetic_demo import prm_grpo_config
     from dsm_engine.grpo.trainer import run_grpo
     from dsm_engine.models.parallel import destroy_parallel
+    from dsm_engine.recipes.arithmetic import prm_grpo_config
 
     paths, _, init = arithmetic_pretrained
     prms, _, _ = arithmetic_prm

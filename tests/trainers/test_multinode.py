@@ -105,7 +105,7 @@ def test_grpo_over_two_nodes_equals_the_same_run_on_one_node(
     arithmetic_pretrained, nodes, tmp_path
 ):
     from dsm_engine.config import save_config
-    from dsm_engine.grpo.arithmetic_demo import grpo_config
+    from dsm_engine.recipes.arithmetic import grpo_config
 
     paths, _, init = arithmetic_pretrained  # shared by the session: read-only
     config = tmp_path / "grpo.yaml"

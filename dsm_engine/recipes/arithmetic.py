@@ -166,7 +166,7 @@ def label_prm(
     """``dsm rm label --kind prm`` on the first ``num_prompts`` problems of ``split``
     (``train`` or ``heldout``): ``samples`` responses per problem, each non-final step labelled
     good when one of ``completions`` rollouts from it reaches the answer. Returns ``out``."""
-    from dsm_engine.rewards.labeling import main as label_main
+    from dsm_engine.commands.rm_label import main as label_main
 
     prompts = {"train": paths.train, "heldout": paths.heldout}.get(split)
     if prompts is None:
@@ -297,9 +297,9 @@ def heldout_step_auc(paths: DemoPaths, prms: Sequence[Path], labels: Path) -> tu
     ``labels`` (what process-supervised GRPO with that ensemble is rewarded by)."""
     import json
 
-    from dsm_engine.grpo.data import TextCodec
     from dsm_engine.reward_models.metrics import accuracy, auc
     from dsm_engine.reward_models.scorer import MeanScorer, PRMReward, load_reward_fn
+    from dsm_engine.text_codec import TextCodec
 
     members = [load_reward_fn("prm", str(p), str(paths.tokenizer)).scorer for p in prms]
     prm = PRMReward(MeanScorer(members), TextCodec(str(paths.tokenizer)), delimiter=STEP_DELIMITER)

@@ -1,7 +1,7 @@
 """``dsm train grpo``: GRPO reinforcement learning with verifiable rewards.
 
     dsm train grpo --config configs/grpo/tiny-cpu-arithmetic.yaml run_dir=runs/grpo
-    torchrun --nproc_per_node 8 -m dsm_engine.cli train grpo --config configs/grpo/deepseekmath-7b-grpo.yaml
+    torchrun --nproc_per_node 8 --no-python dsm train grpo --config configs/grpo/deepseekmath-7b-grpo.yaml
 
 The loop lives in :mod:`dsm_engine.grpo.trainer`; this module is the command.
 """
@@ -12,7 +12,7 @@ from dsm_engine.grpo.config import GRPOConfig
 from dsm_engine.grpo.trainer import run_grpo
 from dsm_engine.trainers.common import run_main
 
-__all__ = ["main", "run_grpo"]
+__all__ = ["main"]
 
 
 def main(argv: list[str]) -> int:

@@ -54,7 +54,7 @@ def main(argv: list[str]) -> int:
 def label(args: argparse.Namespace) -> int:
     """Run the labelling described by ``args``; returns the number of rows written."""
     from dsm_engine.grpo.config import PromptDataConfig
-    from dsm_engine.grpo.data import PromptDataset, TextCodec
+    from dsm_engine.grpo.data import PromptDataset
     from dsm_engine.models.convert import export_hf_state_dict, hf_config
     from dsm_engine.models.pretrained import from_pretrained
     from dsm_engine.reward_models.data import write_examples
@@ -65,6 +65,7 @@ def label(args: argparse.Namespace) -> int:
         verifier_grader,
     )
     from dsm_engine.rollout.base import SamplingParams, build_rollout_engine
+    from dsm_engine.text_codec import TextCodec
 
     delimiter = args.delimiter.encode().decode("unicode_escape")
     codec = TextCodec(args.tokenizer)
