@@ -20,6 +20,8 @@ _EXPORTS = {
     "destroy_parallel": "parallel",
     "current_context": "parallel",
     "install_cpu_bridge": "cuda_bridge",
+    "uninstall_cpu_bridge": "cuda_bridge",
+    "cpu_bridge": "cuda_bridge",
     "build_model": "build",
     "build_model_chunks": "build",
     "forward_hidden": "build",

@@ -46,7 +46,8 @@ from typing import Any
 
 import torch
 
-_INSTALLED = False
+# (owner, attribute, original value) of every patch in place, in the order applied
+_ORIGINALS: list[tuple[Any, str, Any]] = []
 
 LITERAL_CUDA_MODULES = (
     "megatron.core.pipeline_parallel.schedules",
@@ -181,42 +182,68 @@ def _without_tensor_cuda(fn: Any) -> Any:
     return wrapper
 
 
+def _patch(owner: Any, name: str, value: Any) -> None:
+    """Set ``owner.name = value``, remembering the original for :func:`uninstall_cpu_bridge`."""
+    _ORIGINALS.append((owner, name, getattr(owner, name)))
+    setattr(owner, name, value)
+
+
 def install_cpu_bridge() -> bool:
-    """Install the patches above when CUDA is absent. Idempotent; returns whether active."""
-    global _INSTALLED
+    """Install the patches above when CUDA is absent. Idempotent; returns whether active.
+
+    :func:`dsm_engine.models.parallel.initialize_parallel` installs it and
+    :func:`~dsm_engine.models.parallel.destroy_parallel` removes it: the process is patched
+    only while a parallel context exists.
+    """
     if torch.cuda.is_available():
         return False
-    if _INSTALLED:
+    if _ORIGINALS:
         return True
     import importlib
 
     from megatron.core.tensor_parallel import random as mrandom
 
-    torch.cuda.current_device = _cpu_current_device  # patch 1
-    torch.cuda.synchronize = _no_synchronize  # patch 2
+    _patch(torch.cuda, "current_device", _cpu_current_device)  # patch 1
+    _patch(torch.cuda, "synchronize", _no_synchronize)  # patch 2
     for name in LITERAL_CUDA_MODULES:  # patch 3
         module = importlib.import_module(name)
         if not isinstance(module.torch, _CpuTorchView):
-            module.torch = _CpuTorchView(torch)
+            _patch(module, "torch", _CpuTorchView(torch))
     tracker_cls = _make_cpu_tracker_class()  # patch 4
-    mrandom.CudaRNGStatesTracker = tracker_cls
+    _patch(mrandom, "CudaRNGStatesTracker", tracker_cls)
     if mrandom._CUDA_RNG_STATE_TRACKER is not None and not isinstance(
         mrandom._CUDA_RNG_STATE_TRACKER, tracker_cls
     ):
         mrandom.initialize_rng_tracker(force_reset=True)
     moptimizer = importlib.import_module("megatron.core.optimizer.optimizer")
-    moptimizer.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm  # patch 5
-    mrandom._get_cuda_rng_state = _cpu_get_rng_state  # patch 6
-    mrandom._set_cuda_rng_state = _cpu_set_rng_state
+    _patch(moptimizer, "clip_grad_by_total_norm_fp32", _clip_grad_by_total_norm)  # patch 5
+    _patch(mrandom, "_get_cuda_rng_state", _cpu_get_rng_state)  # patch 6
+    _patch(mrandom, "_set_cuda_rng_state", _cpu_set_rng_state)
     from megatron.core.models.common.language_module.language_module import LanguageModule
 
-    LanguageModule.setup_embeddings_and_output_layer = _without_tensor_cuda(  # patch 7
-        LanguageModule.setup_embeddings_and_output_layer
+    _patch(  # patch 7
+        LanguageModule,
+        "setup_embeddings_and_output_layer",
+        _without_tensor_cuda(LanguageModule.setup_embeddings_and_output_layer),
     )
-    _INSTALLED = True
     return True
 
 
-def bridge_active() -> bool:
-    """Whether :func:`install_cpu_bridge` has patched megatron-core in this process."""
-    return _INSTALLED
+def uninstall_cpu_bridge() -> None:
+    """Undo :func:`install_cpu_bridge` (no-op when it is not installed)."""
+    while _ORIGINALS:
+        owner, name, original = _ORIGINALS.pop()
+        setattr(owner, name, original)
+
+
+@contextlib.contextmanager
+def cpu_bridge() -> Iterator[bool]:
+    """The bridge for the duration of a ``with`` block (yields whether it is active); restores
+    what it patched on exit unless it was installed before the block."""
+    already = bool(_ORIGINALS)
+    active = install_cpu_bridge()
+    try:
+        yield active
+    finally:
+        if not already:
+            uninstall_cpu_bridge()

@@ -172,9 +172,12 @@ def destroy_parallel(*, keep_process_group: bool = False) -> None:
     global _CONTEXT
     from megatron.core import parallel_state
 
+    from dsm_engine.models.cuda_bridge import uninstall_cpu_bridge
+
     ctx, _CONTEXT = _CONTEXT, None
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
+    uninstall_cpu_bridge()  # the process is patched only while a context exists
     if keep_process_group:
         if ctx is not None and ctx.owns_process_group:
             _OWNED_GROUP[0] = True
