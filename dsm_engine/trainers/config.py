@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from dsm_engine.config import ConfigError, load_config, split_config_args, to_dict
+from dsm_engine.config import ConfigError, load_config, split_config_args
 from dsm_engine.models.config import ModelConfig, model_config
 from dsm_engine.models.parallel import ParallelConfig
 from dsm_engine.trainers.data import DataConfig
@@ -119,8 +119,3 @@ def load_run_config(cls: type[C], argv: list[str]) -> tuple[C, list[str]]:
     cfg = load_config(cls, Path(path) if path else None, overrides)
     cfg.model = dataclasses.asdict(cfg.model_config())
     return cfg, rest
-
-
-def config_dict(cfg: RunConfig) -> dict[str, Any]:
-    """The resolved config as a plain dict (what the run folder records)."""
-    return to_dict(cfg)
