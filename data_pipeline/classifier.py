@@ -64,8 +64,12 @@ def count_tokens(text: str) -> int:
     return len(_TOKEN.findall(text))
 
 
-def train_classifier(positives: Iterable[str], negatives: Iterable[str], out_path: str | Path,
-                     cfg: ClassifierConfig | None = None) -> Path:  # fmt: skip
+def train_classifier(
+    positives: Iterable[str],
+    negatives: Iterable[str],
+    out_path: str | Path,
+    cfg: ClassifierConfig | None = None,
+) -> Path:
     """Train P(math) on ``positives`` vs ``negatives`` (texts); save the model to ``out_path``.
 
     Raises ValueError when either side is empty. Written to a temporary name and renamed, so a
@@ -85,9 +89,19 @@ def train_classifier(positives: Iterable[str], negatives: Iterable[str], out_pat
     train_file = out_path.with_suffix(".train.txt")
     train_file.write_text("\n".join(lines) + "\n")
     tmp = out_path.with_suffix(".tmp")
-    args = {"input": str(train_file), "output": str(tmp), "dim": cfg.dim, "lr": cfg.lr,
-            "wordNgrams": cfg.word_ngrams, "minCount": cfg.min_count, "epoch": cfg.epoch,
-            "bucket": cfg.bucket, "thread": cfg.threads, "seed": cfg.seed, "verbose": 0}  # fmt: skip
+    args = {
+        "input": str(train_file),
+        "output": str(tmp),
+        "dim": cfg.dim,
+        "lr": cfg.lr,
+        "wordNgrams": cfg.word_ngrams,
+        "minCount": cfg.min_count,
+        "epoch": cfg.epoch,
+        "bucket": cfg.bucket,
+        "thread": cfg.threads,
+        "seed": cfg.seed,
+        "verbose": 0,
+    }
     # a child process with zero-filled allocations: see _ft_train.py for why
     env = {**os.environ, "MALLOC_PERTURB_": "255"}
     cmd = python_argv(

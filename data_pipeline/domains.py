@@ -88,11 +88,16 @@ def propose_paths(
             pool[prefix] += 1
             got[prefix] += r.collected
     cands = [
-        {"prefix": p, "pages": pool[p], "collected": got[p], "uncollected": pool[p] - got[p],
-         "fraction": round(got[p] / pool[p], 4)}
+        {
+            "prefix": p,
+            "pages": pool[p],
+            "collected": got[p],
+            "uncollected": pool[p] - got[p],
+            "fraction": round(got[p] / pool[p], 4),
+        }
         for p in pool
         if pool[p] >= min_pages
-    ]  # fmt: skip
+    ]
     cands.sort(key=lambda c: (-c["collected"], -c["fraction"], c["prefix"]))
     return cands
 

@@ -120,11 +120,18 @@ def _run_slurm(name: str, pipeline: list, tasks: int, logging_dir: Path, cfg: Ex
     # start, and Slurm keeps such a job pending forever unless told to drop it
     sbatch_args = {"kill-on-invalid-dep": "yes", **cfg.sbatch_args}
     ex = SlurmPipelineExecutor(
-        pipeline, tasks=tasks, time=cfg.time, partition=cfg.partition, qos=cfg.qos,
-        logging_dir=str(logging_dir), job_name=f"dsm-{name}", cpus_per_task=cfg.cpus_per_task,
-        mem_per_cpu_gb=cfg.mem_per_cpu_gb, sbatch_args=sbatch_args,
+        pipeline,
+        tasks=tasks,
+        time=cfg.time,
+        partition=cfg.partition,
+        qos=cfg.qos,
+        logging_dir=str(logging_dir),
+        job_name=f"dsm-{name}",
+        cpus_per_task=cfg.cpus_per_task,
+        mem_per_cpu_gb=cfg.mem_per_cpu_gb,
+        sbatch_args=sbatch_args,
         env_command=env_command,
-    )  # fmt: skip
+    )
     ex.run()
     # sbatch returns at once: wait while the array is queued or running and tasks are missing
     while ex.job_id not in (None, -1) and ex.get_incomplete_ranks():
@@ -142,9 +149,13 @@ def _run_ray(pipeline: list, tasks: int, logging_dir: Path, cfg: ExecutorConfig)
     if not ray.is_initialized():
         ray.init(address=cfg.address or None)
     ex = _RayExecutor(
-        pipeline, tasks=tasks, logging_dir=str(logging_dir), cpus_per_task=cfg.cpus_per_task,
-        mem_per_cpu_gb=cfg.mem_per_cpu_gb, cwd=os.getcwd(),
-    )  # fmt: skip
+        pipeline,
+        tasks=tasks,
+        logging_dir=str(logging_dir),
+        cpus_per_task=cfg.cpus_per_task,
+        mem_per_cpu_gb=cfg.mem_per_cpu_gb,
+        cwd=os.getcwd(),
+    )
     ex.run()
     return ex
 

@@ -52,13 +52,32 @@ _MATH_NODES = (
 _IMG_MARKERS = ("\\", "^", "_{", "atex", "codecogs", "quation", "ormula")
 _LATEX_IMG = ", ".join(
     ["img[alt*='\\\\']", "img[alt*='^']", "img[alt*='_{']"]
-    + [f"img[alt][{a}*={w} i]" for a in ("class", "src") for w in ("tex", "codecogs", "equation", "formula")]
-)  # fmt: skip
+    + [
+        f"img[alt][{a}*={w} i]"
+        for a in ("class", "src")
+        for w in ("tex", "codecogs", "equation", "formula")
+    ]
+)
 # Boilerplate that resiliparse's main-content rules keep: class names that start with one of
 # these words ("sidebar-widget", "cookie_notice"); a page wrapper ("has-sidebar") is not hit.
-_BOILER_WORDS = ("sidebar", "widget", "cookie", "breadcrumb", "toolbar", "masthead", "pagination",
-                 "newsletter", "subscribe", "popup", "modal", "advert", "skiplink", "menubar",
-                 "social", "share")  # fmt: skip
+_BOILER_WORDS = (
+    "sidebar",
+    "widget",
+    "cookie",
+    "breadcrumb",
+    "toolbar",
+    "masthead",
+    "pagination",
+    "newsletter",
+    "subscribe",
+    "popup",
+    "modal",
+    "advert",
+    "skiplink",
+    "menubar",
+    "social",
+    "share",
+)
 _NOT_PAGE = ":not(html):not(body):not(main):not(article)"
 _SKIP = [f"[class^={w} i]{_NOT_PAGE}, [class*=' {w}' i]{_NOT_PAGE}" for w in _BOILER_WORDS]
 _DISPLAY_PARENT = ".katex-display, .MathJax_Display"

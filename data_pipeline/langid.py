@@ -63,8 +63,13 @@ class LanguageFilter(BaseFilter):
 
     name = "🌍 language id (lid.176)"
 
-    def __init__(self, languages: tuple[str, ...] = ("en", "zh"), min_score: float = 0.5,
-                 model_path: str | None = None, exclusion_writer=None):  # fmt: skip
+    def __init__(
+        self,
+        languages: tuple[str, ...] = ("en", "zh"),
+        min_score: float = 0.5,
+        model_path: str | None = None,
+        exclusion_writer=None,
+    ):
         super().__init__(exclusion_writer)
         self.languages = tuple(languages)
         self.min_score = min_score

@@ -147,8 +147,13 @@ def sample_negatives(pool: Path, n: int, salt: str, exclude: set[str]) -> list[s
 def _score_row(self, doc) -> dict:
     """Scores file line: what ranking and domain discovery need, not the text."""
     m = doc.metadata
-    return {"id": doc.id, "url": m.get("url", ""), "domain": m.get("domain", ""),
-            "score": m["math_score"], "n_tokens": m["n_tokens"]}  # fmt: skip
+    return {
+        "id": doc.id,
+        "url": m.get("url", ""),
+        "domain": m.get("domain", ""),
+        "score": m["math_score"],
+        "n_tokens": m["n_tokens"],
+    }
 
 
 class _Progress:
@@ -165,8 +170,13 @@ class _Progress:
                 TimeElapsedColumn,
             )
 
-            self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                                TextColumn("{task.completed}/{task.total} iterations"), TimeElapsedColumn())  # fmt: skip
+            self.bar = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total} iterations"),
+                TimeElapsedColumn(),
+            )
             self.task = self.bar.add_task("mining", total=total)
 
     def __enter__(self):
@@ -211,8 +221,16 @@ def _check_config(cfg: MineConfig, out: Path) -> None:
     save_config(cfg, saved)
 
 
-def _iteration(cfg: MineConfig, k: int, pool: Path, out: Path, tasks: int, seed_texts: list[str],
-               prev: set[str] | None, prog: _Progress) -> dict:  # fmt: skip
+def _iteration(
+    cfg: MineConfig,
+    k: int,
+    pool: Path,
+    out: Path,
+    tasks: int,
+    seed_texts: list[str],
+    prev: set[str] | None,
+    prog: _Progress,
+) -> dict:
     """Run (or finish) iteration ``k``; return its summary (also written to ``iter_k/stats.json``)."""
     it = out / f"iter_{k}"
     it.mkdir(parents=True, exist_ok=True)
@@ -227,19 +245,27 @@ def _iteration(cfg: MineConfig, k: int, pool: Path, out: Path, tasks: int, seed_
         prog.stage(f"iteration {k}: train classifier")
         negatives = sample_negatives(pool, n_neg, f"{cfg.classifier.seed}:{k}", positive_ids)
         train_classifier(positives, negatives, model, cfg.classifier)
-        if problem := keep_rule_problem(model, seed_texts, cfg.classifier, len(positives) + len(negatives)):  # fmt: skip
+        if problem := keep_rule_problem(
+            model, seed_texts, cfg.classifier, len(positives) + len(negatives)
+        ):
             model.unlink()  # a rerun must not trust it
             raise ValueError(f"iteration {k}: {problem}")
     prog.stage(f"iteration {k}: score pool")
-    scorer = [RankFileReader(str(pool / "docs")), MathScorer(str(model), cfg.classifier.max_words),
-              JsonlWriter(str(it / "scores"), output_filename=RANK_FILE, adapter=_score_row)]  # fmt: skip
+    scorer = [
+        RankFileReader(str(pool / "docs")),
+        MathScorer(str(model), cfg.classifier.max_words),
+        JsonlWriter(str(it / "scores"), output_filename=RANK_FILE, adapter=_score_row),
+    ]
     run_stage(
         f"score-{k}", scorer, tasks=tasks, logging_dir=it / "logs" / "score", cfg=cfg.executor
     )
     rows = [r for p in sorted((it / "scores").glob("*.jsonl.gz")) for r in _read_jsonl(p)]
     prog.stage(f"iteration {k}: rank and keep")
-    collected = select_top(((r["id"], r["score"], r["n_tokens"]) for r in rows),
-                           cfg.classifier.threshold, cfg.classifier.token_budget)  # fmt: skip
+    collected = select_top(
+        ((r["id"], r["score"], r["n_tokens"]) for r in rows),
+        cfg.classifier.threshold,
+        cfg.classifier.token_budget,
+    )
     _atomic_write(it / "collected_ids.txt", "\n".join(sorted(collected)))
     kept = set(collected)
     pages = [PageRow(r["id"], r["url"], r["domain"], r["id"] in kept) for r in rows]
@@ -253,8 +279,10 @@ def _iteration(cfg: MineConfig, k: int, pool: Path, out: Path, tasks: int, seed_
         prefixes += auto_annotations(cands, cfg.auto_annotate)
     _atomic_write(it / "annotations_used.txt", "\n".join(prefixes) + "\n")
     new_ids = set(seed_additions(pages, prefixes)) - positive_ids
-    new_rows = sorted(({"id": d["id"], "text": d["text"]} for d in _pool_docs(pool) if d["id"] in new_ids),
-                      key=lambda r: r["id"])  # fmt: skip
+    new_rows = sorted(
+        ({"id": d["id"], "text": d["text"]} for d in _pool_docs(pool) if d["id"] in new_ids),
+        key=lambda r: r["id"],
+    )
     _atomic_write(it / "seed_added.jsonl", "".join(json.dumps(r) + "\n" for r in new_rows))
     overlap = len(kept & prev) / len(kept) if prev is not None and kept else None
     summary = {
@@ -278,9 +306,12 @@ def _iteration(cfg: MineConfig, k: int, pool: Path, out: Path, tasks: int, seed_
 def _write_mined(cfg: MineConfig, k: int, pool: Path, out: Path, tasks: int) -> int:
     """Kept pages of iteration ``k`` with their scores -> ``mined/`` shards and ``mined.jsonl``."""
     it = out / f"iter_{k}"
-    pipeline = [RankFileReader(str(pool / "docs")), IdFilter(str(it / "collected_ids.txt")),
-                MathScorer(str(it / "classifier.bin"), cfg.classifier.max_words),
-                JsonlWriter(str(out / "mined"), output_filename=RANK_FILE)]  # fmt: skip
+    pipeline = [
+        RankFileReader(str(pool / "docs")),
+        IdFilter(str(it / "collected_ids.txt")),
+        MathScorer(str(it / "classifier.bin"), cfg.classifier.max_words),
+        JsonlWriter(str(out / "mined"), output_filename=RANK_FILE),
+    ]
     run_stage(
         "write-mined",
         pipeline,
@@ -322,10 +353,18 @@ def mine_corpus(cfg: MineConfig, *, progress: bool = True) -> MineResult:
     pool = out / "pool"
     history: list[dict] = []
     with _Progress(cfg.iterations, progress) as prog:
-        funnel = build_pool(cfg.warc, pool, tasks=tasks, executor=cfg.executor, languages=tuple(cfg.languages),
-                            lang_min_score=cfg.lang_min_score, max_page_bytes=cfg.max_page_bytes,
-                            max_link_density=cfg.max_link_density, minhash=cfg.minhash,
-                            on_stage=lambda s: prog.stage(f"pool: {s}"))  # fmt: skip
+        funnel = build_pool(
+            cfg.warc,
+            pool,
+            tasks=tasks,
+            executor=cfg.executor,
+            languages=tuple(cfg.languages),
+            lang_min_score=cfg.lang_min_score,
+            max_page_bytes=cfg.max_page_bytes,
+            max_link_density=cfg.max_link_density,
+            minhash=cfg.minhash,
+            on_stage=lambda s: prog.stage(f"pool: {s}"),
+        )
         funnel["seed_bad_lines"] = bad_seed.count
         if not funnel["near_dedup_kept"]:
             raise ValueError(
@@ -340,14 +379,20 @@ def mine_corpus(cfg: MineConfig, *, progress: bool = True) -> MineResult:
                 summary = _iteration(cfg, k, pool, out, tasks, seed_texts, prev, prog)
             history.append(summary)
             prev = set((out / f"iter_{k}" / "collected_ids.txt").read_text().split("\n")) - {""}
-            prog.advance(f"iteration {k}: collected {summary['collected']} of {summary['scored']} pages, "
-                         f"overlap {summary['overlap_with_previous']}, {summary['seed_added']} added to the seed")  # fmt: skip
+            prog.advance(
+                f"iteration {k}: collected {summary['collected']} of {summary['scored']} pages, "
+                f"overlap {summary['overlap_with_previous']}, {summary['seed_added']} added to the seed"
+            )
             if summary["stopped"]:
                 break
         prog.stage("writing mined.jsonl")
         kept = _write_mined(cfg, history[-1]["iteration"], pool, out, tasks)
-    funnel |= {"iterations": history, "iterations_run": len(history),
-               "stopped_early": bool(history[-1]["stopped"]), "kept": kept}  # fmt: skip
+    funnel |= {
+        "iterations": history,
+        "iterations_run": len(history),
+        "stopped_early": bool(history[-1]["stopped"]),
+        "kept": kept,
+    }
     _atomic_write(out / "funnel.json", json.dumps(funnel, indent=1))
     return MineResult(out / "mined.jsonl", funnel, out)
 
@@ -368,10 +413,15 @@ _SKIP_LABELS = {
 def funnel_summary(funnel: dict, cfg: MineConfig) -> str:
     """The funnel in two or three lines: pages kept per stage, then every nonzero skip."""
     f = funnel
-    stages = [f"{f['warc_records']} WARC records", f"{f['pages_in']} pages",
-              f"{f['html_pages']} HTML", f"{f['extracted']} extracted",
-              f"{f['language_kept']} {'/'.join(cfg.languages)}", f"{f['url_dedup_kept']} URL-unique",
-              f"{f['near_dedup_kept']} near-unique (the pool)"]  # fmt: skip
+    stages = [
+        f"{f['warc_records']} WARC records",
+        f"{f['pages_in']} pages",
+        f"{f['html_pages']} HTML",
+        f"{f['extracted']} extracted",
+        f"{f['language_kept']} {'/'.join(cfg.languages)}",
+        f"{f['url_dedup_kept']} URL-unique",
+        f"{f['near_dedup_kept']} near-unique (the pool)",
+    ]
     if "kept" in f:
         stages.append(f"{f['kept']} kept after {f['iterations_run']} iteration(s)")
     lines = ["funnel: " + " -> ".join(stages)]
@@ -439,11 +489,18 @@ def main(argv: list[str]) -> int:
     try:
         config, overrides, rest = split_config_args(argv)
         args = parser.parse_args(rest)
-        flags = {"warc": args.warc, "seed": args.seed, "out": args.out, "iterations": args.iterations,
-                 "executor.kind": args.executor, "annotations": args.annotations,
-                 "auto_annotate": args.auto_annotate, "classifier.threshold": args.threshold,
-                 "classifier.token_budget": args.token_budget,
-                 "skip_bad_lines": args.skip_bad_lines or None}  # fmt: skip
+        flags = {
+            "warc": args.warc,
+            "seed": args.seed,
+            "out": args.out,
+            "iterations": args.iterations,
+            "executor.kind": args.executor,
+            "annotations": args.annotations,
+            "auto_annotate": args.auto_annotate,
+            "classifier.threshold": args.threshold,
+            "classifier.token_budget": args.token_budget,
+            "skip_bad_lines": args.skip_bad_lines or None,
+        }
         overrides += [
             f"{k}={json.dumps(v) if isinstance(v, str) else v}"
             for k, v in flags.items()
@@ -459,7 +516,9 @@ def main(argv: list[str]) -> int:
         print(f"dsm data mine: error: {e}", file=sys.stderr)
         return 2
     print(funnel_summary(result.funnel, cfg))
-    print(f"mined corpus: {result.mined} ({result.funnel['kept']} pages); funnel: {result.out / 'funnel.json'}")  # fmt: skip
+    print(
+        f"mined corpus: {result.mined} ({result.funnel['kept']} pages); funnel: {result.out / 'funnel.json'}"
+    )
     if not result.funnel["kept"]:
         print(_empty_result_warning(result, cfg), file=sys.stderr)
         return 1

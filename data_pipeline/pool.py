@@ -106,10 +106,19 @@ def split_glob(pattern: str) -> tuple[str, str, list[str]]:
     return folder, str(Path(pattern).relative_to(folder)), files
 
 
-def build_pool(warc_glob: str, pool_dir: Path, *, tasks: int, executor: ExecutorConfig,
-               languages: tuple[str, ...] = ("en", "zh"), lang_min_score: float = 0.5,
-               max_page_bytes: int = 2_000_000, max_link_density: float = 0.5,
-               minhash: MinHashParams | None = None, on_stage=None) -> dict:  # fmt: skip
+def build_pool(
+    warc_glob: str,
+    pool_dir: Path,
+    *,
+    tasks: int,
+    executor: ExecutorConfig,
+    languages: tuple[str, ...] = ("en", "zh"),
+    lang_min_score: float = 0.5,
+    max_page_bytes: int = 2_000_000,
+    max_link_density: float = 0.5,
+    minhash: MinHashParams | None = None,
+    on_stage=None,
+) -> dict:
     """Run stages 1-4 into ``pool_dir``; return the funnel counts of this part.
 
     ``on_stage(name)`` is called before each stage (progress display).
@@ -121,28 +130,58 @@ def build_pool(warc_glob: str, pool_dir: Path, *, tasks: int, executor: Executor
     p = Path(pool_dir)
     logs = p / "logs"
     stages = [
-        ("extract", tasks, [
-            WarcPageReader(folder, glob_pattern=pattern, max_page_bytes=max_page_bytes),
-            MathHtmlExtractor(max_link_density=max_link_density),
-            LanguageFilter(languages=tuple(languages), min_score=lang_min_score),
-            JsonlWriter(str(p / "extracted"), output_filename=RANK_FILE),
-            ExactDedupSignature(str(p / "url_sigs"), config=url_cfg),
-        ]),
-        ("url_dups", 1, [ExactFindDedups(str(p / "url_sigs"), str(p / "url_dups"), config=url_cfg)]),
-        ("url_filter", tasks, [
-            RankFileReader(str(p / "extracted")),
-            ExactDedupFilter(str(p / "url_dups"), config=url_cfg),
-            JsonlWriter(str(p / "urldedup"), output_filename=RANK_FILE),
-            MinhashDedupSignature(str(p / "minhash_sigs"), config=mh, language=MathWordTokenizer()),
-        ]),
-        ("minhash_buckets", mh.num_buckets, [MinhashDedupBuckets(str(p / "minhash_sigs"), str(p / "minhash_buckets"), config=mh)]),
-        ("minhash_clusters", 1, [MinhashDedupCluster(str(p / "minhash_buckets"), str(p / "minhash_clusters"), config=mh)]),
-        ("minhash_filter", tasks, [
-            RankFileReader(str(p / "urldedup")),
-            MinhashDedupFilter(str(p / "minhash_clusters")),
-            JsonlWriter(str(p / "docs"), output_filename=RANK_FILE),
-        ]),
-    ]  # fmt: skip
+        (
+            "extract",
+            tasks,
+            [
+                WarcPageReader(folder, glob_pattern=pattern, max_page_bytes=max_page_bytes),
+                MathHtmlExtractor(max_link_density=max_link_density),
+                LanguageFilter(languages=tuple(languages), min_score=lang_min_score),
+                JsonlWriter(str(p / "extracted"), output_filename=RANK_FILE),
+                ExactDedupSignature(str(p / "url_sigs"), config=url_cfg),
+            ],
+        ),
+        (
+            "url_dups",
+            1,
+            [ExactFindDedups(str(p / "url_sigs"), str(p / "url_dups"), config=url_cfg)],
+        ),
+        (
+            "url_filter",
+            tasks,
+            [
+                RankFileReader(str(p / "extracted")),
+                ExactDedupFilter(str(p / "url_dups"), config=url_cfg),
+                JsonlWriter(str(p / "urldedup"), output_filename=RANK_FILE),
+                MinhashDedupSignature(
+                    str(p / "minhash_sigs"), config=mh, language=MathWordTokenizer()
+                ),
+            ],
+        ),
+        (
+            "minhash_buckets",
+            mh.num_buckets,
+            [MinhashDedupBuckets(str(p / "minhash_sigs"), str(p / "minhash_buckets"), config=mh)],
+        ),
+        (
+            "minhash_clusters",
+            1,
+            [
+                MinhashDedupCluster(
+                    str(p / "minhash_buckets"), str(p / "minhash_clusters"), config=mh
+                )
+            ],
+        ),
+        (
+            "minhash_filter",
+            tasks,
+            [
+                RankFileReader(str(p / "urldedup")),
+                MinhashDedupFilter(str(p / "minhash_clusters")),
+                JsonlWriter(str(p / "docs"), output_filename=RANK_FILE),
+            ],
+        ),
+    ]
     for name, n_tasks, pipeline in stages:
         if on_stage:
             on_stage(name)
@@ -174,12 +213,12 @@ def pool_funnel(logs: Path) -> dict:
                 "warc_corrupt_record",
                 "warc_truncated_record",
             )
-        }  # fmt: skip
+        }
         | {
             "empty_after_extraction": stat(ex, extractor, "empty_after_extraction"),
             "extract_error": stat(ex, extractor, "extract_error"),
             "language_dropped": stat(ex, LanguageFilter.name, "dropped"),
-        },  # fmt: skip
+        },
         # why records were skipped as truncated or corrupt, e.g. {"warc_truncated_short_block": 2}
         "record_defects": {
             defect_stat(r): n for r in RECORD_DEFECTS if (n := stat(ex, reader, defect_stat(r)))

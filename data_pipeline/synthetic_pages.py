@@ -133,13 +133,20 @@ def _math_style_problem(rng: random.Random) -> tuple[str, list[Formula]]:
     if kind == 0:
         return (
             f"Simplify the fraction {{}} and write the result as a power of {a}. Since {{}}, the answer is {{}}.",
-            [frac(str(a**5), str(a**2)), concat(power(str(a), "5"), "/", power(str(a), "2"), "=", power(str(a), "3")), power(str(a), "3")],
-        )  # fmt: skip
+            [
+                frac(str(a**5), str(a**2)),
+                concat(power(str(a), "5"), "/", power(str(a), "2"), "=", power(str(a), "3")),
+                power(str(a), "3"),
+            ],
+        )
     if kind == 1:
         return (
             f"Find the positive root of {{}}. Taking square roots, {{}}, so x = {a * b}.",
-            [concat(power("x", "2"), "=", Formula(str((a * b) ** 2), _num(str((a * b) ** 2)))), concat("x", "=", sqrt(str((a * b) ** 2)))],
-        )  # fmt: skip
+            [
+                concat(power("x", "2"), "=", Formula(str((a * b) ** 2), _num(str((a * b) ** 2)))),
+                concat("x", "=", sqrt(str((a * b) ** 2))),
+            ],
+        )
     if kind == 2:
         return (
             "Evaluate {}. Adding the fractions over a common denominator gives {}.",
@@ -181,7 +188,7 @@ def _boilerplate(rng: random.Random, domain: str, body: str, title: str) -> str:
     )
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        '<script>window.dataLayer=[];function gtag(){dataLayer.push(arguments);}</script>'
+        "<script>window.dataLayer=[];function gtag(){dataLayer.push(arguments);}</script>"
         "<style>body{font-family:sans-serif}</style></head><body>"
         f'<header class="site-header"><a href="/">{domain}</a></header>'
         f'<nav class="main-nav"><ul>{links}</ul></nav>'
@@ -189,7 +196,7 @@ def _boilerplate(rng: random.Random, domain: str, body: str, title: str) -> str:
         f'<aside class="sidebar"><h3>Popular</h3><ul>{links}</ul></aside>'
         '<div class="cookie-banner">We use cookies to improve your experience. <button>Accept</button></div>'
         f"<footer>© 2024 {domain} · <a href='/privacy'>Privacy</a></footer></body></html>"
-    )  # fmt: skip
+    )
 
 
 def _math_page(
@@ -320,8 +327,13 @@ def _http_record(writer, url: str, body: bytes, ctype: str, date: str, status: s
     headers = StatusAndHeaders(
         status, [("Content-Type", ctype), ("Content-Length", str(len(body)))], protocol="HTTP/1.1"
     )
-    rec = writer.create_warc_record(url, "response", payload=io.BytesIO(body), http_headers=headers,
-                                    warc_headers_dict={"WARC-Date": date, "WARC-Record-ID": _record_id(url, date, body)})  # fmt: skip
+    rec = writer.create_warc_record(
+        url,
+        "response",
+        payload=io.BytesIO(body),
+        http_headers=headers,
+        warc_headers_dict={"WARC-Date": date, "WARC-Record-ID": _record_id(url, date, body)},
+    )
     writer.write_record(rec)
 
 
@@ -422,8 +434,14 @@ def write_synthetic_warc(
     return [p for p, _ in pages]
 
 
-def write_seed_jsonl(path: str | Path, *, n: int = 200, seed: int = 1, gsm8k_path: str | Path | None = None,
-                     gsm8k_offset: int = 5000) -> int:  # fmt: skip
+def write_seed_jsonl(
+    path: str | Path,
+    *,
+    n: int = 200,
+    seed: int = 1,
+    gsm8k_path: str | Path | None = None,
+    gsm8k_offset: int = 5000,
+) -> int:
     """Write ``n`` math documents (``{"id", "text"}`` per line) as a stand-in seed corpus.
 
     The paper seeds with OpenWebMath; offline we write GSM8K train solutions (rows from

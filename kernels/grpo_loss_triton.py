@@ -70,9 +70,23 @@ def _row_advantages(
 
 @triton.jit
 def _load_tile(
-    logp_ptr, old_ptr, ref_ptr, mask_ptr, adv_ptr, a_row, rows, row_ok, t,
-    seq_len, s_logp, s_old, s_ref, s_mask, s_adv, ADV_MODE: tl.constexpr,
-):  # fmt: skip
+    logp_ptr,
+    old_ptr,
+    ref_ptr,
+    mask_ptr,
+    adv_ptr,
+    a_row,
+    rows,
+    row_ok,
+    t,
+    seq_len,
+    s_logp,
+    s_old,
+    s_ref,
+    s_mask,
+    s_adv,
+    ADV_MODE: tl.constexpr,
+):
     """Load one (BLOCK_B, BLOCK_T) tile as fp32; masked tokens read as zeros."""
     r64 = rows.to(tl.int64)[:, None]
     inb = row_ok[:, None] & (t < seq_len)[None, :]
@@ -90,13 +104,31 @@ def _load_tile(
 
 @triton.jit
 def _grpo_loss_fwd_kernel(
-    logp_ptr, old_ptr, ref_ptr, mask_ptr, adv_ptr,
-    row_loss_ptr, row_count_ptr, partials_ptr,
-    batch, seq_len, s_logp, s_old, s_ref, s_mask, s_adv,
-    group_size, adv_eps, clip_low, clip_high, beta,
-    ADV_MODE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_T: tl.constexpr,
+    logp_ptr,
+    old_ptr,
+    ref_ptr,
+    mask_ptr,
+    adv_ptr,
+    row_loss_ptr,
+    row_count_ptr,
+    partials_ptr,
+    batch,
+    seq_len,
+    s_logp,
+    s_old,
+    s_ref,
+    s_mask,
+    s_adv,
+    group_size,
+    adv_eps,
+    clip_low,
+    clip_high,
+    beta,
+    ADV_MODE: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_T: tl.constexpr,
     BLOCK_G: tl.constexpr,
-):  # fmt: skip
+):
     # A program owns BLOCK_B whole rows and walks along T, so per-row sums need no atomics.
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < batch
@@ -110,9 +142,23 @@ def _grpo_loss_fwd_kernel(
     for t0 in range(0, seq_len, BLOCK_T):
         t = t0 + tl.arange(0, BLOCK_T)
         _, valid, logp, old, ref, a = _load_tile(
-            logp_ptr, old_ptr, ref_ptr, mask_ptr, adv_ptr, a_row, rows, row_ok, t,
-            seq_len, s_logp, s_old, s_ref, s_mask, s_adv, ADV_MODE,
-        )  # fmt: skip
+            logp_ptr,
+            old_ptr,
+            ref_ptr,
+            mask_ptr,
+            adv_ptr,
+            a_row,
+            rows,
+            row_ok,
+            t,
+            seq_len,
+            s_logp,
+            s_old,
+            s_ref,
+            s_mask,
+            s_adv,
+            ADV_MODE,
+        )
         term, _, ratio, k3 = _token_terms(logp, old, ref, a, clip_low, clip_high, beta)
         loss += tl.where(valid, term, 0.0)
         kl += tl.where(valid, k3, 0.0)
@@ -149,20 +195,52 @@ def _grpo_loss_fwd_kernel(
 
 @triton.jit
 def _grpo_loss_bwd_kernel(
-    grad_row_ptr, logp_ptr, old_ptr, ref_ptr, mask_ptr, adv_ptr, dlogp_ptr,
-    batch, seq_len, s_logp, s_old, s_ref, s_mask, s_adv,
-    group_size, adv_eps, clip_low, clip_high, beta,
-    ADV_MODE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_T: tl.constexpr,
+    grad_row_ptr,
+    logp_ptr,
+    old_ptr,
+    ref_ptr,
+    mask_ptr,
+    adv_ptr,
+    dlogp_ptr,
+    batch,
+    seq_len,
+    s_logp,
+    s_old,
+    s_ref,
+    s_mask,
+    s_adv,
+    group_size,
+    adv_eps,
+    clip_low,
+    clip_high,
+    beta,
+    ADV_MODE: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_T: tl.constexpr,
     BLOCK_G: tl.constexpr,
-):  # fmt: skip
+):
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < batch
     t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
     a_row = _row_advantages(adv_ptr, rows, row_ok, group_size, adv_eps, ADV_MODE, BLOCK_G)
     inb, valid, logp, old, ref, a = _load_tile(
-        logp_ptr, old_ptr, ref_ptr, mask_ptr, adv_ptr, a_row, rows, row_ok, t,
-        seq_len, s_logp, s_old, s_ref, s_mask, s_adv, ADV_MODE,
-    )  # fmt: skip
+        logp_ptr,
+        old_ptr,
+        ref_ptr,
+        mask_ptr,
+        adv_ptr,
+        a_row,
+        rows,
+        row_ok,
+        t,
+        seq_len,
+        s_logp,
+        s_old,
+        s_ref,
+        s_mask,
+        s_adv,
+        ADV_MODE,
+    )
     _, dterm, _, _ = _token_terms(logp, old, ref, a, clip_low, clip_high, beta)
     g = tl.load(grad_row_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
     dlogp = tl.where(valid, g[:, None] * dterm, 0.0)

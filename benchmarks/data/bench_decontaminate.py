@@ -143,8 +143,10 @@ def bench_extraction_and_classification(tmp: Path) -> dict:
     try:
         from dsm_engine.data_pipeline.extract import extract_text
     except ImportError as e:
-        return {"extraction": {"skipped": f"data_pipeline.extract not importable: {e}"},
-                "classification": {"skipped": "needs extraction"}}  # fmt: skip
+        return {
+            "extraction": {"skipped": f"data_pipeline.extract not importable: {e}"},
+            "classification": {"skipped": "needs extraction"},
+        }
     pages, is_math = _html_pages(tmp)
     t, texts = timed(lambda: [extract_text(p).text for p in pages], repeats=2)
     rows["extraction"] = {

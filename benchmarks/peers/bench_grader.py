@@ -279,9 +279,11 @@ def grade_ours(pairs: list[Pair]) -> tuple[list[bool], float]:
     try:
         start = time.perf_counter()
         grades = grade_batch(
-            [p.output for p in pairs], [p.reference for p in pairs], [p.kind for p in pairs],
+            [p.output for p in pairs],
+            [p.reference for p in pairs],
+            [p.kind for p in pairs],
             checker=checker,
-        )  # fmt: skip
+        )
         return [g.correct for g in grades], time.perf_counter() - start
     finally:
         checker.close()
@@ -325,7 +327,9 @@ def scores(pairs: list[Pair], verdicts: list[bool]) -> dict:
 
 def machine() -> dict:
     cpu = platform.processor()
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:  # fmt: skip
+    for line in (
+        Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    ):
         if line.startswith("model name"):
             cpu = line.split(":", 1)[1].strip()
             break
@@ -393,8 +397,10 @@ def _measure(sets: dict[str, list[Pair]], repeats: int) -> tuple[dict, dict]:
                 seconds.setdefault((name, set_name), []).append(took)
                 first = verdicts.setdefault((name, set_name), got)
                 flips = sum(a != b for a, b in zip(first, got))
-                print(f"repeat {repeat + 1}/{repeats}: {name} on {set_name}: {took:.1f} s"
-                      f" for {len(pairs)} pairs, {flips} verdicts differ from repeat 1")  # fmt: skip
+                print(
+                    f"repeat {repeat + 1}/{repeats}: {name} on {set_name}: {took:.1f} s"
+                    f" for {len(pairs)} pairs, {flips} verdicts differ from repeat 1"
+                )
     return verdicts, seconds
 
 

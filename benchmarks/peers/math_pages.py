@@ -64,10 +64,12 @@ def _tokens_mathml(tex: str) -> str:
     parts = re.findall(r"\\[A-Za-z]+|[A-Za-z]|\d+|\S", tex)
     tags = {True: "mi", False: "mo"}
     return "".join(
-        f"<mn>{p}</mn>" if p.isdigit() else f"<{tags[p.isalpha()]}>{html.escape(p)}</{tags[p.isalpha()]}>"
+        f"<mn>{p}</mn>"
+        if p.isdigit()
+        else f"<{tags[p.isalpha()]}>{html.escape(p)}</{tags[p.isalpha()]}>"
         for p in parts
         if not p.startswith("\\") and p not in "{}"
-    )  # fmt: skip
+    )
 
 
 def _rendered(tex: str) -> str:
@@ -93,7 +95,7 @@ def render(tex: str, mathml: str | None, style: str, display: bool, i: int) -> s
             f'<annotation encoding="application/x-tex">{esc}</annotation></semantics></math></span>'
             f'<span class="katex-html" aria-hidden="true"><span class="base"><span class="mord mathnormal">'
             f"{_rendered(tex)}</span></span></span></span>"
-        )  # fmt: skip
+        )
         return f'<span class="katex-display">{span}</span>' if display else span
     if style == "wikipedia":
         kind = "display" if display else "inline"
@@ -107,13 +109,13 @@ def render(tex: str, mathml: str | None, style: str, display: bool, i: int) -> s
             f'<img src="https://wikimedia.org/api/rest_v1/media/math/render/svg/{i:040x}" '
             f'class="mwe-math-fallback-image-{kind} mw-invert skin-invert" aria-hidden="true" '
             f'style="vertical-align: -0.338ex; width:9ex; height:2.5ex;" alt="{wrapped}"></span>'
-        )  # fmt: skip
+        )
     if style == "wp-latex":
         q = html.escape(tex, quote=True)
         return (
             f'<img src="https://s0.wp.com/latex.php?latex={quote(tex)}&#038;bg=ffffff&#038;fg=000000&#038;s=0" '
             f'alt="{q}" title="{q}" class="latex">'
-        )  # fmt: skip
+        )
     if mathml is None:
         raise ValueError(f"style {style!r} needs the formula's MathML")
     if style == "mathml":
@@ -125,7 +127,7 @@ def render(tex: str, mathml: str | None, style: str, display: bool, i: int) -> s
             f'width="9ex" height="2.5ex" role="img" focusable="false"><g><text>{_rendered(tex)}</text></g></svg>'
             f'<mjx-assistive-mml unselectable="on" display="{"block" if display else "inline"}">'
             f'<math xmlns="http://www.w3.org/1998/Math/MathML">{mathml}</math></mjx-assistive-mml></mjx-container>'
-        )  # fmt: skip
+        )
     raise ValueError(f"unknown style {style!r}")
 
 
@@ -140,11 +142,11 @@ def _wrap(title: str, body: str, rng: random.Random) -> str:
         "<style>.sidebar{float:right}</style></head><body>"
         '<header class="site-header"><a href="/">Math help</a></header>'
         f'<nav class="main-nav"><ul>{links}</ul></nav>'
-        f'<main><article><h1>{html.escape(title)}</h1>{body}</article></main>'
+        f"<main><article><h1>{html.escape(title)}</h1>{body}</article></main>"
         f'<aside class="sidebar"><h3>Related</h3><ul>{links}</ul></aside>'
         '<div class="cookie-banner">We use cookies. <button>OK</button></div>'
         "<footer>© 2024 Math help · <a href='/privacy'>Privacy</a></footer></body></html>"
-    )  # fmt: skip
+    )
 
 
 def _paragraph(text: str, style: str, formulas: list[str], counter: list[int]) -> str:

@@ -136,9 +136,16 @@ def _funnel(info: dict[str, Any]) -> list[Block]:
         ["documents dropped (nothing left)", dec.get("documents_dropped_empty", 0)],
     ]
     its = [
-        [it["iteration"], it["positives"], it["scored"], it["collected"], it["overlap_with_previous"], it["seed_added"]]
+        [
+            it["iteration"],
+            it["positives"],
+            it["scored"],
+            it["collected"],
+            it["overlap_with_previous"],
+            it["seed_added"],
+        ]
         for it in info.get("iterations", [])
-    ]  # fmt: skip
+    ]
     blocks = [
         Block("h2", "Data funnel"),
         Block(
@@ -148,7 +155,7 @@ def _funnel(info: dict[str, Any]) -> list[Block]:
             f"non-math and duplicates); {len(inp['planted_benchmark_questions'])} math pages "
             f"copy a GSM8K test question, which decontamination must remove. "
             f"Seed corpus: {inp['seed_docs']} documents.",
-        ),  # fmt: skip
+        ),
         Block("table", header=["stage", "pages"], rows=rows),
         Block("h3", "Removed by decontamination (10-gram rule, shipped benchmarks)"),
         Block("table", header=["", "count"], rows=removed),
@@ -161,28 +168,60 @@ def _funnel(info: dict[str, Any]) -> list[Block]:
         blocks.append(Block("table", header=["page", "benchmark", "removed line (start)"], rows=ex))
     blocks += [
         Block("h3", "Mining iterations"),
-        Block("table", header=["iteration", "positives", "pages scored", "collected", "overlap with previous", "added to seed"], rows=its),
-    ]  # fmt: skip
+        Block(
+            "table",
+            header=[
+                "iteration",
+                "positives",
+                "pages scored",
+                "collected",
+                "overlap with previous",
+                "added to seed",
+            ],
+            rows=its,
+        ),
+    ]
     return blocks
 
 
 def _evaluation(before: dict[str, Any] | None, after: dict[str, Any] | None) -> list[Block]:
     rows = []
-    for key, name in (("heldout", "held-out arithmetic word problems (exact match)"),
-                      ("gsm8k", "GSM8K test slice (pass@1, zero-shot CoT)")):  # fmt: skip
+    for key, name in (
+        ("heldout", "held-out arithmetic word problems (exact match)"),
+        ("gsm8k", "GSM8K test slice (pass@1, zero-shot CoT)"),
+    ):
         b = before[key] if before else None
         a = after[key] if after else None
         delta = a["accuracy"] - b["accuracy"] if a and b else None
-        rows.append([name, (b or a or {}).get("n"),
-                     f"{b['accuracy']:.1f}" if b else "", f"{a['accuracy']:.1f}" if a else "",
-                     f"{delta:+.1f}" if delta is not None else ""])  # fmt: skip
+        rows.append(
+            [
+                name,
+                (b or a or {}).get("n"),
+                f"{b['accuracy']:.1f}" if b else "",
+                f"{a['accuracy']:.1f}" if a else "",
+                f"{delta:+.1f}" if delta is not None else "",
+            ]
+        )
     return [
         Block("h2", "Evaluation before and after GRPO"),
-        Block("table", header=["benchmark", "questions", "before GRPO (%)", "after GRPO (%)", "change (points)"], rows=rows),
-        Block("p", "Greedy decoding. The held-out problems come from templates and operands no "
-                   "pretraining text or GRPO prompt used, in the task's prompt format; GSM8K is "
-                   "far beyond a model this small and is shown for the harness, not the score."),
-    ]  # fmt: skip
+        Block(
+            "table",
+            header=[
+                "benchmark",
+                "questions",
+                "before GRPO (%)",
+                "after GRPO (%)",
+                "change (points)",
+            ],
+            rows=rows,
+        ),
+        Block(
+            "p",
+            "Greedy decoding. The held-out problems come from templates and operands no "
+            "pretraining text or GRPO prompt used, in the task's prompt format; GSM8K is "
+            "far beyond a model this small and is shown for the harness, not the score.",
+        ),
+    ]
 
 
 def _timings(state: RunState, stages: list[tuple[str, str]]) -> list[Block]:
@@ -199,14 +238,20 @@ def _timings(state: RunState, stages: list[tuple[str, str]]) -> list[Block]:
     return [
         Block("h2", "Timings"),
         Block("table", header=["stage", "what", "wall (s)", "CPU (s)"], rows=rows),
-        Block("p", "Wall time of each stage's last (completing) run; a resumed stage counts "
-                   "only the run that finished it. CPU time includes child processes."),
-    ]  # fmt: skip
+        Block(
+            "p",
+            "Wall time of each stage's last (completing) run; a resumed stage counts "
+            "only the run that finished it. CPU time includes child processes.",
+        ),
+    ]
 
 
 def _configs(ctx: Any, budget: dict[str, Any]) -> list[Block]:
-    blocks = [Block("h2", "Resolved configs"), Block("h3", f"quickstart sizes (--minutes {budget['minutes']:g})"),
-              Block("code", yaml.safe_dump(budget, sort_keys=False))]  # fmt: skip
+    blocks = [
+        Block("h2", "Resolved configs"),
+        Block("h3", f"quickstart sizes (--minutes {budget['minutes']:g})"),
+        Block("code", yaml.safe_dump(budget, sort_keys=False)),
+    ]
     files = [
         ("mining (dsm data mine)", ctx.data / "mine" / "config.yaml"),
         ("pretraining (dsm train pretrain)", ctx.configs / "pretrain.yaml"),
@@ -235,9 +280,12 @@ def build_blocks(ctx: Any, stages: list[tuple[str, str]], budget: dict[str, Any]
     )
     blocks = [
         Block("h1", "dsm quickstart report"),
-        Block("p", f"Run folder `{ctx.out}`, budget {budget['minutes']:g} minutes, device {device}, "
-                   f"torch {torch.__version__}, written {time.strftime('%Y-%m-%d %H:%M:%S')}."),
-    ]  # fmt: skip
+        Block(
+            "p",
+            f"Run folder `{ctx.out}`, budget {budget['minutes']:g} minutes, device {device}, "
+            f"torch {torch.__version__}, written {time.strftime('%Y-%m-%d %H:%M:%S')}.",
+        ),
+    ]
     if info.get("data"):
         blocks += _funnel(info["data"])
     corpus = info.get("corpus")
@@ -245,24 +293,47 @@ def build_blocks(ctx: Any, stages: list[tuple[str, str]], budget: dict[str, Any]
     blocks.append(Block("h2", "Pretraining"))
     if corpus:
         w = ctx.budget.mined_weight
-        blocks.append(Block("table", header=["source", "documents", "tokens", "sampling weight"], rows=[
-            ["generated arithmetic text", corpus["arithmetic_documents"], corpus["arithmetic_tokens"], 1 - w],
-            ["mined math pages (decontaminated)", corpus["mined_documents"], corpus["mined_tokens"], w],
-        ]))  # fmt: skip
+        blocks.append(
+            Block(
+                "table",
+                header=["source", "documents", "tokens", "sampling weight"],
+                rows=[
+                    [
+                        "generated arithmetic text",
+                        corpus["arithmetic_documents"],
+                        corpus["arithmetic_tokens"],
+                        1 - w,
+                    ],
+                    [
+                        "mined math pages (decontaminated)",
+                        corpus["mined_documents"],
+                        corpus["mined_tokens"],
+                        w,
+                    ],
+                ],
+            )
+        )
     png = plot_pretrain(pre_rows, ctx.out / "plots" / "pretrain_loss.png")
     if png:
         losses = [r["loss"] for r in pre_rows if "loss" in r]
-        blocks += [Block("img", "plots/pretrain_loss.png"),
-                   Block("p", f"{len(losses)} steps; loss {losses[0]:.3f} → {losses[-1]:.3f}.")]  # fmt: skip
+        blocks += [
+            Block("img", "plots/pretrain_loss.png"),
+            Block("p", f"{len(losses)} steps; loss {losses[0]:.3f} → {losses[-1]:.3f}."),
+        ]
     grpo_rows = _read_jsonl(ctx.run_dir("grpo") / "metrics.jsonl")
     blocks.append(Block("h2", "GRPO"))
     png = plot_grpo(grpo_rows, ctx.out / "plots" / "grpo_curves.png")
     if png:
         steps = [r for r in grpo_rows if "reward_mean" in r]
-        blocks += [Block("img", "plots/grpo_curves.png"),
-                   Block("p", f"{len(steps)} steps of {ctx.budget.grpo_prompts_per_step} prompts × "
-                              f"{ctx.budget.grpo_group_size} samples; reward {steps[0]['reward_mean']:.3f} → "
-                              f"{steps[-1]['reward_mean']:.3f}, KL {steps[-1].get('kl_mean', float('nan')):.4f} at the end.")]  # fmt: skip
+        blocks += [
+            Block("img", "plots/grpo_curves.png"),
+            Block(
+                "p",
+                f"{len(steps)} steps of {ctx.budget.grpo_prompts_per_step} prompts × "
+                f"{ctx.budget.grpo_group_size} samples; reward {steps[0]['reward_mean']:.3f} → "
+                f"{steps[-1]['reward_mean']:.3f}, KL {steps[-1].get('kl_mean', float('nan')):.4f} at the end.",
+            ),
+        ]
     blocks += _evaluation(info.get("eval_before"), info.get("eval_after"))
     blocks += _timings(state, stages)
     blocks += _configs(ctx, budget)
@@ -310,11 +381,15 @@ def to_html(blocks: list[Block]) -> str:
                 for r in b.rows or []
             )
             body.append(f"<table><tr>{head}</tr>{rows}</table>")
-    style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.4}"
-             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}"
-             "img{max-width:100%}pre{background:#f6f6f6;padding:.8em;overflow:auto}")  # fmt: skip
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>dsm quickstart report</title>"
-            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")  # fmt: skip
+    style = (
+        "body{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.4}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}"
+        "img{max-width:100%}pre{background:#f6f6f6;padding:.8em;overflow:auto}"
+    )
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>dsm quickstart report</title>'
+        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
 
 
 def write_report(ctx: Any, stages: list[tuple[str, str]], budget: dict[str, Any]) -> Path:

@@ -121,9 +121,13 @@ def stage_data(ctx: Context) -> dict[str, Any]:
             ctx.data_dir, b.math_pages + n_mixed, b.contaminated_pages, source
         )
         pages = write_synthetic_warc(
-            warcs / "synthetic.warc.gz", n_math=b.math_pages, n_nonmath=b.nonmath_pages,
-            n_mixed_math=n_mixed, seed=0, gsm8k_path=source,
-        )  # fmt: skip
+            warcs / "synthetic.warc.gz",
+            n_math=b.math_pages,
+            n_nonmath=b.nonmath_pages,
+            n_mixed_math=n_mixed,
+            seed=0,
+            gsm8k_path=source,
+        )
         atomic_write_text(d / "synthetic_manifest.json", manifest_json(pages))
         write_seed_jsonl(
             d / "seed.jsonl",
@@ -141,9 +145,12 @@ def stage_data(ctx: Context) -> dict[str, Any]:
     summary = json.loads(inputs.read_text())
 
     cfg = MineConfig(
-        warc=str(d / "warcs" / "*.warc.gz"), seed=str(d / "seed.jsonl"), out=str(d / "mine"),
-        iterations=b.mine_iterations, auto_annotate=0.5,
-    )  # fmt: skip
+        warc=str(d / "warcs" / "*.warc.gz"),
+        seed=str(d / "seed.jsonl"),
+        out=str(d / "mine"),
+        iterations=b.mine_iterations,
+        auto_annotate=0.5,
+    )
     cfg.classifier.epoch = b.classifier_epoch  # the paper's 3 epochs learn nothing from ~100 seeds
     cfg.classifier.bucket = b.classifier_bucket
     mined = mine_corpus(cfg, progress=ctx.progress)
@@ -155,8 +162,11 @@ def stage_data(ctx: Context) -> dict[str, Any]:
         counters = decontaminate_jsonl(
             mined.mined, d / "decontaminated", ctx.data_dir / "benchmarks"
         )
-    removed = [r for p in sorted((d / "decontaminated" / "removed").glob("*.jsonl"))
-               for r in _read_jsonl(p)]  # fmt: skip
+    removed = [
+        r
+        for p in sorted((d / "decontaminated" / "removed").glob("*.jsonl"))
+        for r in _read_jsonl(p)
+    ]
     return {
         "inputs": summary,
         "funnel": {k: v for k, v in mined.funnel.items() if k != "iterations"},
@@ -286,18 +296,26 @@ def pretrain_config(ctx: Context):
             "resume": "auto",
             "model": dict(b.model),
             "optim": {"weight_decay": 0.0, "clip_grad": 1.0},
-            "schedule": {"name": "constant", "lr": b.pretrain_lr, "warmup_steps": min(30, steps // 5)},
+            "schedule": {
+                "name": "constant",
+                "lr": b.pretrain_lr,
+                "warmup_steps": min(30, steps // 5),
+            },
             "data": {
                 "paths": [str(ctx.corpus / "arithmetic"), str(ctx.corpus / "mined")],
                 "weights": [1.0 - b.mined_weight, b.mined_weight],
                 "eod_token_id": info["eos_id"],
                 "seed": 1,
             },
-            "train": {"steps": steps, "micro_batch_size": b.pretrain_batch, "global_batch_size": b.pretrain_batch},
+            "train": {
+                "steps": steps,
+                "micro_batch_size": b.pretrain_batch,
+                "global_batch_size": b.pretrain_batch,
+            },
             "checkpoint": {"every": max(10, steps // 4)},
             "logging": {"tensorboard": False, "progress": ctx.progress},
         },
-    )  # fmt: skip
+    )
 
 
 def stage_pretrain(ctx: Context) -> dict[str, Any]:
@@ -331,25 +349,39 @@ def grpo_config(ctx: Context):
             "model": dict(b.model),
             "optim": {"weight_decay": 0.0, "clip_grad": 1.0},
             "schedule": {"name": "constant", "lr": b.grpo_lr, "warmup_steps": 0},
-            "checkpoint": {"every": max(5, b.grpo_steps // 3), "load": str(ctx.run_dir("pretrain") / "checkpoints")},
+            "checkpoint": {
+                "every": max(5, b.grpo_steps // 3),
+                "load": str(ctx.run_dir("pretrain") / "checkpoints"),
+            },
             "logging": {"tensorboard": False, "progress": ctx.progress},
             "grpo": {
-                "steps": b.grpo_steps, "prompts_per_step": b.grpo_prompts_per_step,
-                "group_size": b.grpo_group_size, "mu": 1,
-                "micro_batch_size": b.grpo_prompts_per_step * b.grpo_group_size, "beta": 0.04,
+                "steps": b.grpo_steps,
+                "prompts_per_step": b.grpo_prompts_per_step,
+                "group_size": b.grpo_group_size,
+                "mu": 1,
+                "micro_batch_size": b.grpo_prompts_per_step * b.grpo_group_size,
+                "beta": 0.04,
             },
-            "rollout": {"backend": "hf", "temperature": 1.0, "max_new_tokens": b.grpo_max_new_tokens},
+            "rollout": {
+                "backend": "hf",
+                "temperature": 1.0,
+                "max_new_tokens": b.grpo_max_new_tokens,
+            },
             "data": {
-                "path": str(ctx.corpus / "train.jsonl"), "tokenizer": str(ctx.tokenizer),
-                "template": ar.PROMPT_TEMPLATE, "max_prompt_tokens": b.model["seq_length"],
+                "path": str(ctx.corpus / "train.jsonl"),
+                "tokenizer": str(ctx.tokenizer),
+                "template": ar.PROMPT_TEMPLATE,
+                "max_prompt_tokens": b.model["seq_length"],
             },
             "reward": {"name": "verifier", "kind": "auto"},
             "eval": {
-                "path": str(ctx.corpus / "heldout.jsonl"), "every": b.grpo_eval_every,
-                "num_prompts": b.grpo_eval_prompts, "max_new_tokens": b.heldout_max_new_tokens,
+                "path": str(ctx.corpus / "heldout.jsonl"),
+                "every": b.grpo_eval_every,
+                "num_prompts": b.grpo_eval_prompts,
+                "max_new_tokens": b.heldout_max_new_tokens,
             },
         },
-    )  # fmt: skip
+    )
 
 
 def stage_grpo(ctx: Context) -> dict[str, Any]:
@@ -429,11 +461,24 @@ def gsm8k_accuracy(ctx: Context, model_dir: Path, out: Path) -> dict[str, Any]:
     """``dsm eval`` (greedy, zero-shot CoT) on the first questions of GSM8K test."""
     from dsm_engine.eval.cli import parse_args, run_eval
 
-    args = parse_args([
-        "--model", str(model_dir), "--bench", "gsm8k", "--limit", str(ctx.budget.gsm8k_limit),
-        "--out", str(out), "--data-dir", str(ctx.data_dir / "benchmarks"),
-        "--max-new-tokens", str(ctx.budget.gsm8k_max_new_tokens), "--batch-size", "8",
-    ])  # fmt: skip
+    args = parse_args(
+        [
+            "--model",
+            str(model_dir),
+            "--bench",
+            "gsm8k",
+            "--limit",
+            str(ctx.budget.gsm8k_limit),
+            "--out",
+            str(out),
+            "--data-dir",
+            str(ctx.data_dir / "benchmarks"),
+            "--max-new-tokens",
+            str(ctx.budget.gsm8k_max_new_tokens),
+            "--batch-size",
+            "8",
+        ]
+    )
     result = run_eval(args)["gsm8k"]
     return {"n": int(result["n"]), "accuracy": float(result["pass@1"]), "samples": str(out)}
 

@@ -292,12 +292,34 @@ def text_words(text: str) -> frozenset[str]:
 
 
 _RELATIONS = {
-    "=": "=", "<": "<", ">": ">", "≤": "<=", "≥": ">=", "≠": "!=", "≈": "~",
-    "\\le": "<=", "\\leq": "<=", "\\leqslant": "<=", "\\lt": "<", "\\ge": ">=", "\\geq": ">=",
-    "\\geqslant": ">=", "\\gt": ">", "\\ne": "!=", "\\neq": "!=", "\\approx": "~",
-    "\\sim": "~", "\\simeq": "~", "\\equiv": "==", "\\in": "in", "\\to": "->",
-    "\\rightarrow": "->", "\\Rightarrow": "=>", "\\implies": "=>", "\\iff": "<=>",
-}  # fmt: skip
+    "=": "=",
+    "<": "<",
+    ">": ">",
+    "≤": "<=",
+    "≥": ">=",
+    "≠": "!=",
+    "≈": "~",
+    "\\le": "<=",
+    "\\leq": "<=",
+    "\\leqslant": "<=",
+    "\\lt": "<",
+    "\\ge": ">=",
+    "\\geq": ">=",
+    "\\geqslant": ">=",
+    "\\gt": ">",
+    "\\ne": "!=",
+    "\\neq": "!=",
+    "\\approx": "~",
+    "\\sim": "~",
+    "\\simeq": "~",
+    "\\equiv": "==",
+    "\\in": "in",
+    "\\to": "->",
+    "\\rightarrow": "->",
+    "\\Rightarrow": "=>",
+    "\\implies": "=>",
+    "\\iff": "<=>",
+}
 
 
 def relations(text: str) -> frozenset[str]:

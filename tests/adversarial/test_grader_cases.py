@@ -60,9 +60,11 @@ def test_the_set_is_large_distinct_and_labelled_both_ways(cases):
 
 def test_every_case_is_graded_right_without_hitting_the_time_limit(cases, checker):
     grades = grade_batch(
-        [c["out"] for c in cases], [c["ref"] for c in cases], [c["kind"] for c in cases],
+        [c["out"] for c in cases],
+        [c["ref"] for c in cases],
+        [c["kind"] for c in cases],
         checker=checker,
-    )  # fmt: skip
+    )
     wrong = [
         f"{c['cat']}/{c['kind']}: {c['out']!r} vs {c['ref']!r} -> {g.correct} ({c['why']})"
         for c, g in zip(cases, grades)

@@ -14,8 +14,10 @@ def test_the_grader_benchmark_writes_labelled_scores_for_both_graders(tmp_path, 
     args = ["--math", "6", "--gsm8k", "4", "--adversarial", "6", "--repeats", "1"]
     proc = subprocess.run(
         [sys.executable, "-P", str(SCRIPT), *args, "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((tmp_path / "peers_grader.json").read_text())
     assert {"device", "load_average_1m", "commit", "versions"} <= set(result["environment"])

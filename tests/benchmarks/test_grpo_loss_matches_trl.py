@@ -27,17 +27,30 @@ def trainer(tmp_path_factory, shared_data):
     tok.pad_token = tok.eos_token = "<|endoftext|>"
     torch.manual_seed(0)
     cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
-    )  # fmt: skip
+        vocab_size=len(tok),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+    )
     LlamaForCausalLM(cfg).save_pretrained(folder)
     args = GRPOConfig(
-        output_dir=str(folder / "out"), use_cpu=True, per_device_train_batch_size=B,
-        num_generations=2, max_completion_length=C, beta=BETA, epsilon=EPS, loss_type="grpo",
-        report_to=[], save_strategy="no", bf16=False,
+        output_dir=str(folder / "out"),
+        use_cpu=True,
+        per_device_train_batch_size=B,
+        num_generations=2,
+        max_completion_length=C,
+        beta=BETA,
+        epsilon=EPS,
+        loss_type="grpo",
+        report_to=[],
+        save_strategy="no",
+        bf16=False,
         # TRL >= 1.x weights the KL term by pi/pi_old by default; the paper (and we) do not
         use_bias_correction_kl=False,
-    )  # fmt: skip
+    )
     data = Dataset.from_list([{"prompt": "1 + 1 ="}, {"prompt": "2 + 2 ="}])
     t = GRPOTrainer(
         model=str(folder),
@@ -86,9 +99,14 @@ def test_trl_grpo_loss_equals_ours_on_one_batch(trainer):
     old, ref = inputs["old_per_token_logps"], inputs["ref_per_token_logps"]
     ours, _ = grpo_loss(logp, old, ref, mask, **kw)
     fused, _ = fused_linear_grpo_loss(
-        hidden.contiguous(), model.lm_head.weight.detach(), inputs["completion_ids"],
-        old, ref, mask, **kw,
-    )  # fmt: skip
+        hidden.contiguous(),
+        model.lm_head.weight.detach(),
+        inputs["completion_ids"],
+        old,
+        ref,
+        mask,
+        **kw,
+    )
     torch.testing.assert_close(ours, theirs.float(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fused, theirs.float(), rtol=1e-4, atol=1e-5)
     assert theirs.abs() > 1e-3  # a loss that could have differed

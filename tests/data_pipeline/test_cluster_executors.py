@@ -28,8 +28,14 @@ from dsm_engine.data_pipeline.mine import main as mine
 pytestmark = pytest.mark.slow
 
 # two tasks per stage, two minhash buckets, one iteration: every stage kind, few tasks
-MINE_ARGS = ["--iterations", "1", "--no-progress", "tasks=2", "minhash.num_buckets=2",
-             *(f"classifier.{k}={v}" for k, v in SMALL_RUN.items())]  # fmt: skip
+MINE_ARGS = [
+    "--iterations",
+    "1",
+    "--no-progress",
+    "tasks=2",
+    "minhash.num_buckets=2",
+    *(f"classifier.{k}={v}" for k, v in SMALL_RUN.items()),
+]
 
 
 def _free_port() -> int:
@@ -71,8 +77,9 @@ def _decont_args(mined: Path, out: Path) -> list[str]:
 
 def _dsm(*args: str, env: dict | None = None, cwd: Path) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-P", "-m", "dsm_engine.cli", *args]
-    proc = subprocess.run(cmd, env={**os.environ, **(env or {})}, cwd=cwd, capture_output=True,
-                          text=True, timeout=900)  # fmt: skip
+    proc = subprocess.run(
+        cmd, env={**os.environ, **(env or {})}, cwd=cwd, capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 
@@ -90,8 +97,9 @@ def _files(folder: Path) -> dict[str, list[str]]:
 def _same_decontamination(out: Path, ref: Path) -> None:
     assert _files(out / "documents") == _files(ref / "documents")
     assert _files(out / "removed") == _files(ref / "removed")
-    summary = lambda d: {k: v for k, v in json.loads((d / "summary.json").read_text()).items()
-                         if k != "input"}  # fmt: skip
+    summary = lambda d: {
+        k: v for k, v in json.loads((d / "summary.json").read_text()).items() if k != "input"
+    }
     assert summary(out) == summary(ref)
 
 
@@ -112,12 +120,22 @@ class RayCluster:
         self.address = f"127.0.0.1:{_free_port()}"
         # Ray's own folder, short enough for its unix sockets, and not the shared /tmp/ray
         self.temp_dir = tempfile.mkdtemp(prefix="dsm-ray-")
-        common = ["--block", "--num-cpus", "1", "--node-ip-address", "127.0.0.1",
-                  "--object-store-memory", str(100 * 2**20), "--disable-usage-stats",
-                  "--temp-dir", self.temp_dir]  # fmt: skip
+        common = [
+            "--block",
+            "--num-cpus",
+            "1",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--object-store-memory",
+            str(100 * 2**20),
+            "--disable-usage-stats",
+            "--temp-dir",
+            self.temp_dir,
+        ]
         port = self.address.split(":")[1]
-        self.head = self._start(root / "head.log", ["--head", "--port", port,
-                                "--include-dashboard", "false", *common])  # fmt: skip
+        self.head = self._start(
+            root / "head.log", ["--head", "--port", port, "--include-dashboard", "false", *common]
+        )
         self._wait_for_nodes(1)
         self.worker = self._start(root / "worker.log", ["--address", self.address, *common])
         self._wait_for_nodes(2)
@@ -127,16 +145,22 @@ class RayCluster:
         with log.open("w") as out:
             return subprocess.Popen(
                 [sys.executable, "-P", "-m", "ray.scripts.scripts", "start", *args],
-                stdout=out, stderr=subprocess.STDOUT, cwd=log.parent, start_new_session=True,
-            )  # fmt: skip
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=log.parent,
+                start_new_session=True,
+            )
 
     def _wait_for_nodes(self, n: int, timeout: float = 180) -> None:
-        probe = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
-                 "print(sum(x['Alive'] for x in ray.nodes()))")  # fmt: skip
+        probe = (
+            "import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
+            "print(sum(x['Alive'] for x in ray.nodes()))"
+        )
         deadline = time.time() + timeout
         while time.time() < deadline:
-            out = subprocess.run([sys.executable, "-P", "-c", probe, self.address],
-                                 capture_output=True, text=True)  # fmt: skip
+            out = subprocess.run(
+                [sys.executable, "-P", "-c", probe, self.address], capture_output=True, text=True
+            )
             if out.stdout.strip() == str(n):
                 return
             time.sleep(1)
@@ -176,8 +200,21 @@ def test_mining_and_decontamination_on_ray_equal_local_and_reruns_skip_done_task
     inputs, local, ray_cluster, tmp_path
 ):
     ray = {"RAY_ADDRESS": ray_cluster.address}
-    _dsm("data", "mine", "--warc", inputs["glob"], "--seed", inputs["seed"],
-         "--out", str(tmp_path / "mine"), *MINE_ARGS, "--executor", "ray", env=ray, cwd=tmp_path)  # fmt: skip
+    _dsm(
+        "data",
+        "mine",
+        "--warc",
+        inputs["glob"],
+        "--seed",
+        inputs["seed"],
+        "--out",
+        str(tmp_path / "mine"),
+        *MINE_ARGS,
+        "--executor",
+        "ray",
+        env=ray,
+        cwd=tmp_path,
+    )
     _same_mining(tmp_path / "mine", local / "mine")
 
     out = tmp_path / "decont"
@@ -199,8 +236,17 @@ def test_a_task_whose_ray_worker_is_killed_runs_again_without_loss_or_duplicates
     local, ray_cluster, tmp_path
 ):
     out = tmp_path / "decont"
-    cmd = [sys.executable, "-P", "-m", "dsm_engine.cli", "data", "decontaminate",
-           *_decont_args(local / "mine", out), "--executor", "ray"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-P",
+        "-m",
+        "dsm_engine.cli",
+        "data",
+        "decontaminate",
+        *_decont_args(local / "mine", out),
+        "--executor",
+        "ray",
+    ]
     log = tmp_path / "driver.log"
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.address}
     with log.open("w") as f:
@@ -227,10 +273,25 @@ def test_a_task_whose_ray_worker_is_killed_runs_again_without_loss_or_duplicates
 
 
 def test_mining_and_decontamination_on_slurm_equal_local(inputs, local, slurm_partition, tmp_path):
-    slurm = ["--executor", "slurm", f"executor.partition={slurm_partition}",
-             "executor.poll_seconds=1"]  # fmt: skip
-    _dsm("data", "mine", "--warc", inputs["glob"], "--seed", inputs["seed"],
-         "--out", str(tmp_path / "mine"), *MINE_ARGS, *slurm, cwd=tmp_path)  # fmt: skip
+    slurm = [
+        "--executor",
+        "slurm",
+        f"executor.partition={slurm_partition}",
+        "executor.poll_seconds=1",
+    ]
+    _dsm(
+        "data",
+        "mine",
+        "--warc",
+        inputs["glob"],
+        "--seed",
+        inputs["seed"],
+        "--out",
+        str(tmp_path / "mine"),
+        *MINE_ARGS,
+        *slurm,
+        cwd=tmp_path,
+    )
     _same_mining(tmp_path / "mine", local / "mine")
     out = tmp_path / "decont"
     _dsm("data", "decontaminate", *_decont_args(local / "mine", out), *slurm, cwd=tmp_path)

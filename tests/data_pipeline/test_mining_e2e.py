@@ -50,8 +50,12 @@ def test_math_pages_are_recalled_and_non_math_pages_rejected(inputs, mined):
     )
     nonmath = {normalize_url(p.url) for p in inputs["pages"] if p.kind == "nonmath"}
     assert not urls & nonmath
-    real = [d for d in docs if not d["metadata"]["domain"].endswith("example.org")
-            and not d["metadata"]["domain"].endswith((".example.com", ".example.edu", ".example.net"))]  # fmt: skip
+    real = [
+        d
+        for d in docs
+        if not d["metadata"]["domain"].endswith("example.org")
+        and not d["metadata"]["domain"].endswith((".example.com", ".example.edu", ".example.net"))
+    ]
     assert real == []  # none of the real (non-math) Common Crawl pages is kept
 
 
@@ -111,8 +115,16 @@ def test_iterations_keep_their_artifacts_and_stop_early(mined):
     assert not (result.out / f"iter_{f['iterations_run'] + 1}").exists()
     for k in range(1, f["iterations_run"] + 1):
         it = result.out / f"iter_{k}"
-        for name in ("classifier.bin", "domain_report.json", "domain_report.md", "path_candidates.tsv",
-                     "annotations_template.txt", "collected_ids.txt", "seed_added.jsonl", "stats.json"):  # fmt: skip
+        for name in (
+            "classifier.bin",
+            "domain_report.json",
+            "domain_report.md",
+            "path_candidates.tsv",
+            "annotations_template.txt",
+            "collected_ids.txt",
+            "seed_added.jsonl",
+            "stats.json",
+        ):
             assert (it / name).is_file(), (k, name)
         assert list((it / "scores").glob("*.jsonl.gz"))
     report = json.loads((result.out / "iter_1" / "domain_report.json").read_text())
@@ -135,8 +147,11 @@ def test_seed_additions_come_from_annotated_paths_only(mined):
     prefixes = it.joinpath("annotations_used.txt").read_text().split()
     added = [json.loads(line) for line in it.joinpath("seed_added.jsonl").read_text().splitlines()]
     collected = set(it.joinpath("collected_ids.txt").read_text().split("\n"))
-    scores = {r["id"]: r for p in (it / "scores").glob("*.jsonl.gz")
-              for r in map(json.loads, __import__("gzip").open(p, "rt"))}  # fmt: skip
+    scores = {
+        r["id"]: r
+        for p in (it / "scores").glob("*.jsonl.gz")
+        for r in map(json.loads, __import__("gzip").open(p, "rt"))
+    }
     for row in added:
         assert row["id"] not in collected
         url = scores[row["id"]]["url"]
@@ -195,8 +210,25 @@ def test_missing_inputs_are_named_in_the_error(inputs, tmp_path, capsys):
 def test_killed_run_resumes_to_the_same_output(inputs, mined, tmp_path):
     result, _ = mined
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-P", "-m", "dsm_engine.cli", "data", "mine", "--warc", inputs["glob"], "--seed", inputs["seed"],
-           "--out", str(out), "--iterations", "4", "--auto-annotate", "0.5", "--no-progress"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-P",
+        "-m",
+        "dsm_engine.cli",
+        "data",
+        "mine",
+        "--warc",
+        inputs["glob"],
+        "--seed",
+        inputs["seed"],
+        "--out",
+        str(out),
+        "--iterations",
+        "4",
+        "--auto-annotate",
+        "0.5",
+        "--no-progress",
+    ]
     cmd += [f"classifier.{k}={v}" for k, v in SMALL_RUN.items()]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True

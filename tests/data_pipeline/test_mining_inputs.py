@@ -37,8 +37,16 @@ def inputs(tmp_path_factory, shared_data):
 
 
 def _args(inputs, out, *extra):
-    return ["--warc", str(inputs / "warcs" / "*.warc.gz"), "--seed", str(inputs / "seed.jsonl"),
-            "--out", str(out), "--no-progress", *extra]  # fmt: skip
+    return [
+        "--warc",
+        str(inputs / "warcs" / "*.warc.gz"),
+        "--seed",
+        str(inputs / "seed.jsonl"),
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_non_warc_and_empty_files_are_named_before_any_stage_runs(inputs, tmp_path, capsys):
@@ -47,8 +55,15 @@ def test_non_warc_and_empty_files_are_named_before_any_stage_runs(inputs, tmp_pa
     (tmp_path / "in" / "empty.warc.gz").write_bytes(b"")
     for real in sorted((inputs / "warcs").glob("*.warc.gz")):
         os.symlink(real, tmp_path / "in" / real.name)
-    args = ["--warc", str(tmp_path / "in" / "*.warc.gz"), "--seed", str(inputs / "seed.jsonl"),
-            "--out", str(tmp_path / "out"), "--no-progress"]  # fmt: skip
+    args = [
+        "--warc",
+        str(tmp_path / "in" / "*.warc.gz"),
+        "--seed",
+        str(inputs / "seed.jsonl"),
+        "--out",
+        str(tmp_path / "out"),
+        "--no-progress",
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1  # one line, no log of stages that should not have run
@@ -72,8 +87,15 @@ def test_warc_without_pages_fails_naming_the_funnel(inputs, tmp_path, capsys):
     packed = next((inputs / "warcs").glob("cc-main*")).read_bytes()
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "info.warc.gz").write_bytes(packed[:481])  # the warcinfo record only
-    args = ["--warc", str(tmp_path / "in" / "*.warc.gz"), "--seed", str(inputs / "seed.jsonl"),
-            "--out", str(tmp_path / "out"), "--no-progress"]  # fmt: skip
+    args = [
+        "--warc",
+        str(tmp_path / "in" / "*.warc.gz"),
+        "--seed",
+        str(inputs / "seed.jsonl"),
+        "--out",
+        str(tmp_path / "out"),
+        "--no-progress",
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "no page reached the pool" in err and "1 WARC records -> 0 pages" in err
@@ -107,8 +129,18 @@ def test_paper_settings_on_a_tiny_seed_stop_in_iteration_1_with_the_fix(inputs, 
 def test_empty_corpus_warns_loudly_exits_1_and_prints_the_funnel(inputs, tmp_path, capsys):
     seed = tmp_path / "seed.jsonl"
     seed.write_text((inputs / "seed.jsonl").read_text() + "{not json\n")
-    args = _args(inputs, tmp_path / "out", "--iterations", "1", "--skip-bad-lines",
-                 "--threshold", "0", "--token-budget", "1", SMALL_BUCKET)  # fmt: skip
+    args = _args(
+        inputs,
+        tmp_path / "out",
+        "--iterations",
+        "1",
+        "--skip-bad-lines",
+        "--threshold",
+        "0",
+        "--token-budget",
+        "1",
+        SMALL_BUCKET,
+    )
     args[args.index("--seed") + 1] = str(seed)
     assert main(args) == 1  # a budget of one token fits no page
     out, err = capsys.readouterr()

@@ -163,7 +163,15 @@ def test_bad_line_leaves_no_output_unless_skipped(tmp_path, neox_tokenizer_path,
         + [json.dumps({"text": TEXTS[2]})]
     )
     src.write_text("\n".join(lines) + "\n")
-    args = ["--input", str(src), "--tokenizer", str(neox_tokenizer_path), "--out", str(tmp_path / "s"), "--no-progress"]  # fmt: skip
+    args = [
+        "--input",
+        str(src),
+        "--tokenizer",
+        str(neox_tokenizer_path),
+        "--out",
+        str(tmp_path / "s"),
+        "--no-progress",
+    ]
     assert main(args) == 2
     assert "docs.jsonl:3: field 'text' is not a string" in capsys.readouterr().err
     assert not list(tmp_path.glob("s.*"))  # the first two documents were not left behind

@@ -71,13 +71,35 @@ def test_module_launches_from_the_checkout_root_convert_both_ways(tiny_hf_model,
     ckpt, hf = tmp_path / "dsm", tmp_path / "hf"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     _run_in_checkout(
-        [*torchrun, "--nproc_per_node", "2", "-m", "dsm_engine.cli", "convert", "hf-to-dsm",
-         "--hf", str(tiny_hf_model), "--out", str(ckpt), "--tp", "2"]
-    )  # fmt: skip
+        [
+            *torchrun,
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "dsm_engine.cli",
+            "convert",
+            "hf-to-dsm",
+            "--hf",
+            str(tiny_hf_model),
+            "--out",
+            str(ckpt),
+            "--tp",
+            "2",
+        ]
+    )
     _run_in_checkout(
-        [sys.executable, "-m", "dsm_engine.cli", "convert", "dsm-to-hf",
-         "--ckpt", str(ckpt), "--out", str(hf)]
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "dsm_engine.cli",
+            "convert",
+            "dsm-to-hf",
+            "--ckpt",
+            str(ckpt),
+            "--out",
+            str(hf),
+        ]
+    )
     from safetensors.torch import load_file
 
     before = load_file(tiny_hf_model / "model.safetensors")

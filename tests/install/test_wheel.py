@@ -22,8 +22,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 # folder in the repository -> where its modules sit in the wheel
-TREES = {"dsm_engine": "dsm_engine", "kernels": "dsm_engine/kernels",
-         "data_pipeline": "dsm_engine/data_pipeline"}  # fmt: skip
+TREES = {
+    "dsm_engine": "dsm_engine",
+    "kernels": "dsm_engine/kernels",
+    "data_pipeline": "dsm_engine/data_pipeline",
+}
 
 
 def _run(argv: list[str], cwd: Path, timeout: float = 900) -> str:
@@ -47,11 +50,36 @@ def _expected_members() -> set[str]:
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist")
-    _run([sys.executable, "-P", "-m", "build", "--sdist", "--no-isolation", "--outdir", str(out),
-          str(REPO)], cwd=out)  # fmt: skip
+    _run(
+        [
+            sys.executable,
+            "-P",
+            "-m",
+            "build",
+            "--sdist",
+            "--no-isolation",
+            "--outdir",
+            str(out),
+            str(REPO),
+        ],
+        cwd=out,
+    )
     (sdist,) = out.glob("dsm_engine-*.tar.gz")
-    _run([sys.executable, "-P", "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-          "--wheel-dir", str(out), str(sdist)], cwd=out)  # fmt: skip
+    _run(
+        [
+            sys.executable,
+            "-P",
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(out),
+            str(sdist),
+        ],
+        cwd=out,
+    )
     (built,) = out.glob("dsm_engine-*.whl")
     return built
 
@@ -76,18 +104,30 @@ def test_the_installed_wheel_runs_without_the_checkout(wheel, tmp_path):
 
     assert "train" in _run([str(dsm), "--help"], cwd=tmp_path)
     where = _run(
-        [str(python), "-c", "import dsm_engine.grpo, dsm_engine.kernels, dsm_engine.data_pipeline, "
-         "dsm_engine._C; print('FROM', dsm_engine.__file__)"],
+        [
+            str(python),
+            "-c",
+            "import dsm_engine.grpo, dsm_engine.kernels, dsm_engine.data_pipeline, "
+            "dsm_engine._C; print('FROM', dsm_engine.__file__)",
+        ],
         cwd=tmp_path,
-    )  # fmt: skip
+    )
     origin = Path(where.split("FROM ")[1].split()[0])
     assert origin.is_relative_to(venv) and not origin.is_relative_to(REPO), origin
 
     out = _run(
-        [str(python), str(REPO / "examples" / "grpo_arithmetic.py"), "--out", str(tmp_path / "run"),
-         "--pretrain-steps", "4", "--grpo-steps", "2"],
+        [
+            str(python),
+            str(REPO / "examples" / "grpo_arithmetic.py"),
+            "--out",
+            str(tmp_path / "run"),
+            "--pretrain-steps",
+            "4",
+            "--grpo-steps",
+            "2",
+        ],
         cwd=tmp_path,
-    )  # fmt: skip
+    )
     assert "held-out accuracy by step" in out, out[-3000:]
     rows = (tmp_path / "run" / "grpo" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["step"] for r in rows if '"loss"' in r] == [1, 2]

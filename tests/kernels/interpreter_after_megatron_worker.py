@@ -45,8 +45,9 @@ def _inputs(seed: int) -> dict[str, torch.Tensor]:
     mask = torch.rand(B, T, generator=g) > 0.25
     mask[0] = True
     rewards = torch.tensor([1.0, 0.0, 0.5, 0.5])
-    return dict(hidden=hidden, weight=weight, targets=targets, old=old, ref=ref, mask=mask,
-                rewards=rewards)  # fmt: skip
+    return dict(
+        hidden=hidden, weight=weight, targets=targets, old=old, ref=ref, mask=mask, rewards=rewards
+    )
 
 
 def _close(name: str, out: torch.Tensor, ref: torch.Tensor) -> None:

@@ -17,8 +17,11 @@ def test_kill_mid_save_leaves_last_checkpoint_loadable(tmp_path):
     root = tmp_path / "ckpt"
     proc = subprocess.Popen(
         [PYTHON, str(HERE / "single_worker.py"), "hang-mid-save", str(root)],
-        env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
+        env=worker_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 300
         seen = []
@@ -50,8 +53,9 @@ def test_kill_mid_save_leaves_last_checkpoint_loadable(tmp_path):
     )
     script = tmp_path / "load_step1.py"
     script.write_text(code)
-    out = subprocess.run([PYTHON, str(script)], env=worker_env(), capture_output=True, text=True,
-                         timeout=300)  # fmt: skip
+    out = subprocess.run(
+        [PYTHON, str(script)], env=worker_env(), capture_output=True, text=True, timeout=300
+    )
     assert "LOADED" in out.stdout, out.stderr[-3000:]
 
 
@@ -60,9 +64,19 @@ def single_results(hf_tiny_dirs, tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("single")
     out = work / "results.json"
     proc = subprocess.run(
-        [PYTHON, str(HERE / "single_worker.py"), "checks", str(hf_tiny_dirs["tiny"]), str(work), str(out)],
-        env=worker_env(), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            PYTHON,
+            str(HERE / "single_worker.py"),
+            "checks",
+            str(hf_tiny_dirs["tiny"]),
+            str(work),
+            str(out),
+        ],
+        env=worker_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(out.read_text())
 

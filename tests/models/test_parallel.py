@@ -13,10 +13,23 @@ from _models_helpers import HERE, PYTHON, free_port, worker_env
 def dist_results(hf_tiny_dirs, tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("dist")
     out = work / "results.json"
-    cmd = [PYTHON, "-P", "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(free_port()), str(HERE / "dist_worker.py"),
-           "--hf", *[f"{k}={v}" for k, v in hf_tiny_dirs.items()],
-           "--ckpt", str(work / "ckpt"), "--out", str(out)]  # fmt: skip
+    cmd = [
+        PYTHON,
+        "-P",
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        str(HERE / "dist_worker.py"),
+        "--hf",
+        *[f"{k}={v}" for k, v in hf_tiny_dirs.items()],
+        "--ckpt",
+        str(work / "ckpt"),
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, env=worker_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return json.loads(out.read_text())

@@ -20,8 +20,19 @@ STAGE_NAMES = [name for name, _, _ in STAGES]
 
 
 def quickstart(out: Path, minutes: float, shared_data: Path, **popen) -> subprocess.Popen:
-    cmd = [sys.executable, "-P", "-m", "dsm_engine.cli", "quickstart", "--out", str(out),
-           "--minutes", str(minutes), "--data-dir", str(shared_data)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-P",
+        "-m",
+        "dsm_engine.cli",
+        "quickstart",
+        "--out",
+        str(out),
+        "--minutes",
+        str(minutes),
+        "--data-dir",
+        str(shared_data),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, **popen
@@ -56,8 +67,16 @@ def test_three_minute_run_writes_a_report_with_every_section(short_run):
     for title in SECTIONS:
         section(report, title)
     funnel = section(report, "Data funnel")
-    for row in ("pages in", "HTML pages", "language kept", "near-dedup", "math classifier",
-                "after decontamination", "documents with benchmark text", "lines removed"):  # fmt: skip
+    for row in (
+        "pages in",
+        "HTML pages",
+        "language kept",
+        "near-dedup",
+        "math classifier",
+        "after decontamination",
+        "documents with benchmark text",
+        "lines removed",
+    ):
         assert row in funnel, row
     # the generated pages that copy GSM8K test questions are caught by decontamination
     data = json.loads((out / "stages" / "data.done.json").read_text())["info"]

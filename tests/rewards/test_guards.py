@@ -49,9 +49,22 @@ def test_unsafe_answers_are_named_before_evaluation(text, reason):
 
 @pytest.mark.parametrize(
     "text",
-    ["2^{2005}", "3^{2007}", "10^{100}", r"2^{2004} \cdot 2", "(x+1)^{2}", "3!", "10!",
-     r"\frac{1}{10}", "1/0.5", r"\frac{0}{5}", "1e100", r"\sqrt[3]{5832}", "7p+4e"],
-)  # fmt: skip
+    [
+        "2^{2005}",
+        "3^{2007}",
+        "10^{100}",
+        r"2^{2004} \cdot 2",
+        "(x+1)^{2}",
+        "3!",
+        "10!",
+        r"\frac{1}{10}",
+        "1/0.5",
+        r"\frac{0}{5}",
+        "1e100",
+        r"\sqrt[3]{5832}",
+        "7p+4e",
+    ],
+)
 def test_ordinary_answers_pass(text):
     assert unsafe_reason(text) is None
 

@@ -189,15 +189,30 @@ def test_pretrain_sbatch_trains_on_slurm(
     run = tmp_path / "run"
     config, *overrides = pretrain_args(corpus, run, *_same_start(init_checkpoint))[1:]
     bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "CONFIG": config, "NPROC_PER_NODE": "2", "MASTER_PORT": str(free_port()),
-           "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
-           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}  # fmt: skip
+    env = {
+        **os.environ,
+        "CONFIG": config,
+        "NPROC_PER_NODE": "2",
+        "MASTER_PORT": str(free_port()),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONWARNINGS": "ignore",
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+    }
     log = tmp_path / "job.out"
     # the example asks for 4 GPU nodes; this one CPU node runs the same script at pp=2
-    sbatch = ["sbatch", "--wait", f"--partition={slurm_partition}", "--nodes=1",
-              "--gpus-per-node=0", "--cpus-per-task=2", f"--output={log}",
-              str(REPO / "examples" / "slurm" / "pretrain.sbatch"),
-              "parallel.tp=1", "parallel.pp=2", *overrides]  # fmt: skip
+    sbatch = [
+        "sbatch",
+        "--wait",
+        f"--partition={slurm_partition}",
+        "--nodes=1",
+        "--gpus-per-node=0",
+        "--cpus-per-task=2",
+        f"--output={log}",
+        str(REPO / "examples" / "slurm" / "pretrain.sbatch"),
+        "parallel.tp=1",
+        "parallel.pp=2",
+        *overrides,
+    ]
     proc = subprocess.run(sbatch, env=env, capture_output=True, text=True, timeout=900)
     job_log = log.read_text(errors="replace") if log.is_file() else "(no job log)"
     assert proc.returncode == 0, proc.stderr + job_log[-4000:]
