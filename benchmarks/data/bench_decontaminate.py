@@ -124,7 +124,7 @@ def _html_pages(tmp: Path) -> tuple[list[str], list[bool]]:
                     pages.append(rec.content_stream().read().decode("utf-8", "replace"))
                     is_math.append(False)
     try:
-        from dsm_engine.data_pipeline.synthetic_pages import write_synthetic_warc
+        from dsm_engine.data_pipeline.synthetic_warc import write_synthetic_warc
     except ImportError:
         return pages, is_math
     manifest = write_synthetic_warc(tmp / "synthetic.warc.gz", n_math=120, n_nonmath=120, seed=1)

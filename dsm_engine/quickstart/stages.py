@@ -97,11 +97,8 @@ def stage_data(ctx: Context) -> dict[str, Any]:
     """Generated + real pages -> mined math corpus -> decontaminated corpus."""
     from dsm_engine.data_pipeline.decontaminate import decontaminate_jsonl
     from dsm_engine.data_pipeline.mine import MineConfig, mine_corpus
-    from dsm_engine.data_pipeline.synthetic_pages import (
-        manifest_json,
-        write_seed_jsonl,
-        write_synthetic_warc,
-    )
+    from dsm_engine.data_pipeline.synthetic_pages import manifest_json, write_seed_jsonl
+    from dsm_engine.data_pipeline.synthetic_warc import write_synthetic_warc
 
     b, d = ctx.budget, ctx.data
     real = sorted((ctx.data_dir / "warc").glob("*.warc.gz"))

@@ -6,11 +6,8 @@ import os
 from pathlib import Path
 
 from dsm_engine.data_pipeline.mine import MineConfig
-from dsm_engine.data_pipeline.synthetic_pages import (
-    write_robustness_warc,
-    write_seed_jsonl,
-    write_synthetic_warc,
-)
+from dsm_engine.data_pipeline.synthetic_pages import write_seed_jsonl
+from dsm_engine.data_pipeline.synthetic_warc import write_robustness_warc, write_synthetic_warc
 
 # paper defaults learn nothing from 120 seed pages in 3 epochs: more epochs, fewer hash rows,
 # and a model that has seen little is less sure of itself (math pages score 0.55-0.95 here)

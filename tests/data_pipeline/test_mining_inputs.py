@@ -19,7 +19,8 @@ from dsm_engine.data_pipeline.classifier import (
     train_classifier,
 )
 from dsm_engine.data_pipeline.mine import main
-from dsm_engine.data_pipeline.synthetic_pages import _prose, write_seed_jsonl, write_synthetic_warc
+from dsm_engine.data_pipeline.synthetic_pages import _prose, write_seed_jsonl
+from dsm_engine.data_pipeline.synthetic_warc import write_synthetic_warc
 
 SMALL_BUCKET = "classifier.bucket=20000"  # the paper's 2M hash rows make a 2 GB model
 

@@ -21,7 +21,8 @@ from dsm_engine.data_pipeline.domains import (
 from dsm_engine.data_pipeline.executors import stat
 from dsm_engine.data_pipeline.extract import MathHtmlExtractor
 from dsm_engine.data_pipeline.langid import LanguageFilter, predict_language
-from dsm_engine.data_pipeline.synthetic_pages import _prose, write_robustness_warc, write_seed_jsonl
+from dsm_engine.data_pipeline.synthetic_pages import _prose, write_seed_jsonl
+from dsm_engine.data_pipeline.synthetic_warc import write_robustness_warc
 from dsm_engine.data_pipeline.urls import matches_prefix, normalize_url, path_prefixes, url_domain
 from dsm_engine.data_pipeline.warc import WarcPageReader, decode_html
 
