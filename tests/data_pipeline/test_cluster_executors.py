@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -137,8 +138,15 @@ class RayCluster:
             root / "head.log", ["--head", "--port", port, "--include-dashboard", "false", *common]
         )
         self._wait_for_nodes(1)
-        self.worker = self._start(root / "worker.log", ["--address", self.address, *common])
-        self._wait_for_nodes(2)
+        # `ray start` gives a node 30 s (hard-coded) to register; on a loaded machine the
+        # worker can miss that and exit, so a worker that exited is started again.
+        worker_args = ["--address", self.address, *common]
+        for attempt in range(3):
+            self.worker = self._start(root / f"worker{attempt}.log", worker_args)
+            if self._wait_for_nodes(2, give_up=lambda: self.worker.poll() is not None):
+                break
+        else:
+            raise RuntimeError(f"the Ray worker did not join {self.address}: see {root}")
 
     @staticmethod
     def _start(log: Path, args: list[str]) -> subprocess.Popen:
@@ -151,7 +159,10 @@ class RayCluster:
                 start_new_session=True,
             )
 
-    def _wait_for_nodes(self, n: int, timeout: float = 180) -> None:
+    def _wait_for_nodes(
+        self, n: int, timeout: float = 180, give_up: Callable[[], bool] = lambda: False
+    ) -> bool:
+        """Wait until ``n`` nodes are alive; False when ``give_up()`` says the wait is futile."""
         probe = (
             "import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
             "print(sum(x['Alive'] for x in ray.nodes()))"
@@ -162,7 +173,9 @@ class RayCluster:
                 [sys.executable, "-P", "-c", probe, self.address], capture_output=True, text=True
             )
             if out.stdout.strip() == str(n):
-                return
+                return True
+            if give_up():
+                return False
             time.sleep(1)
         raise RuntimeError(f"the Ray cluster at {self.address} did not reach {n} nodes")
 
