@@ -112,24 +112,30 @@ def print_table(stats: list[PhaseStats], title: str) -> None:
 
 
 def draw_timeline(row: dict, path: Path) -> Path:
-    """One step's phases as bars at their start offsets, in the order they ran (PNG)."""
+    """One step's phases as a Gantt chart: a lane per phase, bars at their start offsets and
+    durations, lanes in the order the phases first ran (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(dict.fromkeys(p["name"] for p in row["phases"]))
-    colors = {n: plt.cm.tab20(i % 20) for i, n in enumerate(names)}
-    fig, ax = plt.subplots(figsize=(10, 2.2))
+    lane = {n: i for i, n in enumerate(names)}
+    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.35 * len(names)))
+    totals: dict[str, float] = {}
     for p in row["phases"]:
-        ax.broken_barh([(p["start_s"], p["dur_s"])], (0, 1), color=colors[p["name"]])
-    for n in names:
-        ax.bar(0, 0, color=colors[n], label=n)  # legend entries only
-    ax.set_xlim(0, row["step_s"])
-    ax.set_yticks([])
-    ax.set_xlabel("seconds since the step started")
-    ax.set_title(f"step {row['step']}: {row['step_s']:.3f} s (white: outside any phase)")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=min(len(names), 6), fontsize=8)
+        color = plt.cm.tab10(lane[p["name"]] % 10)
+        ax.broken_barh([(p["start_s"], p["dur_s"])], (lane[p["name"]] - 0.4, 0.8), color=color)
+        totals[p["name"]] = totals.get(p["name"], 0.0) + p["dur_s"]
+    for n, i in lane.items():
+        end = max(p["start_s"] + p["dur_s"] for p in row["phases"] if p["name"] == n)
+        ax.text(end, i, f" {totals[n] * 1e3:.1f} ms", va="center", fontsize=8)
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.set_xlim(0, row["step_s"] * 1.12)  # room for the last label
+    ax.axvline(row["step_s"], color="grey", linewidth=0.8, linestyle="--")
+    ax.set_xlabel("seconds since the step started (dashed: the step's end)")
+    ax.set_title(f"step {row['step']}: {row['step_s']:.3f} s")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
