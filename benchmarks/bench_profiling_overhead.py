@@ -8,9 +8,10 @@ Each repeat runs the real pretraining loop (``run_pretrain``: data, megatron-cor
 forward-backward, optimizer, metrics) once with ``profile.enabled=false`` and once with
 ``profile.enabled=true`` (memory on, no ``torch.profiler`` trace), in alternating order so that
 drifts of a shared machine's load hit both alike. A run's step time is the median
-``step_time_s`` of its steps after ``--warmup`` (the same clock in both modes: it spans the
-phases, so it includes the profiler's own work); the overhead is the median over repeats of
-on/off - 1 of paired runs. Off, the profiler's only cost is one method call per phase returning
+over its steps after ``--warmup`` of two clocks: wall (``step_time_s``, which spans the phases,
+so it includes the profiler's own work) and the process's CPU time from one step's end to the
+next (everything the step did, ``end_step`` included; far less disturbed by other processes on a
+shared machine); the overhead is the median over repeats of on/off - 1 of paired runs. Off, the profiler's only cost is one method call per phase returning
 a shared do-nothing context; a micro-benchmark of that call (and of an enabled phase) puts it
 next to the step time. Results go to ``benchmarks/results/profiling_overhead.{md,json}``.
 """
@@ -53,8 +54,9 @@ def _random_tokens(prefix: Path, vocab: int, n_tokens: int) -> None:
     builder.finalize(str(prefix) + ".idx")
 
 
-def _run(root: Path, data: Path, steps: int, profile: bool) -> list[float]:
-    """Step times (s) of one pretraining run."""
+def _run(root: Path, data: Path, steps: int, profile: bool) -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds of each step of one pretraining run after the first (CPU: the
+    process's CPU time between consecutive step ends, which a loaded machine disturbs less)."""
     from dsm_engine.config import from_dict
     from dsm_engine.models.parallel import destroy_parallel
     from dsm_engine.trainers.config import PretrainConfig
@@ -73,12 +75,18 @@ def _run(root: Path, data: Path, steps: int, profile: bool) -> list[float]:
             "profile": {"enabled": profile},
         },
     )
-    times: list[float] = []
+    wall: list[float] = []
+    cpu: list[float] = []
+
+    def on_step_end(_step: int, m: dict[str, float]) -> None:
+        wall.append(m["step_time_s"])
+        cpu.append(time.process_time())
+
     try:
-        run_pretrain(cfg, on_step_end=lambda _s, m: times.append(m["step_time_s"]))
+        run_pretrain(cfg, on_step_end=on_step_end)
     finally:
         destroy_parallel()
-    return times
+    return wall[1:], [b - a for a, b in zip(cpu, cpu[1:])]
 
 
 def _phase_call_us(root: Path) -> dict[str, float]:
@@ -118,35 +126,43 @@ def main(argv: list[str] | None = None) -> int:
     data = root / "tokens"
     _random_tokens(data, MODEL["vocab_size"], args.steps * 16 * (MODEL["seq_length"] + 1) * 2)
 
-    medians: dict[str, list[float]] = {"off": [], "on": []}
+    medians: dict[tuple[str, str], list[float]] = {}
     began = time.time()
     for r in range(args.repeats):
         order = (False, True) if r % 2 == 0 else (True, False)
         for profile in order:
-            times = _run(root, data, args.steps, profile)[args.warmup :]
-            medians["on" if profile else "off"].append(statistics.median(times))
-    ratios = [on / off - 1 for on, off in zip(medians["on"], medians["off"])]
+            wall, cpu = _run(root, data, args.steps, profile)
+            mode = "on" if profile else "off"
+            for clock, xs in (("wall", wall), ("cpu", cpu)):
+                kept = xs[args.warmup - 1 :]  # the lists start at step 2
+                medians.setdefault((clock, mode), []).append(statistics.median(kept))
     micro = _phase_call_us(root)
-    off_step = statistics.median(medians["off"])
-    rows = [
-        {
-            "mode": mode,
-            "median_step_ms": statistics.median(ms) * 1e3,
-            "min_run_ms": min(ms) * 1e3,
-            "max_run_ms": max(ms) * 1e3,
-            "runs": len(ms),
-        }
-        for mode, ms in medians.items()
-    ]
-    rows.append(
-        {
-            "mode": "on vs off (paired)",
-            "median_step_ms": "",
-            "overhead_median_pct": 100 * statistics.median(ratios),
-            "overhead_min_pct": 100 * min(ratios),
-            "overhead_max_pct": 100 * max(ratios),
-        }
-    )
+    off_step = statistics.median(medians[("wall", "off")])
+    rows = []
+    for clock in ("wall", "cpu"):
+        for mode in ("off", "on"):
+            ms = medians[(clock, mode)]
+            rows.append(
+                {
+                    "mode": mode,
+                    "clock": clock,
+                    "median_step_ms": statistics.median(ms) * 1e3,
+                    "min_run_ms": min(ms) * 1e3,
+                    "max_run_ms": max(ms) * 1e3,
+                    "runs": len(ms),
+                }
+            )
+        on, off = medians[(clock, "on")], medians[(clock, "off")]
+        ratios = [a / b - 1 for a, b in zip(on, off)]
+        rows.append(
+            {
+                "mode": "on vs off (paired runs)",
+                "clock": clock,
+                "overhead_median_pct": 100 * statistics.median(ratios),
+                "overhead_min_pct": 100 * min(ratios),
+                "overhead_max_pct": 100 * max(ratios),
+            }
+        )
     for label, us in micro.items():
         rows.append(
             {
@@ -161,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.repeats} repeats per mode, alternating order; {time.time() - began:.0f} s in all",
         "on = profile.enabled=true with memory (per-phase peak RSS via /proc/self/clear_refs), "
         "no torch.profiler trace",
+        "clock wall: step_time_s (spans the phases); clock cpu: process CPU time from one step's "
+        "end to the next (includes the profiler's end_step and phases.jsonl write)",
         f"pct_of_off_step: the micro-benchmarked cost of {PHASES_PER_STEP} phase() calls per step "
         "over the median off step",
     ]
