@@ -175,3 +175,59 @@ def test_repeated_phases_add_up_and_split_keeps_the_span(tmp_path):
     assert [p["name"] for p in row["phases"]] == ["generation", "verifier", "pack"] + [
         "forward_backward"
     ] * 3
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_reward_model_trainer_is_profiled_and_resume_drops_rows_after_the_checkpoint(tmp_path):
+    from dsm_engine.models.parallel import destroy_parallel
+    from dsm_engine.trainers.config import load_run_config
+    from dsm_engine.trainers.reward_model import RewardModelConfig, run_reward_model
+
+    data = tmp_path / "orm.jsonl"
+    with data.open("w") as f:
+        for i in range(40):
+            resp = [3 + (i * 7 + j) % 200 for j in range(3 + i % 5)]
+            row = {"prompt_ids": [5, 6, 7], "response_ids": resp, "label": float(i % 2)}
+            f.write(json.dumps(row) + "\n")
+    run = tmp_path / "rm"
+    argv = [
+        "kind=orm",
+        f"run_dir={run}",
+        f"data.train_path={data}",
+        "model.seq_length=16",
+        "train.micro_batch_size=10",
+        "train.global_batch_size=20",
+        "train.steps=4",
+        "checkpoint.every=2",
+        "logging.progress=false",
+        "logging.tensorboard=false",
+        "profile.enabled=true",
+    ]
+
+    def stop_after_three(step: int, _m: dict) -> None:
+        if step == 3:
+            raise _Stop
+
+    cfg, _ = load_run_config(RewardModelConfig, argv)
+    with pytest.raises(_Stop):
+        run_reward_model(cfg, on_step_end=stop_after_three)
+    destroy_parallel()
+    cfg, _ = load_run_config(RewardModelConfig, [*argv, "resume=auto"])
+    try:
+        run_reward_model(cfg)
+    finally:
+        destroy_parallel()
+    rows = [json.loads(x) for x in (run / "profile" / "phases.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # step 3 of the first attempt dropped
+    assert [p["name"] for p in rows[-1]["phases"]] == [
+        "data",
+        "forward_backward",
+        "optimizer",
+        "eval",
+        "checkpoint",
+    ]
+    last = _rows(run)[-1]
+    assert last["time/eval_s"] > 0 and last["throughput/train_tokens_per_s"] > 0
