@@ -231,3 +231,27 @@ def test_reward_model_trainer_is_profiled_and_resume_drops_rows_after_the_checkp
     ]
     last = _rows(run)[-1]
     assert last["time/eval_s"] > 0 and last["throughput/train_tokens_per_s"] > 0
+
+
+@pytest.mark.dist
+def test_data_parallel_run_writes_one_phase_file_and_a_trace_per_rank(corpus, tmp_path):
+    from trainers_testlib import run_cli
+
+    run = tmp_path / "dp2"
+    args = pretrain_args(
+        corpus,
+        run,
+        "train.steps=2",
+        "checkpoint.every=10",
+        "parallel.dp=2",
+        "profile.enabled=true",
+        "profile.trace_steps=[2,2]",
+    )
+    proc = run_cli(["train", "pretrain", *args], nproc=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in (run / "profile").iterdir()) == [
+        "phases.jsonl",
+        "trace_steps_2-2.json",
+        "trace_steps_2-2.rank1.json",
+    ]
+    assert all("time/forward_backward_s" in r for r in _rows(run))
