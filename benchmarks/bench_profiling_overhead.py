@@ -2,18 +2,19 @@
 
 Usage::
 
-    python -P benchmarks/bench_profiling_overhead.py [--repeats 6] [--steps 30] [--warmup 5]
+    python -P benchmarks/bench_profiling_overhead.py [--repeats 16] [--steps 20] [--warmup 4]
 
 Each repeat runs the real pretraining loop (``run_pretrain``: data, megatron-core
 forward-backward, optimizer, metrics) once with ``profile.enabled=false`` and once with
 ``profile.enabled=true`` (memory on, no ``torch.profiler`` trace), in alternating order so that
-drifts of a shared machine's load hit both alike. A run's step time is the median
-over its steps after ``--warmup`` of two clocks: wall (``step_time_s``, which spans the phases,
-so it includes the profiler's own work) and the process's CPU time from one step's end to the
-next (everything the step did, ``end_step`` included; far less disturbed by other processes on a
-shared machine); the overhead is the median over repeats of on/off - 1 of paired runs. Off, the profiler's only cost is one method call per phase returning
-a shared do-nothing context; a micro-benchmark of that call (and of an enabled phase) puts it
-next to the step time. Results go to ``benchmarks/results/profiling_overhead.{md,json}``.
+drifts of a shared machine's load hit both alike. A run's step time is the median over its steps
+after ``--warmup`` of two clocks: wall (``step_time_s``, which spans the phases, so it includes
+the profiler's own work) and the process's CPU time from one step's end to the next (everything
+the step did, ``end_step`` included; less disturbed by other processes on a shared machine). The
+overhead is the median over repeats of on/off - 1 of paired runs. Off, the profiler's only cost
+is one method call per phase returning a shared do-nothing context; a micro-benchmark of that
+call (and of an enabled phase) puts it next to the step time. Results go to
+``benchmarks/results/profiling_overhead.{md,json}`` (``--out``: another folder).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import run_info, write_results  # noqa: E402
+from common import RESULTS, run_info, write_results  # noqa: E402
 
 MODEL = {
     "num_layers": 2,
@@ -115,10 +116,11 @@ def _phase_call_us(root: Path) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--repeats", type=int, default=6)
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=RESULTS, help="folder of the result files")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     env = run_info(("megatron-core",))
@@ -182,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         f"pct_of_off_step: the micro-benchmarked cost of {PHASES_PER_STEP} phase() calls per step "
         "over the median off step",
     ]
-    write_results("profiling_overhead", rows, env, notes)
+    write_results("profiling_overhead", rows, env, notes, out_dir=args.out)
     return 0
 
 
