@@ -261,7 +261,10 @@ def run_reward_model(
     prof = StepProfiler(
         cfg.profile, run_dir=run.path, device=ctx.device, rank=ctx.rank, start_step=start
     )
-    flops = train_flops_per_token(model_cfg)  # the policy's: counts an LM head the RM lacks
+    # The policy's FLOPs with its LM head (counted when untied) swapped for the 1-wide score head.
+    h = model_cfg.hidden_size
+    lm_head = model_cfg.vocab_size * h if model_cfg.untie_embeddings else 0
+    flops = train_flops_per_token(model_cfg) - 6.0 * lm_head + 6.0 * h
     with run, log, prof:  # the run folder stays locked until the run ends
         for step in range(start, t.steps):
             prof.begin_step(step + 1)
