@@ -177,6 +177,31 @@ def test_repeated_phases_add_up_and_split_keeps_the_span(tmp_path):
     ] * 3
 
 
+def test_sft_run_is_profiled_like_pretraining(sft_file, neox_tokenizer_path, tmp_path):
+    from trainers_testlib import TINY
+
+    from dsm_engine.trainers.sft import main as sft_main
+
+    run = tmp_path / "sft"
+    config = Path(__file__).resolve().parents[2] / "configs" / "tiny-cpu-sft.yaml"
+    args = [
+        "--config",
+        str(config),
+        f"data.path={sft_file}",
+        f"data.tokenizer={neox_tokenizer_path}",
+        f"run_dir={run}",
+        *TINY,
+        "train.steps=2",
+        "checkpoint.every=2",
+        "profile.enabled=true",
+    ]
+    assert sft_main(args) == 0
+    last = _rows(run)[-1]
+    phases = ("data", "forward_backward", "optimizer", "checkpoint")
+    assert all(last[f"time/{p}_s"] > 0 for p in phases)
+    assert last["throughput/train_tokens_per_s"] > 0
+
+
 class _Stop(Exception):
     pass
 
