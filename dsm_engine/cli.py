@@ -28,6 +28,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("data", "tokenize"): ("dsm_engine.data_pipeline.tokenize:main", "write .bin/.idx shards"),
     ("eval",): ("dsm_engine.eval.cli:main", "evaluate on GSM8K, MATH, CMATH, ..."),
     ("plot",): ("dsm_engine.plotting:main", "plot a run's curves to PNG"),
+    ("profile",): ("dsm_engine.trainers.profile_report:main", "phase times of a profiled run"),
 }
 
 

@@ -331,30 +331,36 @@ def grpo_updates(
     max_len: int | None = None,
     tp_group=None,
     finalize_grads: Callable[[], None] | None = None,
+    phase: Callable[[str], contextlib.AbstractContextManager] | None = None,
 ) -> UpdateResult:
     """Run ``cfg.mu`` optimizer steps on ``batch`` (see :func:`accumulate_grads`).
 
     ``finalize_grads`` (megatron DDP: ``finalize_model_grads``) runs once before each optimizer
     step; it is the only grad finalization (the schedule's own hook is held back).
+    ``phase(name)``: a context timing the ``forward_backward`` and ``optimizer`` parts
+    (``StepProfiler.phase``).
     """
+    phase = phase or (lambda _name: contextlib.nullcontext())
     model.train()
     losses, norms, all_metrics = [], [], []
     for _ in range(cfg.mu):
-        zero_grad()
-        loss, metrics = accumulate_grads(
-            model,
-            batch,
-            old_logp,
-            ref_logp,
-            advantages,
-            cfg,
-            temperature=temperature,
-            max_len=max_len,
-            tp_group=tp_group,
-        )
-        if finalize_grads is not None:
-            finalize_grads()
-        _, grad_norm, _ = optimizer.step()
+        with phase("forward_backward"):
+            zero_grad()
+            loss, metrics = accumulate_grads(
+                model,
+                batch,
+                old_logp,
+                ref_logp,
+                advantages,
+                cfg,
+                temperature=temperature,
+                max_len=max_len,
+                tp_group=tp_group,
+            )
+            if finalize_grads is not None:
+                finalize_grads()
+        with phase("optimizer"):
+            _, grad_norm, _ = optimizer.step()
         losses.append(loss)
         norms.append(float(grad_norm) if grad_norm is not None else float("nan"))
         all_metrics.append(metrics)

@@ -59,6 +59,8 @@ from dsm_engine.reward_models.grpo_rewards import compute_advantages
 from dsm_engine.reward_models.scorer import MeanScorer, TokenScorer, load_reward_fn
 from dsm_engine.rollout.base import SamplingParams, build_rollout_engine
 from dsm_engine.text_codec import TextCodec
+from dsm_engine.trainers.flops import train_flops_per_token
+from dsm_engine.trainers.profiling import StepProfiler, StepWork
 
 StepHook = Callable[[int, dict[str, float]], None]
 REFERENCE_DIR = "reference"
@@ -104,6 +106,20 @@ def _rollout_metrics(ro, group_size: int) -> dict[str, float]:
         "response_len_max": float(lens.max()),
         "truncated_frac": float((~b.finished).float().mean()),
     }
+
+
+def _step_work(batch, pad_id: int, model_cfg, cfg: GRPOConfig, dp_size: int) -> StepWork:
+    """The step's tokens and model FLOPs for the whole job (this rank's rows × ``dp_size``):
+    μ forward + backward passes over the rows, the reference (and recomputed old) log-prob
+    forwards, and one forward per generated token (a forward is a third of training's cost)."""
+    fwd = train_flops_per_token(model_cfg, seq_length=batch.tokens.shape[1]) / 3
+    rows = float((batch.tokens != pad_id).sum()) * dp_size
+    gen = float(batch.mask.sum()) * dp_size
+    train = rows * cfg.grpo.mu
+    passes = 1 + (cfg.grpo.old_logp == "recompute")
+    step_flops = 3 * fwd * train + fwd * rows * passes + fwd * gen
+    return StepWork(train_tokens=train, train_flops=3 * fwd * train, step_flops=step_flops,
+                    gen_tokens=gen)  # fmt: skip
 
 
 def _reward_model_scorer(cfg: GRPOConfig, model_path: str) -> TokenScorer | None:
@@ -240,24 +256,30 @@ def run_grpo(cfg: GRPOConfig, *, on_step_end: StepHook | None = None) -> list[di
         description="grpo",
         show=("reward_mean", "kl_mean", "eval_accuracy", "tokens_per_s"),
     )
-    with run, log:  # the run folder stays locked until the run ends
+    prof = StepProfiler(
+        cfg.profile, run_dir=run.path, device=device, rank=ctx.rank, start_step=step
+    )
+    with run, log, prof:  # the run folder stays locked until the run ends
         if eval_set is not None and step == 0:
             log.log(0, {"eval_accuracy": evaluate()})
         while step < g.steps:
+            prof.begin_step(step + 1)
             refresh_metrics: dict[str, float] = {}
             if step > 0 and iteration_of(step, cfg) != iteration_of(step - 1, cfg):
-                copy_weights(reference, policy)  # a new iteration: π_ref ← π_θ
+                with prof.phase("reference_update"):
+                    copy_weights(reference, policy)  # a new iteration: π_ref ← π_θ
                 if rm_refresh.enabled:  # iterative RL: continue the reward model, switch to it
                     rm_scorer = None  # free the old one before training the next
-                    refresh_metrics = rm_refresh.refresh(
-                        step,
-                        iteration_of(step, cfg),
-                        position,
-                        engine,
-                        dp_rank=ctx.dp_rank,
-                        dp_size=ctx.dp_size,
-                    )
-                    rm_scorer = _reward_model_scorer(cfg, rm_refresh.path)
+                    with prof.phase("rm_refresh"):
+                        refresh_metrics = rm_refresh.refresh(
+                            step,
+                            iteration_of(step, cfg),
+                            position,
+                            engine,
+                            dp_rank=ctx.dp_rank,
+                            dp_size=ctx.dp_size,
+                        )
+                        rm_scorer = _reward_model_scorer(cfg, rm_refresh.path)
             tic = time.perf_counter()
             lr = lr_at(cfg.schedule, step, g.steps)
             apply_lr(opt, lr)
@@ -270,58 +292,65 @@ def run_grpo(cfg: GRPOConfig, *, on_step_end: StepHook | None = None) -> list[di
                 stop_token_ids=[codec.eos_id],
                 seed=cfg.train.seed * 100_003 + step * 1_009 + ctx.dp_rank,
             )
-            ro = rollout_and_score(
-                engine, reward_fn, codec, mine, g.group_size, params, multiple_of=multiple_of
-            )
-            batch = ro.batch.to(device)
+            with prof.phase("rollout"):
+                ro = rollout_and_score(
+                    engine, reward_fn, codec, mine, g.group_size, params, multiple_of=multiple_of
+                )
+                batch = ro.batch.to(device)
+            # rollout_and_score times its generation and verifier itself; the rest is packing
+            parts = [("generation", ro.rollout_s), ("verifier", ro.reward_s)]
+            prof.split_last("rollout", parts, rest="rollout_batch")
 
             t0 = time.perf_counter()
-            offload(reference, device)
-            ref_logp, _ = sequence_logprobs(
-                reference,
-                batch.tokens,
-                batch.targets,
-                temperature=temp,
-                tp_group=tp_group,
-                micro_batch_size=g.micro_batch_size,
-                impl=g.impl,
-            )
-            offload(reference, torch.device("cpu"))
-            t1 = time.perf_counter()
-            metrics: dict[str, float] = {}
-            if g.old_logp == "recompute":
-                old_logp, ent = sequence_logprobs(
-                    policy,
+            with prof.phase("reference_logprobs"):
+                offload(reference, device)
+                ref_logp, _ = sequence_logprobs(
+                    reference,
                     batch.tokens,
                     batch.targets,
                     temperature=temp,
                     tp_group=tp_group,
                     micro_batch_size=g.micro_batch_size,
-                    return_entropy=True,
                     impl=g.impl,
                 )
-                metrics.update(mismatch_metrics(old_logp, batch.sampler_logp, batch.mask))
-                metrics["entropy"] = float(ent[batch.mask].mean())
-            else:
-                old_logp = batch.sampler_logp
+                offload(reference, torch.device("cpu"))
+            t1 = time.perf_counter()
+            metrics: dict[str, float] = {}
+            with prof.phase("old_logprobs"):
+                if g.old_logp == "recompute":
+                    old_logp, ent = sequence_logprobs(
+                        policy,
+                        batch.tokens,
+                        batch.targets,
+                        temperature=temp,
+                        tp_group=tp_group,
+                        micro_batch_size=g.micro_batch_size,
+                        return_entropy=True,
+                        impl=g.impl,
+                    )
+                    metrics.update(mismatch_metrics(old_logp, batch.sampler_logp, batch.mask))
+                    metrics["entropy"] = float(ent[batch.mask].mean())
+                else:
+                    old_logp = batch.sampler_logp
             t2 = time.perf_counter()
 
-            adv, rm_metrics = compute_advantages(
-                cfg.reward.supervision,
-                batch,
-                g.group_size,
-                scorer=rm_scorer,
-                decode=codec.decode,
-                delimiter=cfg.reward.delimiter,
-                prm_weight=cfg.reward.prm_weight,
-                impl=g.impl,
-            )
-            metrics.update(rm_metrics)
-            metrics.update(refresh_metrics)
-            adv_tok, tis = token_advantages(
-                adv, old_logp, batch.sampler_logp, batch.mask, g.tis_cap
-            )
-            upd = grpo_updates(
+            with prof.phase("advantages"):  # reward models score here
+                adv, rm_metrics = compute_advantages(
+                    cfg.reward.supervision,
+                    batch,
+                    g.group_size,
+                    scorer=rm_scorer,
+                    decode=codec.decode,
+                    delimiter=cfg.reward.delimiter,
+                    prm_weight=cfg.reward.prm_weight,
+                    impl=g.impl,
+                )
+                metrics.update(rm_metrics)
+                metrics.update(refresh_metrics)
+                adv_tok, tis = token_advantages(
+                    adv, old_logp, batch.sampler_logp, batch.mask, g.tis_cap
+                )
+            upd = grpo_updates(  # times its forward_backward and optimizer phases
                 policy,
                 opt,
                 zero_grad,
@@ -334,9 +363,11 @@ def run_grpo(cfg: GRPOConfig, *, on_step_end: StepHook | None = None) -> list[di
                 max_len=cfg.rollout.max_new_tokens,
                 tp_group=tp_group,
                 finalize_grads=finalize,
+                phase=prof.phase,
             )
             t3 = time.perf_counter()
-            sync_s = sync_weights(policy, engine, model_cfg)
+            with prof.phase("weight_sync"):
+                sync_s = sync_weights(policy, engine, model_cfg)
             step += 1
             position += g.prompts_per_step
             secs = time.perf_counter() - tic
@@ -361,9 +392,8 @@ def run_grpo(cfg: GRPOConfig, *, on_step_end: StepHook | None = None) -> list[di
             )
             metrics = _dp_mean(metrics, ctx.dp_group)
             if eval_set is not None and (step % cfg.eval.every == 0 or step == g.steps):
-                metrics["eval_accuracy"] = evaluate()
-            log.log(step, metrics)
-            history.append(metrics)
+                with prof.phase("eval"):
+                    metrics["eval_accuracy"] = evaluate()
             if step % cfg.checkpoint.every == 0 or step == g.steps:
                 extra: dict[str, Any] = {
                     "step": step,
@@ -372,10 +402,15 @@ def run_grpo(cfg: GRPOConfig, *, on_step_end: StepHook | None = None) -> list[di
                     "rng": rng_states(),
                     **rm_refresh.state(),
                 }
-                offload(reference, device)
-                save_checkpoint(run.path / REFERENCE_DIR, step, reference)
-                offload(reference, torch.device("cpu"))
-                save_checkpoint(run.checkpoints, step, policy, optimizer=opt, extra=extra)
+                with prof.phase("checkpoint"):
+                    offload(reference, device)
+                    save_checkpoint(run.path / REFERENCE_DIR, step, reference)
+                    offload(reference, torch.device("cpu"))
+                    save_checkpoint(run.checkpoints, step, policy, optimizer=opt, extra=extra)
+            work = _step_work(batch, codec.pad_id, model_cfg, cfg, ctx.dp_size)
+            metrics.update(_dp_mean(prof.end_step(work, num_devices=ctx.world_size), ctx.dp_group))
+            log.log(step, metrics)
+            history.append(metrics)
             if on_step_end is not None:
                 on_step_end(step, metrics)
     return history

@@ -19,6 +19,7 @@ from dsm_engine.models.config import ModelConfig, model_config
 from dsm_engine.models.parallel import ParallelConfig
 from dsm_engine.trainers.data import DataConfig
 from dsm_engine.trainers.optim import OptimConfig
+from dsm_engine.trainers.profiling import ProfileConfig
 from dsm_engine.trainers.schedules import ScheduleConfig
 from dsm_engine.trainers.sft_data import SFTDataConfig
 
@@ -77,6 +78,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
 
     def model_config(self) -> ModelConfig:
         """The resolved architecture (a preset with overrides, or explicit fields)."""

@@ -36,6 +36,7 @@ from dsm_engine.trainers.metrics import (
     throughput,
 )
 from dsm_engine.trainers.optim import wrap_and_build_optimizer
+from dsm_engine.trainers.profiling import StepProfiler, StepWork, true_peak_gib
 from dsm_engine.trainers.run_dir import RunDir, prepare_run_dir
 from dsm_engine.trainers.schedules import apply_lr, lr_at
 
@@ -172,7 +173,7 @@ def train(
     t = cfg.train
     seq = model_cfg.seq_length
     flops = train_flops_per_token(model_cfg)
-    peak = peak_flops_per_device()
+    peak = cfg.profile.peak_tflops * 1e12 if cfg.profile.peak_tflops else peak_flops_per_device()
     losses: list[float] = []
     log = MetricsLogger(
         run.path,
@@ -183,32 +184,39 @@ def train(
         progress=cfg.logging.progress,
         description=description,
     )
-    with run, log:  # the run folder stays locked until the run ends
+    prof = StepProfiler(
+        cfg.profile, run_dir=run.path, device=ctx.device, rank=ctx.rank, start_step=start
+    )
+    with run, log, prof:  # the run folder stays locked until the run ends
         for step in range(start, t.steps):
+            prof.begin_step(step + 1)
             tic = time.perf_counter()
-            lr = lr_at(cfg.schedule, step, t.steps)
-            apply_lr(opt, lr)
-            mbs = global_batch(
-                dataset,
-                step,
-                global_batch_size=t.global_batch_size,
-                micro_batch_size=t.micro_batch_size,
-                dp_rank=ctx.dp_rank,
-                dp_size=ctx.dp_size,
-            )
-            tokens = _global_tokens(mbs, ctx)
+            with prof.phase("data"):
+                lr = lr_at(cfg.schedule, step, t.steps)
+                apply_lr(opt, lr)
+                mbs = global_batch(
+                    dataset,
+                    step,
+                    global_batch_size=t.global_batch_size,
+                    micro_batch_size=t.micro_batch_size,
+                    dp_rank=ctx.dp_rank,
+                    dp_size=ctx.dp_size,
+                )
+                tokens = _global_tokens(mbs, ctx)
             scale = ctx.dp_size * len(mbs) / max(tokens, 1.0)
-            zero_grad()
-            reduced = fwd_bwd(
-                forward_step_func=_forward_step(ctx, scale),
-                data_iterator=[iter(mbs) for _ in chunks] if len(chunks) > 1 else iter(mbs),
-                model=chunks if len(chunks) > 1 else chunks[0],
-                num_microbatches=len(mbs),
-                seq_length=seq,
-                micro_batch_size=t.micro_batch_size,
-                forward_only=False,
-            )
-            _, grad_norm, _ = opt.step()
+            with prof.phase("forward_backward"):
+                zero_grad()
+                reduced = fwd_bwd(
+                    forward_step_func=_forward_step(ctx, scale),
+                    data_iterator=[iter(mbs) for _ in chunks] if len(chunks) > 1 else iter(mbs),
+                    model=chunks if len(chunks) > 1 else chunks[0],
+                    num_microbatches=len(mbs),
+                    seq_length=seq,
+                    micro_batch_size=t.micro_batch_size,
+                    forward_only=False,
+                )
+            with prof.phase("optimizer"):
+                _, grad_norm, _ = opt.step()
             loss = _reduce_loss(reduced, ctx, tokens)
             losses.append(loss)
             done = step + 1
@@ -226,10 +234,16 @@ def train(
                 )
             )
             metrics.update(memory_stats())
+            if done % cfg.checkpoint.every == 0 or done == t.steps:
+                with prof.phase("checkpoint"):
+                    _save(run, done, chunks, opt)
+            step_tokens = t.global_batch_size * seq
+            work = StepWork(train_tokens=step_tokens, train_flops=step_tokens * flops)
+            metrics.update(prof.end_step(work, num_devices=ctx.world_size))
+            if (peak_gib := true_peak_gib(metrics)) is not None:
+                metrics["mem_gib"] = max(metrics["mem_gib"], peak_gib)
             if done % cfg.logging.every == 0 or done == t.steps:
                 log.log(done, metrics)
-            if done % cfg.checkpoint.every == 0 or done == t.steps:
-                _save(run, done, chunks, opt)
             if on_step_end is not None:
                 on_step_end(done, metrics)
     return losses

@@ -29,7 +29,11 @@ from typing import Any
 import torch
 
 # Dense bf16 peak throughput per device (FLOP/s), from the vendors' data sheets (no sparsity).
+# The first key found in the device name wins, so the PCIe/NVL variants come before "H100".
+# ``profile.peak_tflops`` overrides it (other dtypes, devices not listed).
 _PEAK_BF16_FLOPS = {
+    "H100 PCIe": 756e12,
+    "H100 NVL": 835e12,
     "H100": 989e12,
     "H200": 989e12,
     "H800": 989e12,
@@ -37,6 +41,9 @@ _PEAK_BF16_FLOPS = {
     "A800": 312e12,
     "L40S": 362e12,
     "A10G": 70e12,
+    "B200": 2250e12,
+    "B100": 1750e12,
+    "L4": 121e12,
 }
 
 
@@ -83,7 +90,7 @@ def memory_stats() -> dict[str, float]:
     return {"mem_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
-def _truncate_jsonl(path: Path, last_step: int) -> None:
+def truncate_jsonl(path: Path, last_step: int) -> None:
     """Drop rows with ``step > last_step`` (and a torn last line) in place, atomically."""
     if not path.is_file():
         return
@@ -138,7 +145,7 @@ class MetricsLogger:
             run_dir = Path(run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
             path = run_dir / "metrics.jsonl"
-            _truncate_jsonl(path, start_step)
+            truncate_jsonl(path, start_step)
             self._file = path.open("a", buffering=1)
             if tensorboard:
                 from torch.utils.tensorboard import SummaryWriter

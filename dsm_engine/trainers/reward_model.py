@@ -32,6 +32,7 @@ from dsm_engine.reward_models.metrics import accuracy, auc
 from dsm_engine.reward_models.replay import MixedBatcher, ReplayBuffer, ReplayConfig
 from dsm_engine.trainers.common import run_main
 from dsm_engine.trainers.config import RunConfig
+from dsm_engine.trainers.flops import train_flops_per_token
 from dsm_engine.trainers.schedules import ScheduleConfig, apply_lr, lr_at
 
 
@@ -197,6 +198,7 @@ def run_reward_model(
     from dsm_engine.trainers.loop import rng_states, set_rng_states
     from dsm_engine.trainers.metrics import MetricsLogger
     from dsm_engine.trainers.optim import wrap_and_build_optimizer
+    from dsm_engine.trainers.profiling import StepProfiler, StepWork
     from dsm_engine.trainers.run_dir import prepare_run_dir
 
     model_cfg = cfg.model_config()
@@ -256,29 +258,40 @@ def run_reward_model(
         description=f"rm-{cfg.kind}",
     )
     final: dict[str, float] = {}
-    with run, log:  # the run folder stays locked until the run ends
+    prof = StepProfiler(
+        cfg.profile, run_dir=run.path, device=ctx.device, rank=ctx.rank, start_step=start
+    )
+    # The policy's FLOPs with its LM head (counted when untied) swapped for the 1-wide score head.
+    h = model_cfg.hidden_size
+    lm_head = model_cfg.vocab_size * h if model_cfg.untie_embeddings else 0
+    flops = train_flops_per_token(model_cfg) - 6.0 * lm_head + 6.0 * h
+    with run, log, prof:  # the run folder stays locked until the run ends
         for step in range(start, t.steps):
+            prof.begin_step(step + 1)
             tic = time.perf_counter()
-            lr = lr_at(cfg.schedule, step, t.steps)
-            apply_lr(opt, lr)
-            batch = batcher.next_batch(t.global_batch_size)  # the same on every rank
-            hist = sum(h for _, h in batch)
-            rows = [r for r, _ in batch]
-            labelled = count_labels(rows, cfg.kind)
-            mine = rows[ctx.dp_rank * per_rank : (ctx.dp_rank + 1) * per_rank]
-            mbs = _microbatches(mine, cfg.kind, t.micro_batch_size, seq, cfg.data.pad_id)
+            with prof.phase("data"):
+                lr = lr_at(cfg.schedule, step, t.steps)
+                apply_lr(opt, lr)
+                batch = batcher.next_batch(t.global_batch_size)  # the same on every rank
+                hist = sum(h for _, h in batch)
+                rows = [r for r, _ in batch]
+                labelled = count_labels(rows, cfg.kind)
+                mine = rows[ctx.dp_rank * per_rank : (ctx.dp_rank + 1) * per_rank]
+                mbs = _microbatches(mine, cfg.kind, t.micro_batch_size, seq, cfg.data.pad_id)
             scale = ctx.dp_size * len(mbs) / max(labelled, 1)
-            zero_grad()
-            reduced = fwd_bwd(
-                forward_step_func=_forward_step(ctx, cfg.kind, scale, collect=False),
-                data_iterator=iter(mbs),
-                model=model,
-                num_microbatches=len(mbs),
-                seq_length=seq,
-                micro_batch_size=t.micro_batch_size,
-                forward_only=False,
-            )
-            _, grad_norm, _ = opt.step()
+            with prof.phase("forward_backward"):
+                zero_grad()
+                reduced = fwd_bwd(
+                    forward_step_func=_forward_step(ctx, cfg.kind, scale, collect=False),
+                    data_iterator=iter(mbs),
+                    model=model,
+                    num_microbatches=len(mbs),
+                    seq_length=seq,
+                    micro_batch_size=t.micro_batch_size,
+                    forward_only=False,
+                )
+            with prof.phase("optimizer"):
+                _, grad_norm, _ = opt.step()
             s = torch.tensor([sum(float(r["loss_sum"]) for r in reduced)], dtype=torch.float64)
             dist.all_reduce(s, group=ctx.pp_group)
             dist.all_reduce(s, group=ctx.dp_group)
@@ -292,14 +305,19 @@ def run_reward_model(
             }
             last = done == t.steps
             if last or (cfg.eval.every and done % cfg.eval.every == 0):
-                metrics.update(evaluate(model, ctx, cfg, held_rows, seq))
-            if done % cfg.logging.every == 0 or last:
-                log.log(done, metrics)
+                with prof.phase("eval"):
+                    metrics.update(evaluate(model, ctx, cfg, held_rows, seq))
             if last and not merged:  # the next iteration replays this run's data
                 buffer.add(train_rows)
                 merged = True
             if done % cfg.checkpoint.every == 0 or last:
-                save(done)
+                with prof.phase("checkpoint"):
+                    save(done)
+            tokens = t.global_batch_size * seq  # rows are padded to seq
+            work = StepWork(train_tokens=tokens, train_flops=tokens * flops)
+            metrics.update(prof.end_step(work, num_devices=ctx.world_size))
+            if done % cfg.logging.every == 0 or last:
+                log.log(done, metrics)
             if on_step_end is not None:
                 on_step_end(done, metrics)
             final = metrics

@@ -12,6 +12,7 @@ Layout (``RUN_ENTRIES``: what the engine writes at the top of a run folder)::
     <run_dir>/reference/         GRPO: the reference policy of the current iteration
     <run_dir>/reward_model/      GRPO with iterative RL: the reward models it trained
     <run_dir>/<panel>.png        ``dsm plot`` curves
+    <run_dir>/profile/           ``profile.enabled``: phases.jsonl, traces, ``dsm profile``'s PNG
 
 Rules (``prepare_run_dir``):
 
@@ -61,6 +62,7 @@ RUN_ENTRIES = frozenset(
         "data_cache",
         "reference",
         "reward_model",
+        "profile",
         *(f"{panel}.png" for panel in ("reward", "kl", "eval_accuracy", "loss")),
     }
 )
