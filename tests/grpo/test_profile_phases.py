@@ -36,9 +36,9 @@ class _FirstTokenEven:
 
 
 def test_grpo_steps_record_every_phase_in_order(tmp_path):
-    from dsm_engine.grpo.arithmetic_demo import DemoPaths, grpo_config
     from dsm_engine.grpo.trainer import run_grpo
     from dsm_engine.models.parallel import destroy_parallel
+    from dsm_engine.recipes.arithmetic import DemoPaths, grpo_config
     from dsm_engine.tasks import arithmetic as ar
 
     paths = DemoPaths(tmp_path)
