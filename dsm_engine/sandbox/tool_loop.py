@@ -113,7 +113,7 @@ def feedback(result: ExecResult) -> str:
 
 def run_tool_loop(
     prompts: Sequence[str],
-    generate: GenerateUntil | Callable[[Sequence[str], Sequence[str]], Sequence[Continuation]],
+    generate: GenerateUntil | Callable[..., Sequence[Continuation]],
     sandbox: Sandbox,
     config: ToolLoopConfig | None = None,
     *,
