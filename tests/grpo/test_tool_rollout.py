@@ -146,3 +146,60 @@ def test_tool_metrics_summarise_the_step():
     assert m["tool/failed_executions"] == pytest.approx(1 / 3)
     assert m["tool/sandbox_s"] == 0.75
     assert tool_metrics(None) == {}
+
+
+def test_hf_engine_stops_at_the_fence_runs_the_block_and_resumes(sandbox):
+    """A real transformers model, wired so that greedy and sampled decoding follow a fixed
+    script: its only path through the residual stream is ``token -> successor``."""
+    import torch
+    from transformers import LlamaConfig
+
+    from dsm_engine.rollout.hf import HFRolloutEngine
+
+    code = "Let me run it.\n```python\nprint(6 * 7)\n```\n```output"
+    answer = "The answer is \\boxed{42}."
+    vocab = 160
+    # ids 3.. spell the code, then the answer; 120+ are the tokenizer's own ids for the
+    # characters of tool outputs (what encode gives); 0 ends a response, 1 is the prompt
+    chars = {3 + k: c for k, c in enumerate(code)}
+    ans0 = 3 + len(code)
+    chars |= {ans0 + k: c for k, c in enumerate(answer)}
+    canonical = {c: 120 + k for k, c in enumerate("\n0123456789`")}
+    chars |= {i: c for c, i in canonical.items()}
+    succ = {1: 3, **{i: i + 1 for i in range(3, 3 + len(code) - 1)}}
+    succ |= {canonical["\n"]: ans0, **{ans0 + k: ans0 + k + 1 for k in range(len(answer) - 1)}}
+    succ[ans0 + len(answer) - 1] = EOS
+
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=vocab,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=256,
+    )
+    opts = ToolOptions(
+        sandbox,
+        ToolLoopConfig(max_rounds=2),
+        encode=lambda text: [canonical[c] for c in text],
+        decode=lambda ids: "".join(chars.get(i, "") for i in ids),
+    )
+    engine = HFRolloutEngine(cfg, device="cpu", tools=opts)
+    sd = {k: torch.zeros_like(v) for k, v in engine.model.state_dict().items()}
+    sd = {k: (torch.ones_like(v) if k.endswith("norm.weight") else v) for k, v in sd.items()}
+    sd["model.embed_tokens.weight"] = torch.eye(vocab)
+    for i, j in succ.items():
+        sd["lm_head.weight"][j, i] = 3.0  # logits gap 3 * sqrt(vocab) ~ 38: deterministic
+    engine.update_weights(sd)
+
+    for greedy in (True, False):
+        params = SamplingParams(max_new_tokens=120, stop_token_ids=[EOS], greedy=greedy, seed=3)
+        out = engine.generate([[1]], 2, params)
+        for ids, mask, lps in zip(out.token_ids, out.tool_mask, out.logprobs):
+            assert opts.decode(ids) == code + "\n42\n```\n" + answer
+            assert opts.decode([i for i, m in zip(ids, mask) if m]) == "\n42\n```\n"
+            assert all(lp == 0.0 for lp, m in zip(lps, mask) if m)
+            assert all(-1e-3 < lp <= 0.0 for lp, m in zip(lps, mask) if not m)
+        assert out.finished == [True, True]
+        assert [u.rounds for u in out.tool_use] == [1, 1]
