@@ -24,8 +24,9 @@ LAYERS: list[set[str]] = [
     # foundations
     {"dsm_engine", "_C", "config", "jsonl", "procs", "folder_lock"},
     {"text_codec", "plotting"},
-    # leaf libraries
-    {"kernels", "models", "rewards", "rollout", "sandbox", "tasks"},
+    # leaf libraries (rollouts run tool calls in the sandbox)
+    {"kernels", "models", "rewards", "sandbox", "tasks"},
+    {"rollout"},
     # the loops
     {"reward_models"},
     {"trainers"},

@@ -52,8 +52,12 @@ def build_batch(
     *,
     pad_id: int,
     multiple_of: int = 1,
+    tool_mask: Sequence[Sequence[bool]] | None = None,
 ) -> GRPOBatch:
     """Pack ``B`` rows (prompt ``prompt_ids[j]`` answered by ``response_ids[j]``).
+
+    tool_mask[j][t]: response token ``t`` of row ``j`` was written by a tool (an interpreter
+    output), so it is a target the loss must not see (``mask`` False there).
 
     Raises ValueError naming the row whose lengths disagree or whose prompt is empty.
     """
@@ -66,12 +70,19 @@ def build_batch(
     ):
         if len(seq) != b:
             raise ValueError(f"{name} has {len(seq)} rows, response_ids has {b}")
+    if tool_mask is not None and len(tool_mask) != b:
+        raise ValueError(f"tool_mask has {len(tool_mask)} rows, response_ids has {b}")
     for j in range(b):
         if len(prompt_ids[j]) == 0:
             raise ValueError(f"prompt_ids[{j}] is empty")
         if len(sampler_logps[j]) != len(response_ids[j]):
             raise ValueError(
                 f"sampler_logps[{j}] has {len(sampler_logps[j])} values for "
+                f"{len(response_ids[j])} response tokens"
+            )
+        if tool_mask is not None and len(tool_mask[j]) != len(response_ids[j]):
+            raise ValueError(
+                f"tool_mask[{j}] has {len(tool_mask[j])} flags for "
                 f"{len(response_ids[j])} response tokens"
             )
     t = max(len(p) + len(r) - 1 for p, r in zip(prompt_ids, response_ids))
@@ -87,6 +98,8 @@ def build_batch(
         targets[j, :n] = seq[1:]
         start = len(p) - 1  # position whose target is the first response token
         mask[j, start:n] = True
+        if tool_mask is not None and len(r):
+            mask[j, start:n] &= ~torch.tensor(list(tool_mask[j]), dtype=torch.bool)
         slogp[j, start:n] = torch.tensor(sampler_logps[j], dtype=torch.float32)
     return GRPOBatch(
         tokens=tokens,

@@ -6,7 +6,7 @@ YAML layout (every key optional; ``key=value`` overrides any of them)::
     parallel: {tp: 1, pp: 1}
     optim / schedule / checkpoint / logging   # as in pretraining; train.seed seeds everything
     grpo: {group_size, prompts_per_step, steps, mu, beta, clip_eps_low, ...}
-    rollout: {backend, temperature, top_p, max_new_tokens}
+    rollout: {backend, temperature, top_p, max_new_tokens, tools, tool_max_rounds, ...}
     data: {path, template, tokenizer, ...}
     reward: {name, kind, supervision, model_path, ...}
     rm_update: {steps, prompts, samples, ...}   # iterative RL: the reward model between iterations
@@ -84,13 +84,45 @@ class GRPOAlgoConfig:
 
 @dataclass
 class RolloutConfig:
-    """Sampling. backend: ``hf`` (transformers generate) or ``vllm`` (GPU, optional)."""
+    """Sampling. backend: ``hf`` (transformers generate) or ``vllm`` (GPU, optional).
+
+    tools: ``python`` samples tool-integrated solutions (``dsm_engine.rollout.tools``): a
+    response that writes a ```` ```python ```` block and then ```` ```output ```` has the block
+    run in the sandbox and its output appended (tir format), then sampling resumes, up to
+    ``tool_max_rounds`` runs per response. The appended outputs are masked out of the policy
+    loss and count against ``max_new_tokens``; the verifier grades the whole response, and
+    held-out evaluation runs with the tool too. ``none``: plain text. hf backend only.
+    tool_timeout_s: wall-clock limit per program; tool_output_chars: longer outputs are
+    elided in the middle; tool_workers: sandbox processes (0: one per core).
+    """
 
     backend: Literal["hf", "vllm"] = "hf"
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 1024
     max_batch_rows: int = 256
+    tools: Literal["none", "python"] = "none"
+    tool_max_rounds: int = 4
+    tool_timeout_s: float = 10.0
+    tool_output_chars: int = 512
+    tool_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.tools == "python" and self.backend != "hf":
+            raise ConfigError(
+                f"rollout.tools=python needs rollout.backend=hf (it is {self.backend}): the "
+                "vllm backend does not run tool-integrated rollouts"
+            )
+        if self.tool_max_rounds < 1:
+            raise ConfigError(f"rollout.tool_max_rounds must be >= 1, got {self.tool_max_rounds}")
+        if not self.tool_timeout_s > 0:
+            raise ConfigError(f"rollout.tool_timeout_s must be > 0, got {self.tool_timeout_s}")
+        if self.tool_output_chars < 16:
+            raise ConfigError(
+                f"rollout.tool_output_chars must be >= 16, got {self.tool_output_chars}"
+            )
+        if self.tool_workers < 0:
+            raise ConfigError(f"rollout.tool_workers must be >= 0, got {self.tool_workers}")
 
 
 @dataclass

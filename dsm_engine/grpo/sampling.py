@@ -13,14 +13,18 @@ layer numbers (``layer_offset``), to the first stage. The other ranks never hold
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
 from dsm_engine.grpo.batch import GRPOBatch, build_batch
+from dsm_engine.grpo.config import RolloutConfig
 from dsm_engine.grpo.data import Prompt
-from dsm_engine.rollout.base import RolloutEngine, SamplingParams
+from dsm_engine.rollout.base import RolloutEngine, SamplingParams, ToolUse
+from dsm_engine.rollout.tools import ToolOptions
+from dsm_engine.sandbox import Sandbox, SandboxConfig
+from dsm_engine.sandbox.tool_loop import ToolLoopConfig
 from dsm_engine.text_codec import TextCodec
 
 
@@ -117,15 +121,48 @@ def sync_weights(policy: torch.nn.Module, engine: RolloutEngine | None, model_cf
     return time.perf_counter() - tic
 
 
+def tool_options(cfg: RolloutConfig, codec: TextCodec) -> ToolOptions | None:
+    """The sandbox and loop settings of ``rollout.tools`` (None when it is ``none``). The
+    caller owns the returned sandbox and closes it."""
+    if cfg.tools == "none":
+        return None
+    # Programs of RL rollouts are short calculations: math only, no sympy/numpy warm-up
+    # (their import per worker costs seconds and memory the policy could use).
+    sandbox = Sandbox(
+        SandboxConfig(
+            timeout_s=cfg.tool_timeout_s, workers=cfg.tool_workers, preload=("math",), warmup=""
+        )
+    )
+    loop = ToolLoopConfig(max_rounds=cfg.tool_max_rounds, output_chars=cfg.tool_output_chars)
+    return ToolOptions(sandbox.start(), loop, codec.encode, codec.decode)
+
+
+def tool_metrics(tool_use: list[ToolUse] | None) -> dict[str, float]:
+    """Per-step tool metrics: mean code runs per sample, share of samples that ran code,
+    failed runs per sample, sandbox wall-clock seconds (summed over samples)."""
+    if not tool_use:
+        return {}
+    k = len(tool_use)
+    return {
+        "tool/rounds_per_sample": sum(u.rounds for u in tool_use) / k,
+        "tool/call_rate": sum(u.rounds > 0 for u in tool_use) / k,
+        "tool/failed_executions": sum(u.failed_executions for u in tool_use) / k,
+        "tool/round_limit_frac": sum(u.hit_round_limit for u in tool_use) / k,
+        "tool/sandbox_s": sum(u.sandbox_s for u in tool_use),
+    }
+
+
 @dataclass
 class Rollout:
-    """One step's scored samples (identical on every rank of a model-parallel group)."""
+    """One step's scored samples (identical on every rank of a model-parallel group);
+    ``tool``: :func:`tool_metrics` of the step (empty without tools)."""
 
     batch: GRPOBatch
     texts: list[str]
     correct: list[bool]
     rollout_s: float
     reward_s: float
+    tool: dict[str, float] = field(default_factory=dict)
 
 
 def rollout_and_score(
@@ -165,8 +202,9 @@ def rollout_and_score(
         out.finished,
         pad_id=codec.pad_id,
         multiple_of=multiple_of,
+        tool_mask=out.tool_mask,
     )
-    return Rollout(batch, texts, correct, rollout_s, reward_s)
+    return Rollout(batch, texts, correct, rollout_s, reward_s, tool_metrics(out.tool_use))
 
 
 def evaluate_greedy(

@@ -31,6 +31,7 @@ checkpoint holds the replay buffer) and every rank's RNG states.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -48,6 +49,7 @@ from dsm_engine.grpo.sampling import (
     is_sampler_rank,
     rollout_and_score,
     sync_weights,
+    tool_options,
 )
 from dsm_engine.grpo.step import (
     grpo_updates,
@@ -105,6 +107,7 @@ def _rollout_metrics(ro, group_size: int) -> dict[str, float]:
         "response_len_mean": float(lens.mean()),
         "response_len_max": float(lens.max()),
         "truncated_frac": float((~b.finished).float().mean()),
+        **ro.tool,
     }
 
 
@@ -208,13 +211,15 @@ def run_grpo(cfg: GRPOConfig, *, on_step_end: StepHook | None = None) -> list[di
             load_checkpoint(cfg.checkpoint.load, policy)
         copy_weights(reference, policy)
 
-    engine = None
+    engine, tools = None, None
     if is_sampler_rank():
+        tools = tool_options(cfg.rollout, codec)
         engine = build_rollout_engine(
             cfg.rollout.backend,
             hf_config(model_cfg),
             pad_token_id=codec.pad_id,
             max_batch_rows=cfg.rollout.max_batch_rows,
+            tools=tools,
         )
     reward_fn = build_reward_fn(
         cfg.reward.name, kind=cfg.reward.kind, timeout_s=cfg.reward.timeout_s
@@ -259,7 +264,8 @@ def run_grpo(cfg: GRPOConfig, *, on_step_end: StepHook | None = None) -> list[di
     prof = StepProfiler(
         cfg.profile, run_dir=run.path, device=device, rank=ctx.rank, start_step=step
     )
-    with run, log, prof:  # the run folder stays locked until the run ends
+    sandbox = tools.sandbox if tools is not None else contextlib.nullcontext()
+    with run, log, prof, sandbox:  # the run folder stays locked until the run ends
         if eval_set is not None and step == 0:
             log.log(0, {"eval_accuracy": evaluate()})
         while step < g.steps:

@@ -49,6 +49,18 @@ class SamplingParams:
 
 
 @dataclass
+class ToolUse:
+    """One sample's tool use: code blocks run, of them failed (error, timeout, ...), the
+    wall-clock seconds spent waiting for the sandbox, and whether it asked for more runs than
+    ``max_rounds`` allowed."""
+
+    rounds: int = 0
+    failed_executions: int = 0
+    sandbox_s: float = 0.0
+    hit_round_limit: bool = False
+
+
+@dataclass
 class RolloutBatch:
     """Sampled responses: ``len(prompts) * n`` rows grouped by prompt.
 
@@ -56,12 +68,17 @@ class RolloutBatch:
     logprobs[j]: the sampler's fp32 log-prob of each of those tokens.
     finished[j]: whether row ``j`` ended on a stop token (False: cut at ``max_new_tokens``).
     prompt_index[j]: index of the prompt that row ``j`` answers (``j // n``).
+    tool_mask[j][t]: token ``t`` of row ``j`` was written by the tool (an interpreter output
+        appended by tool-integrated sampling), not sampled; its log-prob is 0. None: no tools.
+    tool_use[j]: what tool-integrated sampling did for row ``j`` (None: no tools).
     """
 
     token_ids: list[list[int]]
     logprobs: list[list[float]]
     finished: list[bool]
     prompt_index: list[int]
+    tool_mask: list[list[bool]] | None = None
+    tool_use: list[ToolUse] | None = None
 
     def __len__(self) -> int:
         return len(self.token_ids)

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from dsm_engine.rollout.base import RolloutBatch, RolloutEngine, SamplingParams, check_prompts
+from dsm_engine.rollout.tools import Piece, ToolOptions, tool_rollout
 
 
 class _LogprobRecorder:
@@ -44,6 +45,7 @@ class HFRolloutEngine(RolloutEngine):
         dtype: parameter dtype of the sampler (default: the config's).
         pad_token_id: id used to left-pad prompts (never sampled into a response's tokens).
         max_batch_rows: rows per ``generate`` call (bounds activation memory).
+        tools: run tool-integrated rollouts (``dsm_engine.rollout.tools``); None: plain text.
     """
 
     def __init__(
@@ -54,6 +56,7 @@ class HFRolloutEngine(RolloutEngine):
         dtype: torch.dtype | None = None,
         pad_token_id: int = 0,
         max_batch_rows: int = 256,
+        tools: ToolOptions | None = None,
     ) -> None:
         from transformers import AutoModelForCausalLM
 
@@ -65,6 +68,7 @@ class HFRolloutEngine(RolloutEngine):
         self.vocab_size = int(hf_config.vocab_size)
         self.pad_token_id = pad_token_id
         self.max_batch_rows = max_batch_rows
+        self.tools = tools
 
     @torch.no_grad()
     def update_weights(self, hf_state_dict: Mapping[str, torch.Tensor]) -> None:
@@ -90,17 +94,38 @@ class HFRolloutEngine(RolloutEngine):
         self, prompts_token_ids: Sequence[Sequence[int]], n: int, params: SamplingParams
     ) -> RolloutBatch:
         check_prompts(prompts_token_ids, n, self.vocab_size)
-        rows = [list(map(int, p)) for p in prompts_token_ids for _ in range(n)]
         devices = [self.device] if self.device.type == "cuda" else []
-        out = RolloutBatch([], [], [], [j // n for j in range(len(rows))])
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(params.seed)
-            for s in range(0, len(rows), self.max_batch_rows):
-                self._generate_rows(rows[s : s + self.max_batch_rows], params, out)
-        return out
+            if self.tools is not None:
+                return tool_rollout(self._continue, prompts_token_ids, n, params, self.tools)
+            rows = [list(map(int, p)) for p in prompts_token_ids for _ in range(n)]
+            pieces = self._continue(rows, [params.max_new_tokens] * len(rows), (), params)
+        return RolloutBatch(
+            [p.token_ids for p in pieces],
+            [p.logprobs for p in pieces],
+            [p.hit_stop_token for p in pieces],
+            [j // n for j in range(len(rows))],
+        )
 
-    def _generate_rows(self, rows: list[list[int]], params: SamplingParams, out: RolloutBatch):
-        from transformers import LogitsProcessorList, TopPLogitsWarper
+    def _continue(
+        self,
+        contexts: list[list[int]],
+        budgets: list[int],
+        stop: Sequence[str],
+        params: SamplingParams,
+    ) -> list[Piece]:
+        """Continue each context by at most ``budgets[k]`` tokens (a ``ContinueRows``)."""
+        pieces: list[Piece] = []
+        for s in range(0, len(contexts), self.max_batch_rows):
+            sl = slice(s, s + self.max_batch_rows)
+            pieces += self._generate_rows(contexts[sl], budgets[sl], stop, params)
+        return pieces
+
+    def _generate_rows(
+        self, rows: list[list[int]], budgets: list[int], stop: Sequence[str], params: SamplingParams
+    ) -> list[Piece]:
+        from transformers import LogitsProcessorList, StoppingCriteriaList, TopPLogitsWarper
 
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
@@ -112,31 +137,60 @@ class HFRolloutEngine(RolloutEngine):
         processors = [recorder]
         if params.top_p < 1.0 and not params.greedy:
             processors.append(TopPLogitsWarper(params.top_p))
-        stop = list(params.stop_token_ids)
+        criteria = []
+        if stop:
+            assert self.tools is not None, "stop strings need the tools' decode"
+            criteria.append(_StopOnText(stop, width, self.tools.decode))
+        stop_ids = list(params.stop_token_ids)
         seqs = self.model.generate(
             input_ids=ids.to(self.device),
             attention_mask=attn.to(self.device),
             do_sample=not params.greedy,
             temperature=1.0,  # applied by the recorder, before top-p
             top_p=1.0,
-            max_new_tokens=params.max_new_tokens,
+            max_new_tokens=max(budgets),
             min_new_tokens=0,
-            eos_token_id=stop or None,
+            eos_token_id=stop_ids or None,
             pad_token_id=self.pad_token_id,
             logits_processor=LogitsProcessorList(processors),
+            stopping_criteria=StoppingCriteriaList(criteria),
             use_cache=True,
         )
         recorder.take(seqs[:, -1])
         new = seqs[:, width:].cpu()
         logps = torch.stack(recorder.steps, dim=1).cpu() if recorder.steps else None
-        stop_set = set(stop)
+        stop_set = set(stop_ids)
+        pieces = []
         for i in range(len(rows)):
-            toks = new[i].tolist()
-            end, finished = len(toks), False
-            for t, tok in enumerate(toks):
-                if tok in stop_set:
-                    end, finished = t + 1, True
-                    break
-            out.token_ids.append(toks[:end])
-            out.logprobs.append(logps[i, :end].tolist() if logps is not None else [])
-            out.finished.append(finished)
+            toks = new[i, : budgets[i]].tolist()
+            end = next((t + 1 for t, tok in enumerate(toks) if tok in stop_set), len(toks))
+            if stop:
+                end = _text_stop_end(toks[:end], stop, self.tools.decode)
+            hit = end > 0 and toks[end - 1] in stop_set
+            pieces.append(
+                Piece(toks[:end], logps[i, :end].tolist() if logps is not None else [], hit)
+            )
+        return pieces
+
+
+class _StopOnText:
+    """Stopping criterion: a row is done once its new text contains one of ``stop``."""
+
+    def __init__(self, stop: Sequence[str], width: int, decode) -> None:
+        self.stop, self.width, self.decode = tuple(stop), width, decode
+        # a stop string spans at most len(s) tokens; a few more cover partial characters
+        self.tail = max(len(s) for s in self.stop) + 4
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        new = input_ids[:, self.width :][:, -self.tail :].tolist()
+        done = [any(s in self.decode(row) for s in self.stop) for row in new]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def _text_stop_end(toks: list[int], stop: Sequence[str], decode) -> int:
+    """Tokens to keep of ``toks``: through the first one whose text completes a stop string."""
+    for t in range(len(toks)):
+        text = decode(toks[: t + 1])
+        if any(s in text for s in stop):
+            return t + 1
+    return len(toks)

@@ -35,6 +35,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from dsm_engine.config import ConfigError
 from dsm_engine.rollout.base import RolloutBatch, RolloutEngine, SamplingParams, check_prompts
 
 #: The vLLM release whose source this adapter was checked against.
@@ -88,8 +89,16 @@ class VLLMRolloutEngine(RolloutEngine):
         max_batch_rows: int = 256,
         gpu_memory_utilization: float = 0.3,
         max_model_len: int | None = None,
+        tools: object = None,
         **_: object,
     ) -> None:
+        if tools is not None:
+            # vLLM runs here without a tokenizer (token ids only), and the tool loop needs
+            # text stop strings and detokenised code between rounds.
+            raise ConfigError(
+                "rollout.tools=python needs rollout.backend=hf: the vllm backend does not run "
+                "tool-integrated rollouts"
+            )
         vllm = _import_vllm()
         _check_single_process_world()
         import tempfile

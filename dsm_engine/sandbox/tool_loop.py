@@ -10,6 +10,10 @@ programs in one sandbox batch) and the interpreter's output appended; the others
     traces[0].text        # the whole solution, tool outputs included
     traces[0].spans       # model / tool pieces (mask the tool ones from a policy loss)
     traces[0].executions  # one ExecResult per executed block
+
+A generator that keeps its own per-sample state (RL rollouts continue each sample's *token*
+ids, which text cannot recover exactly) passes ``with_rows=True`` and is then called as
+``generate(prompts, stop, rows=...)``, ``rows[k]`` being the sample that ``prompts[k]`` continues.
 """
 
 from __future__ import annotations
@@ -109,17 +113,26 @@ def feedback(result: ExecResult) -> str:
 
 def run_tool_loop(
     prompts: Sequence[str],
-    generate: GenerateUntil | Callable[[Sequence[str], Sequence[str]], Sequence[Continuation]],
+    generate: GenerateUntil | Callable[..., Sequence[Continuation]],
     sandbox: Sandbox,
     config: ToolLoopConfig | None = None,
+    *,
+    with_rows: bool = False,
 ) -> list[ToolTrace]:
-    """Tool-integrated generation for every prompt; one :class:`ToolTrace` per prompt."""
+    """Tool-integrated generation for every prompt; one :class:`ToolTrace` per prompt.
+
+    with_rows: also tell ``generate`` which sample each of its prompts is (``rows=``).
+    """
     config = config or ToolLoopConfig()
     stop = (OUTPUT_FENCE, *config.stop)
     traces = [ToolTrace() for _ in prompts]
     active = list(range(len(prompts)))
     for round_ in range(config.max_rounds + 1):
-        continuations = generate([prompts[i] + traces[i].text for i in active], stop)
+        batch = [prompts[i] + traces[i].text for i in active]
+        if with_rows:
+            continuations = generate(batch, stop, rows=list(active))
+        else:
+            continuations = generate(batch, stop)
         if len(continuations) != len(active):
             raise ValueError(
                 f"generate returned {len(continuations)} continuations for {len(active)} prompts"

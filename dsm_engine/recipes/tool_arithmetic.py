@@ -1,0 +1,217 @@
+"""The CPU proof that GRPO with tool-integrated rollouts learns to call the tool.
+
+The task: sums and products of operands too large for a ~0.4M-parameter model to work out
+in its head (``48213 + 7730``, ``4821 * 73``). The pretraining text answers such questions
+in two ways, in the tool-integrated (tir) format of ``dsm_engine.sandbox.tir_format``::
+
+    Question: What is 4821 * 73?
+    Answer:
+    ```python
+    print(4821 * 73)
+    ```
+    ```output
+    351933
+    ```
+    The answer is \\boxed{351933}.
+
+or directly (``Answer: The answer is \\boxed{351933}.``), the more common way
+(``tool_fraction`` of the documents use the tool). Both are correct text, but only the tool
+path is one the tiny model can follow: copying the operands into ``print`` and the printed
+value into the box is easy, computing the value is not. So the pretrained policy mostly
+answers directly and wrongly, and sometimes calls the tool.
+
+Then GRPO twice from the same checkpoint: with ``rollout.tools: python`` (the sandbox runs
+the blocks; the printed values are masked from the loss) and with tools off (a ``python``
+block is followed by whatever output the model makes up). The verifier reward favours the
+samples that used the tool, so the tool run learns to call it and its held-out accuracy
+(greedy, evaluated the way it was trained: with the tool) rises; the no-tool run has nothing
+to learn from.
+
+Measured (2 shared CPU cores; seed 0; held-out greedy exact match on 100 problems):
+
+* Copying is what pretraining must reach. After 400 pretraining steps the model's ``print``
+  arguments are random digits (no tool-using sample right, GRPO reward 0 everywhere); after
+  400 more (from that checkpoint, data seed 2, no warm-up; loss 0.95 -> 0.74) it copies the
+  operands and the output often but not always. ``pretrain`` defaults to 800 steps for that
+  reason (one run of 800 is not yet measured).
+* GRPO with ``rollout.tools: python`` from that checkpoint, 20 steps of ``grpo_config``:
+  tool-call rate of the samples 0.20 (step 1) -> 0.69 (step 7) -> 0.95 (steps 9-20); held-out
+  accuracy 0.00 -> 0.42 (step 10) -> 0.44 (step 20); 240 s of CPU for the 20 steps.
+  The pretrained model's failed tool answers are copying slips (a digit of an operand, or
+  of the output into the box); the post-GRPO failures were not inspected.
+* The same 20 steps with tools off: sampled accuracy 0.00 at every step (no reward, so
+  nothing to learn), held-out accuracy 0.00 at steps 0, 10 and 20; 174 s of CPU.
+
+Still to do: a slow test (pretrain once, both GRPO runs, assert the tool run's rate rises and
+it beats the no-tool run) within a test's CPU budget; the pretraining (~800 steps at batch
+32 x 96 tokens) is most of that cost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dsm_engine.recipes.arithmetic import TINY_MODEL, DemoPaths, _merge
+from dsm_engine.tasks import arithmetic as ar
+
+PROMPT_TEMPLATE = "Question: What is {question}?\nAnswer:"
+# Prompt + a tool-using solution take ~70 tokens (digits are single tokens).
+MODEL: dict[str, Any] = {**TINY_MODEL, "seq_length": 96, "max_position_embeddings": 128}
+MAX_NEW_TOKENS = 80
+
+
+@dataclass(frozen=True)
+class Problem:
+    """``a op b`` with its integer answer."""
+
+    op: str
+    a: int
+    b: int
+
+    @property
+    def question(self) -> str:
+        return f"{self.a} {self.op} {self.b}"
+
+    @property
+    def answer(self) -> int:
+        return self.a + self.b if self.op == "+" else self.a * self.b
+
+    def tool_solution(self) -> str:
+        v = self.answer
+        return (
+            f"\n```python\nprint({self.a} {self.op} {self.b})\n```\n```output\n{v}\n```\n"
+            f"The answer is \\boxed{{{v}}}."
+        )
+
+    def direct_solution(self) -> str:
+        return f" The answer is \\boxed{{{self.answer}}}."
+
+
+def split_of(p: Problem) -> str:
+    """``heldout`` (10%), ``train`` (35%) or ``pretrain``, by a stable hash of the problem."""
+    bucket = int(hashlib.sha1(p.question.encode()).hexdigest(), 16) % 100
+    return "heldout" if bucket < 10 else "train" if bucket < 45 else "pretrain"
+
+
+def make_problems(split: str, n: int, seed: int) -> list[Problem]:
+    """``n`` problems of ``split``: 5-digit + 4-digit sums, 4-digit * 2-digit products."""
+    rng = random.Random(f"tool-arith:{split}:{seed}")
+    out: list[Problem] = []
+    while len(out) < n:
+        if rng.random() < 0.5:
+            p = Problem("+", rng.randint(10_000, 99_999), rng.randint(1000, 9999))
+        else:
+            p = Problem("*", rng.randint(1000, 9999), rng.randint(11, 99))
+        if split_of(p) == split:
+            out.append(p)
+    return out
+
+
+def pretraining_texts(n: int, seed: int = 0, tool_fraction: float = 0.3) -> list[str]:
+    """``n`` documents: a prompt and a correct solution, ``tool_fraction`` of them using the
+    tool (pretrain split problems only)."""
+    rng = random.Random(f"tool-arith-text:{seed}")
+    docs = []
+    for p in make_problems("pretrain", n, seed):
+        solution = p.tool_solution() if rng.random() < tool_fraction else p.direct_solution()
+        docs.append(PROMPT_TEMPLATE.format(question=p.question) + solution)
+    return docs
+
+
+def _write_jsonl(problems: list[Problem], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for p in problems:
+            f.write(json.dumps({"question": p.question, "answer": str(p.answer)}) + "\n")
+    return path
+
+
+def prepare(
+    root: str | Path, *, num_docs: int = 20_000, tool_fraction: float = 0.3, seed: int = 0
+) -> tuple[DemoPaths, int]:
+    """Tokenizer, pretraining corpus and the train / held-out prompts under ``root``."""
+    paths = DemoPaths(Path(root))
+    docs = pretraining_texts(num_docs, seed=seed, tool_fraction=tool_fraction)
+    ar.build_tokenizer(docs[:5000], paths.tokenizer, vocab_size=MODEL["vocab_size"])
+    _, eos = ar.write_pretraining_corpus(docs, paths.tokenizer, paths.corpus)
+    _write_jsonl(make_problems("train", 2000, seed), paths.train)
+    _write_jsonl(make_problems("heldout", 200, seed + 1), paths.heldout)
+    return paths, eos
+
+
+def pretrain(paths: DemoPaths, eos: int, *, steps: int = 800, progress: bool = True) -> Path:
+    """Pretrain the tiny model on the corpus; returns the checkpoint root."""
+    from dsm_engine.config import from_dict
+    from dsm_engine.trainers.config import PretrainConfig
+    from dsm_engine.trainers.pretrain import run_pretrain
+
+    cfg = from_dict(
+        PretrainConfig,
+        {
+            "run_dir": str(paths.pretrain_run),
+            "overwrite": True,
+            "model": dict(MODEL),
+            "optim": {"weight_decay": 0.0, "clip_grad": 1.0},
+            "schedule": {"name": "constant", "lr": 3e-3, "warmup_steps": 30},
+            "data": {"paths": [str(paths.corpus)], "eod_token_id": eos, "seed": 1},
+            "train": {"steps": steps, "micro_batch_size": 32, "global_batch_size": 32},
+            "checkpoint": {"every": steps},
+            "logging": {"tensorboard": False, "progress": progress},
+        },
+    )
+    run_pretrain(cfg)
+    return paths.pretrain_run / "checkpoints"
+
+
+def grpo_config(paths: DemoPaths, init: Path, *, tools: bool, **overrides: Any):
+    """GRPO from ``init`` with ``rollout.tools`` python (``tools``) or none; held-out greedy
+    accuracy (with the same tool setting) every 10 steps as ``eval_accuracy``."""
+    from dsm_engine.config import from_dict
+    from dsm_engine.grpo.config import GRPOConfig
+
+    sections: dict[str, Any] = {
+        "run_dir": str(paths.root / ("grpo_tools" if tools else "grpo_no_tools")),
+        "overwrite": True,
+        "model": dict(MODEL),
+        "optim": {"weight_decay": 0.0, "clip_grad": 1.0},
+        "schedule": {"name": "constant", "lr": 1e-3, "warmup_steps": 0},
+        "checkpoint": {"every": 1000, "load": str(init)},
+        "logging": {"tensorboard": False, "progress": True},
+        "grpo": {
+            "steps": 20,
+            "prompts_per_step": 8,
+            "group_size": 8,
+            "mu": 1,
+            "micro_batch_size": 64,
+            "beta": 0.04,
+        },
+        "rollout": {
+            "backend": "hf",
+            "temperature": 1.0,
+            "max_new_tokens": MAX_NEW_TOKENS,
+            "tools": "python" if tools else "none",
+            "tool_max_rounds": 2,
+            "tool_timeout_s": 5.0,
+            "tool_workers": 2,
+        },
+        "data": {
+            "path": str(paths.train),
+            "tokenizer": str(paths.tokenizer),
+            "template": PROMPT_TEMPLATE,
+            "max_prompt_tokens": 64,
+        },
+        "reward": {"name": "verifier", "kind": "auto"},
+        "eval": {
+            "path": str(paths.heldout),
+            "every": 10,
+            "num_prompts": 100,
+            "max_new_tokens": MAX_NEW_TOKENS,
+        },
+    }
+    _merge(sections, overrides)
+    return from_dict(GRPOConfig, sections)
