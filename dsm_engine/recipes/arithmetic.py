@@ -121,7 +121,11 @@ def grpo_config(paths: DemoPaths, init: Path, **overrides: Any):
         "overwrite": True,
         "model": dict(TINY_MODEL),
         "optim": {"weight_decay": 0.0, "clip_grad": 1.0},
-        "schedule": {"name": "constant", "lr": 5e-4, "warmup_steps": 0},
+        # Cosine decay (5e-4 -> 5e-5) rather than a constant rate: at a constant rate the policy
+        # kept moving after it had learned, and where the run ended was luck (held-out curve
+        # 0.66 ... 0.98, 0.955, 0.82; a CI machine's run ended 0.615 -> 0.67). Decayed, the
+        # same pretrained policy ends 0.66 -> 1.0, 1.0 and corpus seed 2 ends 0.815 -> 0.945.
+        "schedule": {"name": "cosine", "lr": 5e-4, "warmup_steps": 0, "min_lr_ratio": 0.1},
         "checkpoint": {"every": 1000, "load": str(init)},
         "logging": {"tensorboard": False, "progress": True},
         "grpo": {
