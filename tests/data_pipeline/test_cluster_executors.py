@@ -134,9 +134,17 @@ class RayCluster:
             self.temp_dir,
         ]
         port = self.address.split(":")[1]
+        self.worker: subprocess.Popen | None = None
         self.head = self._start(
             root / "head.log", ["--head", "--port", port, "--include-dashboard", "false", *common]
         )
+        try:
+            self._join(root, common)
+        except BaseException:
+            self.close()  # a half-started cluster must not outlive the fixture
+            raise
+
+    def _join(self, root: Path, common: list[str]) -> None:
         self._wait_for_nodes(1)
         # `ray start` gives a node 30 s (hard-coded) to register; on a loaded machine the
         # worker can miss that and exit, so a worker that exited is started again.
@@ -192,6 +200,8 @@ class RayCluster:
 
     def close(self) -> None:
         for proc in (self.worker, self.head):
+            if proc is None:
+                continue
             _kill_tree(proc.pid)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)  # anything that left the tree
