@@ -78,8 +78,16 @@ def prepare(root: str | Path, *, num_docs: int = 30_000, seed: int = 0) -> tuple
     return paths, eos
 
 
-def pretrain(paths: DemoPaths, eos: int, *, steps: int = 300, progress: bool = True) -> Path:
-    """Pretrain the tiny model on the corpus; returns the checkpoint root."""
+def pretrain(
+    paths: DemoPaths,
+    eos: int,
+    *,
+    steps: int = 300,
+    progress: bool = True,
+    model: dict[str, Any] | None = None,
+) -> Path:
+    """Pretrain the tiny model (``model``: its sections, default ``TINY_MODEL``) on the corpus;
+    returns the checkpoint root."""
     from dsm_engine.config import from_dict
     from dsm_engine.trainers.config import PretrainConfig
     from dsm_engine.trainers.pretrain import run_pretrain
@@ -89,7 +97,7 @@ def pretrain(paths: DemoPaths, eos: int, *, steps: int = 300, progress: bool = T
         {
             "run_dir": str(paths.pretrain_run),
             "overwrite": True,
-            "model": dict(TINY_MODEL),
+            "model": dict(model or TINY_MODEL),
             "optim": {"weight_decay": 0.0, "clip_grad": 1.0},
             "schedule": {"name": "constant", "lr": 3e-3, "warmup_steps": 30},
             "data": {"paths": [str(paths.corpus)], "eod_token_id": eos, "seed": 1},

@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from dsm_engine.recipes.arithmetic import TINY_MODEL, DemoPaths, _merge
+from dsm_engine.recipes.arithmetic import pretrain as arithmetic_pretrain
 from dsm_engine.tasks import arithmetic as ar
 
 PROMPT_TEMPLATE = "Question: What is {question}?\nAnswer:"
@@ -145,27 +146,9 @@ def prepare(
 
 
 def pretrain(paths: DemoPaths, eos: int, *, steps: int = 800, progress: bool = True) -> Path:
-    """Pretrain the tiny model on the corpus; returns the checkpoint root."""
-    from dsm_engine.config import from_dict
-    from dsm_engine.trainers.config import PretrainConfig
-    from dsm_engine.trainers.pretrain import run_pretrain
-
-    cfg = from_dict(
-        PretrainConfig,
-        {
-            "run_dir": str(paths.pretrain_run),
-            "overwrite": True,
-            "model": dict(MODEL),
-            "optim": {"weight_decay": 0.0, "clip_grad": 1.0},
-            "schedule": {"name": "constant", "lr": 3e-3, "warmup_steps": 30},
-            "data": {"paths": [str(paths.corpus)], "eod_token_id": eos, "seed": 1},
-            "train": {"steps": steps, "micro_batch_size": 32, "global_batch_size": 32},
-            "checkpoint": {"every": steps},
-            "logging": {"tensorboard": False, "progress": progress},
-        },
-    )
-    run_pretrain(cfg)
-    return paths.pretrain_run / "checkpoints"
+    """Pretrain the tool task's model (longer sequences than the arithmetic recipe's) on the
+    corpus; returns the checkpoint root."""
+    return arithmetic_pretrain(paths, eos, steps=steps, progress=progress, model=MODEL)
 
 
 def grpo_config(paths: DemoPaths, init: Path, *, tools: bool, **overrides: Any):
