@@ -181,7 +181,7 @@ def ppo_token_rewards(x: CoefficientInputs, kl_beta: float) -> Tensor:
     t = mask.shape[1]
     last = (t - 1) - mask.flip(1).int().argmax(1)  # (B,) last response position
     outcome = torch.zeros_like(kl)
-    outcome[torch.arange(len(last)), last] = x.rewards.float()
+    outcome[torch.arange(len(last), device=last.device), last] = x.rewards.float().to(last.device)
     return torch.where(mask, outcome - kl_beta * kl, torch.zeros_like(kl))
 
 
@@ -211,7 +211,7 @@ def dpo_algorithm_coefficient(
     ref = sequence_logp(x.ref_logp.float(), x.mask.bool())
     coef = dpo_coefficient(policy, ref, x.pairs, cfg.dpo_beta)
     rows = torch.zeros(coef.shape, dtype=torch.bool, device=coef.device)
-    rows[x.pairs.reshape(-1)] = True
+    rows[x.pairs.reshape(-1).to(rows.device)] = True
     # seq-mean divides by the kept rows; the loss is a mean over pairs
     scale = float(rows.sum()) if len(x.pairs) else 0.0
     settings = dataclasses.replace(loss.unclipped(), loss_agg="seq-mean-token-sum")

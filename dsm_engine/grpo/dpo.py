@@ -51,6 +51,7 @@ def dpo_loss(
     the reference; differentiable in ``policy_seq``. Metrics: the pairs' mean implicit reward
     margin ``β (Δ+ - Δ-)`` and the fraction where it is positive."""
     delta = policy_seq - ref_seq
+    pairs = pairs.to(delta.device)
     margin = beta * (delta[pairs[:, 0]] - delta[pairs[:, 1]])
     loss = -F.logsigmoid(margin).mean()
     metrics = {
@@ -66,6 +67,7 @@ def dpo_coefficient(policy_seq: Tensor, ref_seq: Tensor, pairs: Tensor, beta: fl
     several pairs sums its terms). Multiplying every token's ``∇ log πθ`` of row ``b`` by it
     and summing gives ``-∇L``."""
     delta = (policy_seq - ref_seq).detach().double()
+    pairs = pairs.to(delta.device)
     chosen, rejected = pairs[:, 0], pairs[:, 1]
     weight = beta * torch.sigmoid(beta * (delta[rejected] - delta[chosen])) / max(len(pairs), 1)
     coef = torch.zeros_like(delta)

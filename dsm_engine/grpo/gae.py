@@ -40,10 +40,9 @@ def gae_packed(
     width = delta.shape[1]
     steps = torch.arange(width, device=delta.device)
     ahead = steps[None, :] - steps[:, None]  # [t, k] = k - t
+    base = torch.full((), gamma * lam, dtype=delta.dtype, device=delta.device)
     discount = torch.where(
-        ahead >= 0,
-        torch.pow(torch.tensor(gamma * lam, dtype=delta.dtype), ahead.clamp(min=0).to(delta.dtype)),
-        torch.zeros((), dtype=delta.dtype),
+        ahead >= 0, torch.pow(base, ahead.clamp(min=0).to(delta.dtype)), torch.zeros_like(base)
     )
     return delta @ discount.T  # (B, L): A[b, t] = Σ_k δ[b, k] (γλ)^(k-t)
 

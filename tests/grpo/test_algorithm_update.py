@@ -1,7 +1,8 @@
 """A coefficient plugged into the GRPO update (``plan_update`` -> ``accumulate_grads``, what
-``grpo_updates`` runs per step) on a tiny megatron-core policy: RFT's gradient is SFT's on the
-correct samples only, the gradient of their mean per-token log-likelihood written out in
-float64 on a Hugging Face copy of the policy; SFT's is the same over every sample."""
+``grpo_updates`` runs per step) on a tiny megatron-core policy gives the method's gradient,
+written out in float64 on a Hugging Face copy of the policy: RFT's is SFT's on the correct
+samples only (the gradient of their mean per-token log-likelihood), SFT's the same over every
+sample, DPO's the DPO loss's over its pairs."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ from step_worker import TEMP, initial_state  # noqa: E402
 GROUP = 4
 
 
-def mean_loglik_grads_fp64(hf_state, cfg, batch, rows):
-    """Gradients of -1/|rows| Σ_rows 1/|o| Σ_t log π(o_t) in float64, by Hugging Face name."""
+def grads_fp64(hf_state, cfg, batch, loss_of):
+    """Gradients, by Hugging Face name, of ``loss_of(logp)`` where ``logp`` ``(B, T)`` are the
+    targets' log-probs under a float64 Hugging Face copy of the policy (at TEMP)."""
     from transformers import LlamaForCausalLM
 
     from dsm_engine.models.convert import hf_config
@@ -29,12 +31,28 @@ def mean_loglik_grads_fp64(hf_state, cfg, batch, rows):
     hcfg._attn_implementation = "eager"
     model = LlamaForCausalLM(hcfg).double()
     model.load_state_dict({k: v.double() for k, v in hf_state.items()})
-    logits = model(input_ids=batch.tokens[rows]).logits.double() / TEMP
-    logp = torch.log_softmax(logits, -1).gather(-1, batch.targets[rows][..., None]).squeeze(-1)
-    m = batch.mask[rows].double()
-    loss = -((logp * m).sum(1) / m.sum(1)).mean()
-    loss.backward()
+    logits = model(input_ids=batch.tokens).logits.double() / TEMP
+    logp = torch.log_softmax(logits, -1).gather(-1, batch.targets[..., None]).squeeze(-1)
+    loss_of(logp).backward()
     return {k: p.grad.detach().clone() for k, p in model.named_parameters()}
+
+
+def _policy(state):
+    from dsm_engine.models import ParallelConfig, build_model, initialize_parallel
+    from dsm_engine.models.config import model_config
+    from dsm_engine.models.convert import load_hf_weights
+
+    cfg = model_config(TINY)
+    ctx = initialize_parallel(ParallelConfig(), seed=1)
+    model = build_model(cfg, ctx, init_weights=False)
+    load_hf_weights(model, state.__getitem__, cfg)
+    return model, cfg
+
+
+def _assert_same_grads(got, want):
+    assert set(got) == set(want)
+    for k, g in want.items():
+        torch.testing.assert_close(got[k].double(), g, rtol=1e-4, atol=1e-6, msg=k)
 
 
 @pytest.fixture()
@@ -56,15 +74,9 @@ def test_update_is_sft_on_the_kept_samples(name, parallel_teardown):
     )
     from dsm_engine.grpo.config import GRPOAlgoConfig
     from dsm_engine.grpo.step import accumulate_grads, sequence_logprobs
-    from dsm_engine.models import ParallelConfig, build_model, initialize_parallel
-    from dsm_engine.models.config import model_config
-    from dsm_engine.models.convert import load_hf_weights
 
     state = initial_state(0)
-    cfg = model_config(TINY)
-    ctx = initialize_parallel(ParallelConfig(), seed=1)
-    model = build_model(cfg, ctx, init_weights=False)
-    load_hf_weights(model, state.__getitem__, cfg)
+    model, cfg = _policy(state)
     batch = random_batch(seed=3, groups=3, group_size=GROUP)
     correct = batch.rewards >= 0.5
     assert 0 < int(correct.sum()) < len(batch)
@@ -83,8 +95,58 @@ def test_update_is_sft_on_the_kept_samples(name, parallel_teardown):
     model.zero_grad()
     old = logp[kept]  # the current policy: ratio 1
     accumulate_grads(model, plan.batch, old, old, plan.advantages, plan.config, temperature=TEMP)
-    got = grads_as_hf(model, cfg)
-    want = mean_loglik_grads_fp64(state, cfg, batch, kept)
-    assert set(got) == set(want)
-    for k, g in want.items():
-        torch.testing.assert_close(got[k].double(), g, rtol=1e-4, atol=1e-6, msg=k)
+
+    def mean_loglik(lp):  # -1/|kept| Σ_kept 1/|o| Σ_t log π(o_t)
+        m = batch.mask[kept].double()
+        return -((lp[kept] * m).sum(1) / m.sum(1)).mean()
+
+    _assert_same_grads(grads_as_hf(model, cfg), grads_fp64(state, cfg, batch, mean_loglik))
+
+
+def test_dpo_update_is_the_dpo_loss_gradient(parallel_teardown):
+    """Pairs from the groups with both labels; the reference's log-probs fixed beforehand."""
+    from dsm_engine.grpo.algorithms import (
+        AlgorithmConfig,
+        CoefficientInputs,
+        LossSettings,
+        coefficient,
+        plan_update,
+    )
+    from dsm_engine.grpo.config import GRPOAlgoConfig
+    from dsm_engine.grpo.dpo import select_pairs
+    from dsm_engine.grpo.step import accumulate_grads, sequence_logprobs
+
+    state = initial_state(0)
+    model, cfg = _policy(state)
+    batch = random_batch(seed=3, groups=3, group_size=GROUP)
+    pairs = select_pairs(batch.rewards >= 0.5, GROUP, pairs_per_prompt=2, seed=0)
+    assert len(pairs) >= 2
+    logp, _ = sequence_logprobs(
+        model, batch.tokens, batch.targets, temperature=TEMP, micro_batch_size=5
+    )
+    noise = torch.randn(logp.shape, generator=torch.Generator().manual_seed(2))
+    ref = torch.where(batch.mask, logp + 0.3 * noise, 0.0)
+    algo = AlgorithmConfig(name="dpo", dpo_beta=0.5)
+    x = CoefficientInputs(
+        rewards=batch.rewards,
+        mask=batch.mask,
+        group_size=GROUP,
+        old_logp=logp,
+        ref_logp=ref,
+        pairs=pairs,
+    )
+    run = GRPOAlgoConfig(group_size=GROUP, micro_batch_size=5)
+    plan = plan_update(batch, coefficient(algo, x, LossSettings.of(run)), run)
+    model.zero_grad()
+    idx = plan.index
+    accumulate_grads(
+        model, plan.batch, logp[idx], ref[idx], plan.advantages, plan.config, temperature=TEMP
+    )
+
+    def dpo(lp):  # -mean log σ(β[(π(o+) - ref(o+)) - (π(o-) - ref(o-))]), sums over tokens
+        m = batch.mask.double()
+        delta = (lp * m).sum(1) - (ref.double() * m).sum(1)
+        z = algo.dpo_beta * (delta[pairs[:, 0]] - delta[pairs[:, 1]])
+        return -torch.log(1 / (1 + torch.exp(-z))).mean()
+
+    _assert_same_grads(grads_as_hf(model, cfg), grads_fp64(state, cfg, batch, dpo))
