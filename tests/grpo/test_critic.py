@@ -108,3 +108,35 @@ def test_value_loss_gradient_equals_autograd_and_descends(tiny_critic):
     )
     assert all(b < a for a, b in zip(losses, losses[1:])), losses
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_pp2_values_and_value_gradients_equal_pp1(tmp_path, torchrun):
+    """One layer per stage, 6 rows in microbatches of 5 + 1 through the 1F1B schedule: the
+    values, the value loss, its clipped fraction and every gradient match PP=1."""
+    from critic_worker import critic_outputs
+    from step_worker import initial_state
+
+    from dsm_engine.models.parallel import destroy_parallel
+
+    state = initial_state(3)
+    g = torch.Generator().manual_seed(5)
+    head = {"weight": 0.2 * torch.randn(1, TINY["hidden_size"], generator=g), "bias": torch.ones(1)}
+    batch = random_batch(seed=4, groups=2, group_size=3)
+    torch.save({"state": state, "head": head, "batch": batch}, tmp_path / "in.pt")
+    torchrun(Path(__file__).parent / "critic_worker.py", tmp_path / "in.pt", tmp_path / "out.pt", 2)
+    ranks = [torch.load(tmp_path / f"out.pt.rank{r}", weights_only=False) for r in range(2)]
+    try:
+        want = critic_outputs(state, head, batch, pp=1)
+    finally:
+        destroy_parallel()
+    assert want["metrics"]["value_clip_frac"] > 0.1
+    for got in ranks:  # every stage returns the same values and loss
+        torch.testing.assert_close(got["values"], want["values"], rtol=1e-5, atol=1e-6)
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+        assert got["metrics"] == pytest.approx(want["metrics"], rel=1e-5)
+    grads = {**ranks[0]["grads"], **ranks[1]["grads"]}
+    assert set(grads) == set(want["grads"])
+    for name, w in want["grads"].items():
+        torch.testing.assert_close(grads[name], w, rtol=1e-5, atol=1e-6, msg=name)
