@@ -150,3 +150,53 @@ def test_dpo_update_is_the_dpo_loss_gradient(parallel_teardown):
         return -torch.log(1 / (1 + torch.exp(-z))).mean()
 
     _assert_same_grads(grads_as_hf(model, cfg), grads_fp64(state, cfg, batch, dpo))
+
+
+def test_ppo_update_is_the_clipped_objective_with_gae_advantages(parallel_teardown):
+    """PPO: per-token GAE advantages (values and the KL penalty in the reward) in the clipped
+    surrogate, no KL term in the loss: J = 1/B Σ_b 1/|o| Σ_t min(r A_t, clip(r, 1 ± ε) A_t)."""
+    from dsm_engine.grpo.algorithms import (
+        AlgorithmConfig,
+        CoefficientInputs,
+        LossSettings,
+        coefficient,
+        plan_update,
+    )
+    from dsm_engine.grpo.config import GRPOAlgoConfig
+    from dsm_engine.grpo.step import accumulate_grads, sequence_logprobs
+
+    state = initial_state(1)
+    model, cfg = _policy(state)
+    batch = random_batch(seed=5, groups=2, group_size=GROUP)
+    logp, _ = sequence_logprobs(
+        model, batch.tokens, batch.targets, temperature=TEMP, micro_batch_size=5
+    )
+    g = torch.Generator().manual_seed(3)
+    old = torch.where(batch.mask, logp + 0.3 * torch.randn(logp.shape, generator=g), 0.0)
+    ref = torch.where(batch.mask, logp + 0.3 * torch.randn(logp.shape, generator=g), 0.0)
+    values = torch.randn(logp.shape, generator=g)
+    x = CoefficientInputs(
+        rewards=batch.rewards,
+        mask=batch.mask,
+        group_size=GROUP,
+        old_logp=old,
+        ref_logp=ref,
+        values=values,
+    )
+    run = GRPOAlgoConfig(group_size=GROUP, micro_batch_size=5, mu=2, beta=0.05, clip_eps_low=0.2)
+    coef = coefficient(AlgorithmConfig(name="ppo", gamma=0.9, lam=0.8), x, LossSettings.of(run))
+    plan = plan_update(batch, coef, run)
+    assert plan.advantages.shape == batch.mask.shape and plan.config.beta == 0.0
+    model.zero_grad()
+    _, metrics = accumulate_grads(
+        model, plan.batch, old, ref, plan.advantages, plan.config, temperature=TEMP
+    )
+    assert metrics["clip_frac_low"] > 0 and metrics["clip_frac_high"] > 0
+
+    def neg_ppo(lp):
+        adv, m = coef.advantages.double(), batch.mask.double()
+        r = torch.exp(lp - old.double())
+        surrogate = torch.minimum(r * adv, r.clamp(0.8, 1.2) * adv)
+        return -((surrogate * m).sum(1) / m.sum(1)).mean()
+
+    _assert_same_grads(grads_as_hf(model, cfg), grads_fp64(state, cfg, batch, neg_ppo))
