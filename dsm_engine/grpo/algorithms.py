@@ -9,7 +9,8 @@ batch's rewards, mask and log-probs into what ``fused_linear_grpo_loss`` consume
 them. With ``old_logp`` the current policy's log-probs the ratio is 1, so the loss's gradient
 is ``-GC ∇ log πθ`` (aggregated as ``loss_agg`` says) for any method.
 
-Adding a method is a coefficient function and one line in ``ALGORITHMS``.
+Adding a method is a coefficient function, one line in ``ALGORITHMS`` and its name in
+``AlgorithmName``.
 """
 
 from __future__ import annotations
