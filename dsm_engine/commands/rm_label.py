@@ -56,6 +56,7 @@ def label(args: argparse.Namespace) -> int:
     from dsm_engine.grpo.config import PromptDataConfig
     from dsm_engine.grpo.data import PromptDataset
     from dsm_engine.models.convert import export_hf_state_dict, hf_config
+    from dsm_engine.models.parallel import parallel_session
     from dsm_engine.models.pretrained import from_pretrained
     from dsm_engine.reward_models.data import write_examples
     from dsm_engine.reward_models.labeling import (
@@ -80,11 +81,14 @@ def label(args: argparse.Namespace) -> int:
         codec,
     )
     prompts = data.prompts[: args.num_prompts or None]
-    policy = from_pretrained(args.policy)
-    engine = build_rollout_engine(
-        args.backend, hf_config(policy.model_cfg), pad_token_id=codec.pad_id
-    )
-    engine.update_weights(export_hf_state_dict(policy))
+    # Model-parallel state only while the policy is read; sampling runs on the rollout engine.
+    with parallel_session() as ctx:
+        policy = from_pretrained(args.policy, ctx=ctx)
+        engine = build_rollout_engine(
+            args.backend, hf_config(policy.model_cfg), pad_token_id=codec.pad_id
+        )
+        engine.update_weights(export_hf_state_dict(policy))
+        del policy
     params = SamplingParams(
         temperature=args.temperature,
         max_new_tokens=args.max_new_tokens,

@@ -309,18 +309,23 @@ def heldout_step_auc(paths: DemoPaths, prms: Sequence[Path], labels: Path) -> tu
     ``labels`` (what process-supervised GRPO with that ensemble is rewarded by)."""
     import json
 
+    from dsm_engine.models.parallel import parallel_session
     from dsm_engine.reward_models.metrics import accuracy, auc
     from dsm_engine.reward_models.scorer import MeanScorer, PRMReward, load_reward_fn
     from dsm_engine.text_codec import TextCodec
 
-    members = [load_reward_fn("prm", str(p), str(paths.tokenizer)).scorer for p in prms]
-    prm = PRMReward(MeanScorer(members), TextCodec(str(paths.tokenizer)), delimiter=STEP_DELIMITER)
     rows = [json.loads(line) for line in Path(labels).read_text().splitlines()]
-    scores, _ = prm.step_scores(
-        [r["prompt_ids"] for r in rows],
-        [r["response_ids"] for r in rows],
-        [r["step_ends"] for r in rows],
-    )
+    with parallel_session() as ctx:
+        members = [
+            load_reward_fn("prm", str(p), str(paths.tokenizer), ctx=ctx).scorer for p in prms
+        ]
+        codec = TextCodec(str(paths.tokenizer))
+        prm = PRMReward(MeanScorer(members), codec, delimiter=STEP_DELIMITER)
+        scores, _ = prm.step_scores(
+            [r["prompt_ids"] for r in rows],
+            [r["response_ids"] for r in rows],
+            [r["step_ends"] for r in rows],
+        )
     flat = [v for row in scores for v in row]
     targets = [y for r in rows for y in r["step_labels"]]
     return auc(flat, targets), accuracy(flat, targets, threshold=0.5)
