@@ -65,6 +65,7 @@ def label(args: argparse.Namespace) -> int:
         sample_and_grade,
         verifier_grader,
     )
+    from dsm_engine.rewards.checker import SymbolicChecker
     from dsm_engine.rollout.base import SamplingParams, build_rollout_engine
     from dsm_engine.text_codec import TextCodec
 
@@ -95,13 +96,14 @@ def label(args: argparse.Namespace) -> int:
         stop_token_ids=[codec.eos_id],
         seed=args.seed,
     )
-    grade = verifier_grader(args.answer_kind)
     todo = [LabelPrompt(p.token_ids, p.text, p.gold) for p in prompts]
-    rows = sample_and_grade(engine, todo, args.samples, params, codec.decode, grade)
-    if args.kind == "prm":
-        params.seed = args.seed + 1
-        rows = monte_carlo_step_labels(
-            engine, rows, args.completions, params, codec.decode, grade, delimiter
-        )
+    with SymbolicChecker() as checker:  # one warm checker for every grading call
+        grade = verifier_grader(args.answer_kind, checker)
+        rows = sample_and_grade(engine, todo, args.samples, params, codec.decode, grade)
+        if args.kind == "prm":
+            params.seed = args.seed + 1
+            rows = monte_carlo_step_labels(
+                engine, rows, args.completions, params, codec.decode, grade, delimiter
+            )
     write_examples(rows, args.out)
     return len(rows)
