@@ -66,7 +66,8 @@ def label(args: argparse.Namespace) -> int:
         verifier_grader,
     )
     from dsm_engine.rewards.checker import SymbolicChecker
-    from dsm_engine.rollout.base import SamplingParams, build_rollout_engine
+    from dsm_engine.rollout.base import SamplingParams
+    from dsm_engine.rollout.factory import build_rollout_engine
     from dsm_engine.text_codec import TextCodec
 
     delimiter = args.delimiter.encode().decode("unicode_escape")
