@@ -183,22 +183,23 @@ def label_prm(
     prompts = {"train": paths.train, "heldout": paths.heldout}.get(split)
     if prompts is None:
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
-    argv = [
-        "--kind", "prm",
-        "--policy", str(policy),
-        "--prompts", str(prompts),
-        "--tokenizer", str(paths.tokenizer),
-        "--template", ar.PROMPT_TEMPLATE,
-        "--out", str(out),
-        "--num-prompts", str(num_prompts),
-        "--samples", str(samples),
-        "--completions", str(completions),
-        "--delimiter", STEP_DELIMITER,
-        "--max-new-tokens", "32",
-        "--answer-kind", "auto",
-        "--temperature", str(temperature),
-        "--seed", str(seed),
-    ]  # fmt: skip
+    flags = {
+        "kind": "prm",
+        "policy": policy,
+        "prompts": prompts,
+        "tokenizer": paths.tokenizer,
+        "template": ar.PROMPT_TEMPLATE,
+        "out": out,
+        "num-prompts": num_prompts,
+        "samples": samples,
+        "completions": completions,
+        "delimiter": STEP_DELIMITER,
+        "max-new-tokens": 32,
+        "answer-kind": "auto",
+        "temperature": temperature,
+        "seed": seed,
+    }
+    argv = [arg for name, value in flags.items() for arg in (f"--{name}", str(value))]
     if label_main(argv) != 0:
         raise RuntimeError(f"dsm rm label failed on {prompts}")
     return out
