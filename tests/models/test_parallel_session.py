@@ -39,9 +39,9 @@ def test_a_session_inside_a_same_layout_context_leaves_it_in_place():
 
 def test_a_session_refuses_to_replace_a_context_of_another_layout():
     outer = initialize_parallel(ParallelConfig())
-    with pytest.raises(RuntimeError, match="another layout"):
-        with parallel_session(ParallelConfig(sequence_parallel=True)):
-            pass
+    sp = ParallelConfig(sequence_parallel=True)
+    with pytest.raises(RuntimeError, match="another layout"), parallel_session(sp):
+        pass
     assert current_context() is outer
 
 
