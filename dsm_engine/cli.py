@@ -20,7 +20,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("rm", "label"): ("dsm_engine.commands.rm_label:main", "label samples for reward models"),
     ("convert", "hf-to-dsm"): ("dsm_engine.models.convert:hf_to_dsm_main", "import a HF Llama"),
     ("convert", "dsm-to-hf"): ("dsm_engine.models.convert:dsm_to_hf_main", "export to HF Llama"),
-    ("data", "mine"): ("dsm_engine.data_pipeline.mine:main", "iterative math mining"),
+    ("data", "mine"): ("dsm_engine.commands.data_mine:main", "iterative math mining"),
     ("data", "decontaminate"): (
         "dsm_engine.data_pipeline.decontaminate:main",
         "remove benchmark n-grams",

@@ -56,6 +56,7 @@ def label(args: argparse.Namespace) -> int:
     from dsm_engine.grpo.config import PromptDataConfig
     from dsm_engine.grpo.data import PromptDataset
     from dsm_engine.models.convert import export_hf_state_dict, hf_config
+    from dsm_engine.models.parallel import parallel_session
     from dsm_engine.models.pretrained import from_pretrained
     from dsm_engine.reward_models.data import write_examples
     from dsm_engine.reward_models.labeling import (
@@ -64,7 +65,9 @@ def label(args: argparse.Namespace) -> int:
         sample_and_grade,
         verifier_grader,
     )
-    from dsm_engine.rollout.base import SamplingParams, build_rollout_engine
+    from dsm_engine.rewards.checker import SymbolicChecker
+    from dsm_engine.rollout.base import SamplingParams
+    from dsm_engine.rollout.factory import build_rollout_engine
     from dsm_engine.text_codec import TextCodec
 
     delimiter = args.delimiter.encode().decode("unicode_escape")
@@ -80,24 +83,28 @@ def label(args: argparse.Namespace) -> int:
         codec,
     )
     prompts = data.prompts[: args.num_prompts or None]
-    policy = from_pretrained(args.policy)
-    engine = build_rollout_engine(
-        args.backend, hf_config(policy.model_cfg), pad_token_id=codec.pad_id
-    )
-    engine.update_weights(export_hf_state_dict(policy))
+    # Model-parallel state only while the policy is read; sampling runs on the rollout engine.
+    with parallel_session() as ctx:
+        policy = from_pretrained(args.policy, ctx=ctx)
+        engine = build_rollout_engine(
+            args.backend, hf_config(policy.model_cfg), pad_token_id=codec.pad_id
+        )
+        engine.update_weights(export_hf_state_dict(policy))
+        del policy
     params = SamplingParams(
         temperature=args.temperature,
         max_new_tokens=args.max_new_tokens,
         stop_token_ids=[codec.eos_id],
         seed=args.seed,
     )
-    grade = verifier_grader(args.answer_kind)
     todo = [LabelPrompt(p.token_ids, p.text, p.gold) for p in prompts]
-    rows = sample_and_grade(engine, todo, args.samples, params, codec.decode, grade)
-    if args.kind == "prm":
-        params.seed = args.seed + 1
-        rows = monte_carlo_step_labels(
-            engine, rows, args.completions, params, codec.decode, grade, delimiter
-        )
+    with SymbolicChecker() as checker:  # one warm checker for every grading call
+        grade = verifier_grader(args.answer_kind, checker)
+        rows = sample_and_grade(engine, todo, args.samples, params, codec.decode, grade)
+        if args.kind == "prm":
+            params.seed = args.seed + 1
+            rows = monte_carlo_step_labels(
+                engine, rows, args.completions, params, codec.decode, grade, delimiter
+            )
     write_examples(rows, args.out)
     return len(rows)

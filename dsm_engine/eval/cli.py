@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from dsm_engine.eval.report import (
 )
 from dsm_engine.eval.scoring import majority_vote, summarize
 from dsm_engine.models.hf_tokenizer import has_tokenizer, save_hf_tokenizer
+from dsm_engine.rewards.checker import EquivalenceConfig, SymbolicChecker
 from dsm_engine.rewards.verifier import grade_batch
 from dsm_engine.sandbox import Sandbox
 
@@ -139,13 +141,17 @@ def _check_resume(out: Path, settings: dict[str, Any]) -> None:
 
 
 def _records(
-    examples: list[Example], prompts: list[str], generated: Generated, samples: int
+    examples: list[Example],
+    prompts: list[str],
+    generated: Generated,
+    samples: int,
+    checker: SymbolicChecker,
 ) -> list[dict]:
     outputs = generated.outputs
     flat_graded = [g for texts in generated.graded for g in texts]
     flat_golds = [e.gold for e, outs in zip(examples, outputs) for _ in outs]
     flat_kinds = [e.kind for e, outs in zip(examples, outputs) for _ in outs]
-    grades = iter(grade_batch(flat_graded, flat_golds, flat_kinds))
+    grades = iter(grade_batch(flat_graded, flat_golds, flat_kinds, checker=checker))
     records = []
     for q, (example, prompt, outs) in enumerate(zip(examples, prompts, outputs)):
         gs = [next(grades) for _ in outs]
@@ -157,7 +163,8 @@ def _records(
                 record["tool"] = tool[0]
         else:
             answers = [g.pred for g in gs]
-            winner, votes = majority_vote(answers, symbolic=example.kind in ("math", "cloze"))
+            symbolic = example.kind in ("math", "cloze")
+            winner, votes = majority_vote(answers, symbolic=symbolic, checker=checker)
             record.update(
                 outputs=outs,
                 answers=answers,
@@ -226,6 +233,8 @@ def run_eval(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     ):
         if sandbox is not None:
             stack.callback(sandbox.close)
+        workers = max(1, int(os.environ.get("DSM_VERIFY_WORKERS", "1")))
+        checker = stack.enter_context(SymbolicChecker(EquivalenceConfig(num_workers=workers)))
         for bench, examples in data.items():
             path = out / f"samples_{bench}.jsonl"
             repair_tail(path)
@@ -255,7 +264,8 @@ def run_eval(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                     max_rounds=args.max_rounds,
                     on_batch=lambda n, t=task: progress.advance(t, n),
                 )
-                append_records(path, _records(batch, prompts, generated, args.samples))
+                records = _records(batch, prompts, generated, args.samples, checker)
+                append_records(path, records)
             wanted = {e.id for e in examples}
             records = [r for r in read_records(path) if r["id"] in wanted]
             results[bench] = summarize(records, args.samples)

@@ -61,6 +61,7 @@ def label_rows(
         sample_and_grade,
         verifier_grader,
     )
+    from dsm_engine.rewards.checker import SymbolicChecker
 
     u = cfg.rm_update
     params = SamplingParams(
@@ -70,14 +71,15 @@ def label_rows(
         stop_token_ids=[codec.eos_id],
         seed=seed,
     )
-    grade = verifier_grader(cfg.reward.kind)
     todo = [LabelPrompt(p.token_ids, p.text, p.gold) for p in prompts]
-    rows = sample_and_grade(engine, todo, u.samples, params, codec.decode, grade)
-    if rm_kind(cfg.reward.supervision) == "prm" and rows:
-        params.seed = seed + 1
-        rows = monte_carlo_step_labels(
-            engine, rows, u.completions, params, codec.decode, grade, cfg.reward.delimiter
-        )
+    with SymbolicChecker() as checker:  # one warm checker for every grading call
+        grade = verifier_grader(cfg.reward.kind, checker)
+        rows = sample_and_grade(engine, todo, u.samples, params, codec.decode, grade)
+        if rm_kind(cfg.reward.supervision) == "prm" and rows:
+            params.seed = seed + 1
+            rows = monte_carlo_step_labels(
+                engine, rows, u.completions, params, codec.decode, grade, cfg.reward.delimiter
+            )
     return rows
 
 

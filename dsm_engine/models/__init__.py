@@ -19,6 +19,8 @@ _EXPORTS = {
     "initialize_parallel": "parallel",
     "destroy_parallel": "parallel",
     "current_context": "parallel",
+    "parallel_session": "parallel",
+    "require_context": "parallel",
     "install_cpu_bridge": "cuda_bridge",
     "uninstall_cpu_bridge": "cuda_bridge",
     "cpu_bridge": "cuda_bridge",

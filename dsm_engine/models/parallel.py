@@ -5,12 +5,20 @@ the ``RANK``/``WORLD_SIZE``/``MASTER_*`` variables; run as a plain script it cre
 one-process group on a free local port, so the same model code runs in both cases. It picks
 NCCL + CUDA when CUDA is present, gloo + CPU otherwise (installing the CPU bridge), then
 initialises megatron-core's ``parallel_state`` and its RNG tracker.
+
+Distributed state is created only where it is asked for: by a training session or a command,
+through :func:`initialize_parallel` / :func:`destroy_parallel` or the
+:func:`parallel_session` block. Libraries that need a context (``from_pretrained``,
+``load_reward_fn``) take one, or use the one already set up via :func:`require_context`, and
+never create it themselves.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -85,6 +93,47 @@ def _free_port() -> int:
 def current_context() -> ParallelContext | None:
     """The context set up by :func:`initialize_parallel`, or ``None``."""
     return _CONTEXT
+
+
+def require_context(ctx: ParallelContext | None, caller: str) -> ParallelContext:
+    """``ctx``, else the context already set up; raises ``RuntimeError`` naming what to call
+    when there is none (a library never creates distributed state as a side effect)."""
+    ctx = ctx or _CONTEXT
+    if ctx is None:
+        raise RuntimeError(
+            f"{caller} needs a parallel context and none is set up: run it inside "
+            "`with dsm_engine.models.parallel_session() as ctx:` (or after "
+            "dsm_engine.models.initialize_parallel()) and pass ctx=ctx"
+        )
+    return ctx
+
+
+@contextmanager
+def parallel_session(
+    cfg: ParallelConfig | None = None, *, seed: int = 1234
+) -> Iterator[ParallelContext]:
+    """A parallel context for the ``with`` block, torn down when the block ends.
+
+    For commands that need model-parallel state for a while (loading a policy, scoring with a
+    reward model). Inside a context with the same config (a training session's) the block uses
+    it and leaves it in place; inside one with another config it raises ``RuntimeError``
+    rather than replacing the owner's groups.
+    """
+    cfg = cfg or ParallelConfig()
+    outer = _CONTEXT
+    if outer is not None:
+        if outer.config != cfg:
+            raise RuntimeError(
+                f"parallel_session({cfg}) inside a context with another layout "
+                f"({outer.config}): pass that context instead"
+            )
+        yield outer
+        return
+    ctx = initialize_parallel(cfg, seed=seed)
+    try:
+        yield ctx
+    finally:
+        destroy_parallel()
 
 
 def initialize_parallel(cfg: ParallelConfig | None = None, *, seed: int = 1234) -> ParallelContext:

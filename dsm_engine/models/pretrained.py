@@ -5,18 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from dsm_engine.models.build import DsmGPTModel, build_model
-from dsm_engine.models.parallel import ParallelConfig, current_context, initialize_parallel
+from dsm_engine.models.parallel import ParallelContext, require_context
 
 
-def from_pretrained(path: str | Path, **overrides) -> DsmGPTModel:
+def from_pretrained(
+    path: str | Path, *, ctx: ParallelContext | None = None, **overrides
+) -> DsmGPTModel:
     """Build and load a single-process (TP=1, PP=1) model from ``path``.
 
     ``path`` is a HF folder (``config.json`` + safetensors) or a dsm checkpoint root / step
-    folder. Initialises a one-process parallel context if none exists. ``overrides`` are
-    :class:`ModelConfig` fields (e.g. ``params_dtype="bfloat16"``, ``seq_length=4096``).
+    folder. ``ctx`` is the parallel context to build in (default: the one already set up; with
+    none, ``RuntimeError`` says to open ``parallel_session()``: loading never sets up
+    distributed state). ``overrides`` are :class:`ModelConfig` fields (e.g.
+    ``params_dtype="bfloat16"``, ``seq_length=4096``).
     """
     path = Path(path)
-    ctx = current_context() or initialize_parallel(ParallelConfig())
+    ctx = require_context(ctx, "from_pretrained")
     if ctx.tp_size != 1 or ctx.pp_size != 1:
         raise ValueError("from_pretrained builds a whole model: use tp=1, pp=1")
     if (path / "config.json").is_file():

@@ -20,7 +20,7 @@ from typing import Any
 
 from dsm_engine.config import ConfigError
 from dsm_engine.folder_lock import FolderLock, FolderLockedError
-from dsm_engine.quickstart import stages
+from dsm_engine.quickstart import evaluate, stages
 from dsm_engine.quickstart.budget import budget_for
 from dsm_engine.quickstart.state import QuickstartError, RunState
 
@@ -30,9 +30,9 @@ STAGES: list[tuple[str, str, StageFn]] = [
     ("data", "mine math pages, decontaminate", stages.stage_data),
     ("corpus", "tokenizer, tokenised corpus, RL problems", stages.stage_corpus),
     ("pretrain", "pretrain the tiny model", stages.stage_pretrain),
-    ("eval_before", "evaluate before GRPO", stages.stage_eval_before),
+    ("eval_before", "evaluate before GRPO", evaluate.stage_eval_before),
     ("grpo", "GRPO with the verifier reward", stages.stage_grpo),
-    ("eval_after", "evaluate after GRPO", stages.stage_eval_after),
+    ("eval_after", "evaluate after GRPO", evaluate.stage_eval_after),
 ]
 
 

@@ -9,9 +9,9 @@ Every stage only strings together the project's own components:
   tokenised by ``data_pipeline.tokenize`` into megatron ``.bin``/``.idx``, the RL splits;
 - ``pretrain`` / ``grpo``: ``dsm train pretrain`` / ``dsm train grpo`` in a child process
   (``resume=auto``: a killed stage continues from its last checkpoint);
-- ``eval_*``: the checkpoint exported with ``dsm convert dsm-to-hf``, greedy exact match on
-  the held-out arithmetic problems (the evaluator's HF generator and the rewards verifier) and
-  ``dsm eval`` on a slice of GSM8K test.
+- ``eval_*`` (in ``quickstart.evaluate``): the checkpoint exported with ``dsm convert
+  dsm-to-hf``, greedy exact match on the held-out arithmetic problems and ``dsm eval`` on a
+  slice of GSM8K test.
 
 The device is the components' choice (CUDA when available, else CPU).
 """
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 from dataclasses import dataclass
@@ -69,7 +68,7 @@ class Context:
         return self.out / name
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
     with path.open() as f:
         return [json.loads(line) for line in f if line.strip()]
 
@@ -81,8 +80,8 @@ def _page_questions(data_dir: Path, n_slots: int, n_contaminated: int, out: Path
     """GSM8K-format rows for the generated math pages: train questions, with
     ``n_contaminated`` of the page slots carrying a GSM8K *test* question (what a real crawl
     holds: pages that copy benchmarks). Returns the planted test questions."""
-    train = _read_jsonl(data_dir / "benchmarks" / "gsm8k" / "train.jsonl")[:n_slots]
-    test = _read_jsonl(data_dir / "benchmarks" / "gsm8k" / "test.jsonl")
+    train = read_jsonl(data_dir / "benchmarks" / "gsm8k" / "train.jsonl")[:n_slots]
+    test = read_jsonl(data_dir / "benchmarks" / "gsm8k" / "test.jsonl")
     used = list(range(0, n_slots, 2))  # write_synthetic_warc puts a question on even slots
     step = max(1, len(used) // max(1, n_contaminated))
     planted = []
@@ -160,9 +159,7 @@ def stage_data(ctx: Context) -> dict[str, Any]:
             mined.mined, d / "decontaminated", ctx.data_dir / "benchmarks"
         )
     removed = [
-        r
-        for p in sorted((d / "decontaminated" / "removed").glob("*.jsonl"))
-        for r in _read_jsonl(p)
+        r for p in sorted((d / "decontaminated" / "removed").glob("*.jsonl")) for r in read_jsonl(p)
     ]
     return {
         "inputs": summary,
@@ -322,7 +319,7 @@ def stage_pretrain(ctx: Context) -> dict[str, Any]:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_config(cfg, path)
     run_dsm(ctx, "pretrain", ["train", "pretrain", "--config", str(path)])
-    rows = _read_jsonl(Path(cfg.run_dir) / "metrics.jsonl")
+    rows = read_jsonl(Path(cfg.run_dir) / "metrics.jsonl")
     losses = [r["loss"] for r in rows if "loss" in r]
     return {
         "config": str(path),
@@ -388,114 +385,10 @@ def stage_grpo(ctx: Context) -> dict[str, Any]:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_config(cfg, path)
     run_dsm(ctx, "grpo", ["train", "grpo", "--config", str(path)])
-    rows = [r for r in _read_jsonl(Path(cfg.run_dir) / "metrics.jsonl") if "reward_mean" in r]
+    rows = [r for r in read_jsonl(Path(cfg.run_dir) / "metrics.jsonl") if "reward_mean" in r]
     return {
         "config": str(path),
         "steps": len(rows),
         "first_reward": rows[0]["reward_mean"],
         "last_reward": rows[-1]["reward_mean"],
     }
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-def export_hf(ctx: Context, stage: str, checkpoints: Path, dest: Path) -> Path:
-    """The latest checkpoint under ``checkpoints`` as a Hugging Face folder with the tokenizer
-    (written beside, then renamed into place: a killed export leaves no half folder)."""
-    if (dest / "config.json").is_file():
-        return dest
-    tmp = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    run_dsm(ctx, stage, ["convert", "dsm-to-hf", "--ckpt", str(checkpoints), "--out", str(tmp)])
-    ar.load_tokenizer(ctx.tokenizer).save_pretrained(str(tmp))
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
-    return dest
-
-
-def heldout_accuracy(ctx: Context, model_dir: Path, out: Path) -> dict[str, Any]:
-    """Greedy exact match on the held-out arithmetic problems, in the task's prompt format
-    (the one the model was trained on); writes per-problem records to ``out``."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    from dsm_engine.eval.generation import GenerationConfig, HFGenerator
-    from dsm_engine.rewards import grade_batch
-
-    if out.is_file():
-        records = _read_jsonl(out)
-    else:
-        rows = _read_jsonl(ctx.corpus / "heldout.jsonl")
-        prompts = ["<bos>" + ar.PROMPT_TEMPLATE.format(question=r["question"]) for r in rows]
-        gen = HFGenerator(model_dir, batch_size=64)
-        config = GenerationConfig(max_new_tokens=ctx.budget.heldout_max_new_tokens, temperature=0.0)
-        with Progress(
-            TextColumn("held-out arithmetic"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            disable=not ctx.progress,
-        ) as bar:
-            task = bar.add_task("heldout", total=len(prompts))
-            outputs = gen.generate(prompts, config, on_batch=lambda n: bar.advance(task, n))
-        texts = [o[0] for o in outputs]
-        grades = grade_batch(texts, [r["answer"] for r in rows], "auto")
-        records = [
-            {
-                "question": r["question"],
-                "gold": r["answer"],
-                "output": t,
-                "answer": g.pred,
-                "correct": g.correct,
-            }
-            for r, t, g in zip(rows, texts, grades)
-        ]
-        atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in records))
-    n = len(records)
-    return {"n": n, "accuracy": 100.0 * sum(r["correct"] for r in records) / n, "samples": str(out)}
-
-
-def gsm8k_accuracy(ctx: Context, model_dir: Path, out: Path) -> dict[str, Any]:
-    """``dsm eval`` (greedy, zero-shot CoT) on the first questions of GSM8K test."""
-    from dsm_engine.eval.cli import parse_args, run_eval
-
-    args = parse_args(
-        [
-            "--model",
-            str(model_dir),
-            "--bench",
-            "gsm8k",
-            "--limit",
-            str(ctx.budget.gsm8k_limit),
-            "--out",
-            str(out),
-            "--data-dir",
-            str(ctx.data_dir / "benchmarks"),
-            "--max-new-tokens",
-            str(ctx.budget.gsm8k_max_new_tokens),
-            "--batch-size",
-            "8",
-        ]
-    )
-    result = run_eval(args)["gsm8k"]
-    return {"n": int(result["n"]), "accuracy": float(result["pass@1"]), "samples": str(out)}
-
-
-def _evaluate(ctx: Context, stage: str, run: str) -> dict[str, Any]:
-    model = export_hf(ctx, stage, ctx.run_dir(run) / "checkpoints", ctx.out / "models" / run)
-    folder = ctx.out / "eval" / run
-    folder.mkdir(parents=True, exist_ok=True)
-    return {
-        "model": str(model),
-        "heldout": heldout_accuracy(ctx, model, folder / "heldout_arithmetic.jsonl"),
-        "gsm8k": gsm8k_accuracy(ctx, model, folder / "gsm8k"),
-    }
-
-
-def stage_eval_before(ctx: Context) -> dict[str, Any]:
-    """Evaluate the pretrained model (before GRPO)."""
-    return _evaluate(ctx, "eval_before", "pretrain")
-
-
-def stage_eval_after(ctx: Context) -> dict[str, Any]:
-    """Evaluate the GRPO model."""
-    return _evaluate(ctx, "eval_after", "grpo")

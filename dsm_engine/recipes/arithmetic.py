@@ -183,22 +183,23 @@ def label_prm(
     prompts = {"train": paths.train, "heldout": paths.heldout}.get(split)
     if prompts is None:
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
-    argv = [
-        "--kind", "prm",
-        "--policy", str(policy),
-        "--prompts", str(prompts),
-        "--tokenizer", str(paths.tokenizer),
-        "--template", ar.PROMPT_TEMPLATE,
-        "--out", str(out),
-        "--num-prompts", str(num_prompts),
-        "--samples", str(samples),
-        "--completions", str(completions),
-        "--delimiter", STEP_DELIMITER,
-        "--max-new-tokens", "32",
-        "--answer-kind", "auto",
-        "--temperature", str(temperature),
-        "--seed", str(seed),
-    ]  # fmt: skip
+    flags = {
+        "kind": "prm",
+        "policy": policy,
+        "prompts": prompts,
+        "tokenizer": paths.tokenizer,
+        "template": ar.PROMPT_TEMPLATE,
+        "out": out,
+        "num-prompts": num_prompts,
+        "samples": samples,
+        "completions": completions,
+        "delimiter": STEP_DELIMITER,
+        "max-new-tokens": 32,
+        "answer-kind": "auto",
+        "temperature": temperature,
+        "seed": seed,
+    }
+    argv = [arg for name, value in flags.items() for arg in (f"--{name}", str(value))]
     if label_main(argv) != 0:
         raise RuntimeError(f"dsm rm label failed on {prompts}")
     return out
@@ -309,18 +310,23 @@ def heldout_step_auc(paths: DemoPaths, prms: Sequence[Path], labels: Path) -> tu
     ``labels`` (what process-supervised GRPO with that ensemble is rewarded by)."""
     import json
 
+    from dsm_engine.models.parallel import parallel_session
     from dsm_engine.reward_models.metrics import accuracy, auc
     from dsm_engine.reward_models.scorer import MeanScorer, PRMReward, load_reward_fn
     from dsm_engine.text_codec import TextCodec
 
-    members = [load_reward_fn("prm", str(p), str(paths.tokenizer)).scorer for p in prms]
-    prm = PRMReward(MeanScorer(members), TextCodec(str(paths.tokenizer)), delimiter=STEP_DELIMITER)
     rows = [json.loads(line) for line in Path(labels).read_text().splitlines()]
-    scores, _ = prm.step_scores(
-        [r["prompt_ids"] for r in rows],
-        [r["response_ids"] for r in rows],
-        [r["step_ends"] for r in rows],
-    )
+    with parallel_session() as ctx:
+        members = [
+            load_reward_fn("prm", str(p), str(paths.tokenizer), ctx=ctx).scorer for p in prms
+        ]
+        codec = TextCodec(str(paths.tokenizer))
+        prm = PRMReward(MeanScorer(members), codec, delimiter=STEP_DELIMITER)
+        scores, _ = prm.step_scores(
+            [r["prompt_ids"] for r in rows],
+            [r["response_ids"] for r in rows],
+            [r["step_ends"] for r in rows],
+        )
     flat = [v for row in scores for v in row]
     targets = [y for r in rows for y in r["step_labels"]]
     return auc(flat, targets), accuracy(flat, targets, threshold=0.5)

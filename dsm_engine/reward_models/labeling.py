@@ -14,10 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dsm_engine.reward_models.step_split import DEFAULT_DELIMITER, find_step_ends
 from dsm_engine.rollout.base import RolloutEngine, SamplingParams
+
+if TYPE_CHECKING:
+    from dsm_engine.rewards.checker import SymbolicChecker
 
 Grader = Callable[[Sequence[str], Sequence[str]], list[bool]]
 
@@ -31,12 +34,14 @@ class LabelPrompt:
     gold: str
 
 
-def verifier_grader(kind: str = "auto") -> Grader:
-    """``grade(outputs, golds) -> [correct, ...]`` with the rule-based verifier."""
+def verifier_grader(kind: str = "auto", checker: SymbolicChecker | None = None) -> Grader:
+    """``grade(outputs, golds) -> [correct, ...]`` with the rule-based verifier. ``checker``:
+    the caller's (kept warm across calls); without one each call starts and stops its own."""
     from dsm_engine.rewards import grade_batch
 
     def grade(outputs: Sequence[str], golds: Sequence[str]) -> list[bool]:
-        return [g.correct for g in grade_batch(list(outputs), list(golds), kind)]
+        grades = grade_batch(list(outputs), list(golds), kind, checker=checker)
+        return [g.correct for g in grades]
 
     return grade
 

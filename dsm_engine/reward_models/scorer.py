@@ -11,11 +11,14 @@ exposes the per-step scores that process-supervised GRPO needs.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
 
 from dsm_engine.reward_models.step_split import DEFAULT_DELIMITER, find_step_ends
+
+if TYPE_CHECKING:
+    from dsm_engine.models.parallel import ParallelContext
 
 
 class TokenScorer(Protocol):
@@ -273,21 +276,23 @@ def load_reward_fn(
     model_path: str,
     tokenizer: str,
     *,
+    ctx: ParallelContext | None = None,
     delimiter: str = DEFAULT_DELIMITER,
     micro_batch_size: int = 16,
 ) -> ORMReward | PRMReward:
-    """An ORM/PRM ``RewardFn`` from a ``dsm train rm`` checkpoint, built in the current
-    parallel layout (this rank's TP shard / pipeline stage; a one-process TP=1, PP=1 context
-    is initialised if none exists). At TP/PP > 1 scoring is collective over the
-    model-parallel group (see ``RewardModelScorer``)."""
+    """An ORM/PRM ``RewardFn`` from a ``dsm train rm`` checkpoint, built in the parallel layout
+    of ``ctx`` (this rank's TP shard / pipeline stage). ``ctx`` defaults to the context already
+    set up (a training session's); with none, ``RuntimeError`` says to open
+    ``parallel_session()``: scoring never sets up distributed state. At TP/PP > 1 scoring is
+    collective over the model-parallel group (see ``RewardModelScorer``)."""
     from dsm_engine.models.checkpoint import load_checkpoint, read_meta, resolve_checkpoint
     from dsm_engine.models.config import model_config
-    from dsm_engine.models.parallel import ParallelConfig, current_context, initialize_parallel
+    from dsm_engine.models.parallel import require_context
     from dsm_engine.reward_models.model import build_reward_model
     from dsm_engine.text_codec import TextCodec
 
+    ctx = require_context(ctx, "load_reward_fn")
     step_dir = resolve_checkpoint(model_path)
-    ctx = current_context() or initialize_parallel(ParallelConfig())
     model = build_reward_model(
         model_config(read_meta(step_dir)["model_config"]), ctx, init_weights=False
     )

@@ -5,17 +5,22 @@
 that overruns ``EquivalenceConfig.timeout_s`` is False and its worker is killed and replaced
 (a worker may hang in C code no signal interrupts). The checker is a raw math-verify runner:
 what may be sent to it is decided by ``equivalence.are_equivalent``.
+
+There is no process-wide checker: whoever needs one owns it (``with SymbolicChecker() as c:``,
+or ``close()``) and hands it to the graders. Workers start on first use, so an unused
+checker costs nothing, and a checker dropped without ``close()`` stops its workers when it is
+garbage-collected.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import os
 import subprocess
 import threading
 import time
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +29,7 @@ from multiprocessing.connection import wait
 from dsm_engine.procs import python_argv
 from dsm_engine.rewards.guards import nesting_depth
 
-__all__ = ["EquivalenceConfig", "SymbolicChecker", "get_checker"]
+__all__ = ["EquivalenceConfig", "SymbolicChecker"]
 
 
 @dataclass
@@ -116,8 +121,9 @@ class SymbolicChecker:
 
     ``check(pairs)`` takes ``(pred, gold)`` pairs and returns one bool per pair; a pair that
     runs past ``config.timeout_s`` (wall clock, from the moment the warm worker receives it)
-    is False and its worker is killed and replaced. Results are cached (LRU). Thread-safe;
-    ``close()`` (or interpreter exit) stops the workers.
+    is False and its worker is killed and replaced. Results are cached (LRU). Thread-safe.
+    The owner stops the workers: ``close()``, the end of a ``with`` block, or (a fallback)
+    garbage collection.
     """
 
     def __init__(self, config: EquivalenceConfig | None = None, cache_size: int = 100_000):
@@ -132,6 +138,13 @@ class SymbolicChecker:
         self._cache_size = cache_size
         self.timeouts = 0  # checks that hit the hard limit
         self.checks = 0  # checks sent to a worker
+        self._finalizer = weakref.finalize(self, _stop_all, self._workers)
+
+    def __enter__(self) -> SymbolicChecker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def start(self) -> None:
         """Start all workers now and wait until they are warm (otherwise: on first use)."""
@@ -216,11 +229,9 @@ class SymbolicChecker:
             self._cache.popitem(last=False)
 
     def close(self) -> None:
-        """Stop all worker processes."""
+        """Stop all worker processes (the checker stays usable: workers restart on use)."""
         with self._lock:
-            for worker in self._workers:
-                worker.stop()
-            self._workers.clear()
+            _stop_all(self._workers)
 
     @property
     def worker_pids(self) -> list[int]:
@@ -228,20 +239,8 @@ class SymbolicChecker:
         return [worker.process.pid for worker in self._workers]
 
 
-# --------------------------------------------------------------------------- process-wide checker
-
-_DEFAULT: SymbolicChecker | None = None
-_DEFAULT_LOCK = threading.Lock()
-
-
-def get_checker(config: EquivalenceConfig | None = None) -> SymbolicChecker:
-    """The process-wide checker (created on first use; ``config`` only applies then)."""
-    global _DEFAULT
-    with _DEFAULT_LOCK:
-        if _DEFAULT is None:
-            if config is None:
-                workers = int(os.environ.get("DSM_VERIFY_WORKERS", "1"))
-                config = EquivalenceConfig(num_workers=max(1, workers))
-            _DEFAULT = SymbolicChecker(config)
-            atexit.register(_DEFAULT.close)
-        return _DEFAULT
+def _stop_all(workers: list[_Worker]) -> None:
+    """Stop ``workers`` and empty the list (a finalizer: must not refer to the checker)."""
+    for worker in workers:
+        worker.stop()
+    workers.clear()

@@ -47,7 +47,7 @@ import re
 from collections.abc import Sequence
 from fractions import Fraction
 
-from dsm_engine.rewards.checker import EquivalenceConfig, SymbolicChecker, get_checker
+from dsm_engine.rewards.checker import EquivalenceConfig, SymbolicChecker
 from dsm_engine.rewards.guards import (
     bases,
     hedges,
@@ -65,7 +65,6 @@ __all__ = [
     "SymbolicChecker",
     "are_equivalent",
     "from_python",
-    "get_checker",
     "is_equivalent",
     "normalize_answer",
     "parse_number",
@@ -298,7 +297,9 @@ def are_equivalent(
     """Verdict per ``(pred, gold)`` pair: quick tier first, math-verify only when undecided.
 
     A None or empty answer is never equivalent. ``symbolic=False`` stops at the quick tier
-    (undecided pairs are False). ``checker``: default, the process-wide one (``get_checker``).
+    (undecided pairs are False). ``checker``: the caller's warm checker; without one, a
+    one-worker checker is started for this call (only if a pair needs math-verify) and stopped
+    before it returns, so callers grading in many calls should own one and pass it.
     """
     results: list[bool] = [False] * len(pairs)
     undecided: list[int] = []
@@ -311,11 +312,14 @@ def are_equivalent(
         else:
             results[i] = verdict
     if symbolic and undecided:
-        checker = checker or get_checker()
         todo = [
             (_symbolic_form(str(pairs[i][0])), _symbolic_form(str(pairs[i][1]))) for i in undecided
         ]
-        verdicts = checker.check(todo)
+        if checker is None:
+            with SymbolicChecker() as own:
+                verdicts = own.check(todo)
+        else:
+            verdicts = checker.check(todo)
         for i, verdict in zip(undecided, verdicts):
             results[i] = verdict
     return results

@@ -9,6 +9,7 @@ protocol and register themselves with ``register_reward_fn``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -17,7 +18,6 @@ from dsm_engine.rewards.equivalence import (
     EquivalenceConfig,
     SymbolicChecker,
     are_equivalent,
-    get_checker,
 )
 from dsm_engine.rewards.extract import KINDS, extract_answer, extract_gold
 
@@ -69,6 +69,8 @@ def grade_batch(
     golds: reference answers: bare answers, GSM8K ``#### n`` solutions or MATH solutions.
     kind: one of ``gsm8k``, ``math``, ``number``, ``choice``, ``cloze`` or ``auto``
         (``detect_kind`` per gold), or one kind per item.
+    checker: the caller's warm checker; without one, a checker is started for this call
+        (only if an answer needs math-verify) and stopped before it returns.
     """
     if len(outputs) != len(golds):
         raise ValueError(f"outputs ({len(outputs)}) and golds ({len(golds)}) differ in length")
@@ -105,10 +107,11 @@ def grade_batch(
             numeric_pairs.append((pred, gold_answer))
             numeric_owner.append(i)
 
-    numeric = are_equivalent(numeric_pairs, checker=checker, allow_rounding=True)
+    with contextlib.nullcontext(checker) if checker is not None else SymbolicChecker() as checker:
+        numeric = are_equivalent(numeric_pairs, checker=checker, allow_rounding=True)
+        symbolic = are_equivalent(symbolic_pairs, checker=checker)
     for i, ok in zip(numeric_owner, numeric):
         grades[i].correct = ok
-    symbolic = are_equivalent(symbolic_pairs, checker=checker)
     verdict: dict[int, bool] = {}
     for i, ok in zip(symbolic_owner, symbolic):
         verdict[i] = verdict.get(i, True) and ok  # every blank of a cloze must be right
@@ -125,7 +128,7 @@ def verify(
     kind: ``gsm8k`` (``#### n``/boxed/last number), ``math`` (last ``\\boxed{}``), ``number``
     (CMATH/MGSM), ``choice`` (letters), ``cloze`` (``;``-separated blanks) or ``auto``.
     Never raises on model text; hostile answers score 0.0 within the checker's time limit
-    (``checker``: default, the process-wide one of ``get_checker``).
+    (``checker``: as for ``grade_batch``).
     """
     return 1.0 if grade_batch([output], [gold], kind, checker=checker)[0].correct else 0.0
 
@@ -167,7 +170,12 @@ class VerifierConfig:
 
 
 class VerifierReward:
-    """``RewardFn`` that grades final answers with ``grade_batch``."""
+    """``RewardFn`` that grades final answers with ``grade_batch``.
+
+    Without ``checker`` it owns one (``config.timeout_s`` / ``num_workers``, workers started on
+    first use) and ``close()`` or the end of a ``with`` block stops it; a checker passed in
+    belongs to the caller and is left running.
+    """
 
     def __init__(
         self, config: VerifierConfig | None = None, checker: SymbolicChecker | None = None
@@ -175,25 +183,22 @@ class VerifierReward:
         self.config = config or VerifierConfig()
         if self.config.kind not in (*KINDS, "auto"):
             raise ValueError(f"VerifierConfig.kind {self.config.kind!r} not in {KINDS} or 'auto'")
-        self._checker = checker
+        self._owns_checker = checker is None
+        self.checker = checker or SymbolicChecker(
+            EquivalenceConfig(timeout_s=self.config.timeout_s, num_workers=self.config.num_workers)
+        )
         self.last_grades: list[Grade] = []
 
-    @property
-    def checker(self) -> SymbolicChecker:
-        if self._checker is None:
-            default = EquivalenceConfig()
-            if (self.config.timeout_s, self.config.num_workers) == (
-                default.timeout_s,
-                default.num_workers,
-            ):
-                self._checker = get_checker()
-            else:
-                self._checker = SymbolicChecker(
-                    EquivalenceConfig(
-                        timeout_s=self.config.timeout_s, num_workers=self.config.num_workers
-                    )
-                )
-        return self._checker
+    def __enter__(self) -> VerifierReward:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the checker's workers if this reward owns it."""
+        if self._owns_checker:
+            self.checker.close()
 
     def score(
         self, prompts: Sequence[str], outputs: Sequence[str], golds: Sequence[str]

@@ -1,7 +1,8 @@
 """The rollout interface: sample ``n`` responses per prompt and report the sampler's log-probs.
 
 Every backend (``hf``: transformers ``generate``; ``vllm``: optional) implements
-:class:`RolloutEngine`. Responses of prompt ``i`` are rows ``i*n .. i*n+n-1`` of the result,
+:class:`RolloutEngine`; ``rollout.factory.build_rollout_engine`` picks one by name. This module
+holds only the types the engines share, so it imports none of them. Responses of prompt ``i`` are rows ``i*n .. i*n+n-1`` of the result,
 the grouping the GRPO loss expects. ``logprobs[j][t]`` is the log-probability the sampler gave
 token ``token_ids[j][t]``, under ``softmax(logits / temperature)`` (before top-p truncation is
 renormalised: with ``top_p=1`` it is exactly the distribution sampled from), so the trainer can
@@ -115,14 +116,19 @@ def check_prompts(prompts_token_ids: Sequence[Sequence[int]], n: int, vocab_size
             raise ValueError(f"prompts_token_ids[{i}] has ids outside [0, {vocab_size}): {bad[:5]}")
 
 
-def build_rollout_engine(backend: str, hf_config, **kwargs) -> RolloutEngine:
-    """``hf`` (transformers, CPU/GPU) or ``vllm`` (GPU, needs vllm importable)."""
-    if backend == "hf":
-        from dsm_engine.rollout.hf import HFRolloutEngine
+def __getattr__(name: str):
+    # Compatibility for ``from dsm_engine.rollout.base import build_rollout_engine`` (the GRPO
+    # trainer's import): the factory lives in ``rollout.factory``, which imports the engines,
+    # which import this module. Remove once no caller imports it from here.
+    if name == "build_rollout_engine":
+        import warnings
 
-        return HFRolloutEngine(hf_config, **kwargs)
-    if backend == "vllm":
-        from dsm_engine.rollout.vllm import VLLMRolloutEngine
+        from dsm_engine.rollout.factory import build_rollout_engine
 
-        return VLLMRolloutEngine(hf_config, **kwargs)
-    raise ConfigError(f"rollout.backend must be 'hf' or 'vllm', got {backend!r}")
+        warnings.warn(
+            "import build_rollout_engine from dsm_engine.rollout.factory",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return build_rollout_engine
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 from _mining_data import SMALL_RUN, make_inputs
 
+from dsm_engine.commands.data_mine import main as mine
 from dsm_engine.data_pipeline.decontaminate import main as decontaminate
 from dsm_engine.data_pipeline.executors import ExecutorConfig, run_stage
-from dsm_engine.data_pipeline.mine import main as mine
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,8 @@ import time
 import pytest
 from _mining_data import SMALL_RUN, make_inputs, mine_config
 
-from dsm_engine.data_pipeline.mine import funnel_summary, main, mine_corpus
+from dsm_engine.commands.data_mine import main
+from dsm_engine.data_pipeline.mine import funnel_summary, mine_corpus
 from dsm_engine.data_pipeline.urls import normalize_url
 
 

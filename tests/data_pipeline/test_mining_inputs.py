@@ -13,12 +13,12 @@ import random
 
 import pytest
 
+from dsm_engine.commands.data_mine import main
 from dsm_engine.data_pipeline.classifier import (
     ClassifierConfig,
     keep_rule_problem,
     train_classifier,
 )
-from dsm_engine.data_pipeline.mine import main
 from dsm_engine.data_pipeline.synthetic_pages import _prose, write_seed_jsonl
 from dsm_engine.data_pipeline.synthetic_warc import write_synthetic_warc
 

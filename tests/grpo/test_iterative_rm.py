@@ -151,15 +151,13 @@ def straight(setup, tmp_path_factory):
 
 def _orm_advantages(rm_path, tokenizer, batch):
     """Group-normalised ORM probabilities of ``rm_path`` on ``batch`` (what the update gets)."""
-    from dsm_engine.models.parallel import destroy_parallel
+    from dsm_engine.models.parallel import parallel_session
     from dsm_engine.reward_models.grpo_rewards import compute_advantages
     from dsm_engine.reward_models.scorer import load_reward_fn
 
-    try:
-        scorer = load_reward_fn("orm", str(rm_path), str(tokenizer)).scorer
+    with parallel_session() as ctx:
+        scorer = load_reward_fn("orm", str(rm_path), str(tokenizer), ctx=ctx).scorer
         adv, _ = compute_advantages("orm", batch, GROUP, scorer=scorer)
-    finally:
-        destroy_parallel()
     return adv
 
 

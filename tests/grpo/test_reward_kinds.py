@@ -95,7 +95,7 @@ def _one_step(monkeypatch, cfg):
 
 
 def test_prm_supervision_feeds_per_token_process_advantages(setup, tmp_path, monkeypatch):
-    from dsm_engine.models.parallel import destroy_parallel
+    from dsm_engine.models.parallel import current_context, destroy_parallel
     from dsm_engine.reward_models.grpo_rewards import compute_advantages
     from dsm_engine.reward_models.scorer import load_reward_fn
     from dsm_engine.text_codec import TextCodec
@@ -104,7 +104,9 @@ def test_prm_supervision_feeds_per_token_process_advantages(setup, tmp_path, mon
     reward = {"supervision": "prm", "model_path": str(rm), "delimiter": "\n"}
     try:
         batch, adv, metrics = _one_step(monkeypatch, _config(paths, tmp_path / "g", reward))
-        prm = load_reward_fn("prm", str(rm), str(paths.tokenizer), delimiter="\n")
+        prm = load_reward_fn(
+            "prm", str(rm), str(paths.tokenizer), ctx=current_context(), delimiter="\n"
+        )
         want, _ = compute_advantages(
             "prm", batch, GROUP, scorer=prm.scorer, decode=TextCodec(str(paths.tokenizer)).decode
         )
@@ -117,7 +119,7 @@ def test_prm_supervision_feeds_per_token_process_advantages(setup, tmp_path, mon
 
 
 def test_orm_supervision_group_normalises_last_token_scores(setup, tmp_path, monkeypatch):
-    from dsm_engine.models.parallel import destroy_parallel
+    from dsm_engine.models.parallel import current_context, destroy_parallel
     from dsm_engine.reward_models.grpo_rewards import split_rows
     from dsm_engine.reward_models.scorer import load_reward_fn
 
@@ -125,7 +127,7 @@ def test_orm_supervision_group_normalises_last_token_scores(setup, tmp_path, mon
     reward = {"supervision": "orm", "model_path": str(rm)}
     try:
         batch, adv, metrics = _one_step(monkeypatch, _config(paths, tmp_path / "g", reward))
-        orm = load_reward_fn("orm", str(rm), str(paths.tokenizer))
+        orm = load_reward_fn("orm", str(rm), str(paths.tokenizer), ctx=current_context())
         prompts, responses, _ = split_rows(batch.tokens, batch.targets, batch.mask)
         scores = torch.tensor(orm.score_tokens(prompts, responses), dtype=torch.float64)
     finally:
@@ -140,7 +142,7 @@ def test_orm_supervision_group_normalises_last_token_scores(setup, tmp_path, mon
 
 
 def test_an_ensemble_scores_with_the_mean_of_its_members(setup, second_rm, tmp_path, monkeypatch):
-    from dsm_engine.models.parallel import destroy_parallel
+    from dsm_engine.models.parallel import current_context, destroy_parallel
     from dsm_engine.reward_models.grpo_rewards import compute_advantages
     from dsm_engine.reward_models.scorer import MeanScorer, load_reward_fn
     from dsm_engine.text_codec import TextCodec
@@ -151,7 +153,8 @@ def test_an_ensemble_scores_with_the_mean_of_its_members(setup, second_rm, tmp_p
     try:
         batch, adv, metrics = _one_step(monkeypatch, _config(paths, tmp_path / "g", reward))
         members = [
-            load_reward_fn("prm", str(p), str(paths.tokenizer)).scorer for p in (rm, second_rm)
+            load_reward_fn("prm", str(p), str(paths.tokenizer), ctx=current_context()).scorer
+            for p in (rm, second_rm)
         ]
         decode = TextCodec(str(paths.tokenizer)).decode
         want, want_metrics = compute_advantages(

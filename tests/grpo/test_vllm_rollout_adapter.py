@@ -81,9 +81,13 @@ def engine(monkeypatch, tmp_path):
     from dsm_engine.rollout.vllm import VLLMRolloutEngine
 
     cfg = LlamaConfig(
-        vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, dtype="bfloat16",
-    )  # fmt: skip
+        vocab_size=32,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        dtype="bfloat16",
+    )
     return VLLMRolloutEngine(cfg)
 
 

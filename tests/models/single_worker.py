@@ -81,8 +81,10 @@ def checks(hf_dir: Path, work: Path, out: Path) -> None:
         res["cli_roundtrip_hf_logits_equal"] = torch.equal(back(ids).logits, hf(ids).logits)
 
     ctx = initialize_parallel()
-    res["from_pretrained_hf_maxdiff"] = _logits_diff(from_pretrained(hf_dir), hf, ids)
-    res["from_pretrained_dsm_maxdiff"] = _logits_diff(from_pretrained(work / "dsm"), hf, ids)
+    res["from_pretrained_hf_maxdiff"] = _logits_diff(from_pretrained(hf_dir, ctx=ctx), hf, ids)
+    res["from_pretrained_dsm_maxdiff"] = _logits_diff(
+        from_pretrained(work / "dsm", ctx=ctx), hf, ids
+    )
 
     # Another architecture: a checkpoint of "tiny" into a wider model.
     wide = build_model(model_config("tiny", hidden_size=128), ctx)
