@@ -54,25 +54,23 @@ def sample_questions(
 ) -> list[SampledQuestion]:
     """N samples per prompt from the policy at ``checkpoint`` (a dsm checkpoint root or step
     folder), graded by the verifier against each prompt's gold answer. Sets up and tears down
-    a one-process parallel context of its own."""
+    a one-process parallel context for the load (or uses the caller's)."""
     from dsm_engine.grpo.sampling import sync_weights
     from dsm_engine.models.checkpoint import read_meta, resolve_checkpoint
     from dsm_engine.models.config import model_config
     from dsm_engine.models.convert import hf_config
-    from dsm_engine.models.parallel import ParallelConfig, destroy_parallel, initialize_parallel
+    from dsm_engine.models.parallel import ParallelConfig, parallel_session
     from dsm_engine.models.pretrained import from_pretrained
     from dsm_engine.rewards import grade_batch
-    from dsm_engine.rollout.base import SamplingParams, build_rollout_engine
+    from dsm_engine.rollout.base import SamplingParams
+    from dsm_engine.rollout.factory import build_rollout_engine
 
     model_cfg = model_config(read_meta(resolve_checkpoint(checkpoint))["model_config"])
     engine = build_rollout_engine(
         "hf", hf_config(model_cfg), pad_token_id=codec.pad_id, max_batch_rows=options.max_batch_rows
     )
-    initialize_parallel(ParallelConfig(), seed=options.seed)
-    try:
-        sync_weights(from_pretrained(checkpoint), engine, model_cfg)
-    finally:
-        destroy_parallel()
+    with parallel_session(ParallelConfig(), seed=options.seed) as ctx:
+        sync_weights(from_pretrained(checkpoint, ctx=ctx), engine, model_cfg)
     params = SamplingParams(
         temperature=options.temperature,
         max_new_tokens=options.max_new_tokens,
