@@ -153,7 +153,7 @@ def run_grpo(cfg: GRPOConfig, *, on_step_end: StepHook | None = None) -> list[di
     from dsm_engine.models.convert import hf_config
     from dsm_engine.models.parallel import initialize_parallel
     from dsm_engine.rewards import build_reward_fn
-    from dsm_engine.trainers.loop import rng_states, set_rng_states
+    from dsm_engine.trainers.rng import rng_states, set_rng_states
     from dsm_engine.trainers.metrics import MetricsLogger
     from dsm_engine.trainers.optim import wrap_and_build_optimizer
     from dsm_engine.trainers.run_dir import prepare_run_dir
