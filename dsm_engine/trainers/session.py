@@ -138,7 +138,8 @@ class TrainingSession:
         self._stack.close()
 
     def keep(self, resource: contextlib.AbstractContextManager) -> Any:
-        """Enter ``resource`` and exit it when the session ends (before the logger closes)."""
+        """Enter ``resource`` and exit it when the session ends (the latest kept exits first:
+        a resource kept after :meth:`resume` closes before the profiler and logger)."""
         return self._stack.enter_context(resource)
 
     @property
