@@ -27,18 +27,20 @@ every update and shares its scored rollouts with its peers (``grpo.sampling``).
 Checkpoints hold the policy + optimizer (``checkpoints/``), the reference (``reference/``),
 the step, the data position, the iteration, the current reward-model checkpoint (whose own
 checkpoint holds the replay buffer) and every rank's RNG states.
+
+The shell (parallel setup, run folder, resume, checkpoint cadence, logging, profiling) is the
+:class:`~dsm_engine.trainers.session.TrainingSession`'s; :class:`GRPORun` adds the reference,
+the sampler and the reward, and its ``step`` is the loop body in small parts (rollout,
+log-probs, advantages, updates) that other post-training algorithms can reuse.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from dsm_engine.config import ConfigError
 from dsm_engine.grpo.config import GRPOConfig
@@ -62,9 +64,17 @@ from dsm_engine.reward_models.scorer import MeanScorer, TokenScorer, load_reward
 from dsm_engine.rollout.base import SamplingParams, build_rollout_engine
 from dsm_engine.text_codec import TextCodec
 from dsm_engine.trainers.flops import train_flops_per_token
-from dsm_engine.trainers.profiling import StepProfiler, StepWork
+from dsm_engine.trainers.profiling import StepWork
+from dsm_engine.trainers.schedules import apply_lr, lr_at
+from dsm_engine.trainers.session import (
+    CheckpointHooks,
+    SessionOptions,
+    StepHook,
+    StepResult,
+    TrainingSession,
+    dp_mean,
+)
 
-StepHook = Callable[[int, dict[str, float]], None]
 REFERENCE_DIR = "reference"
 
 
@@ -83,16 +93,6 @@ def copy_weights(dst: torch.nn.Module, src: torch.nn.Module) -> None:
     for k, v in s.items():
         if torch.is_tensor(v) and k in d and torch.is_tensor(d[k]):
             d[k].copy_(v)
-
-
-def _dp_mean(values: dict[str, float], group) -> dict[str, float]:
-    if dist.get_world_size(group) == 1:
-        return values
-    keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
-    dist.all_reduce(t, group=group)
-    t /= dist.get_world_size(group)
-    return dict(zip(keys, t.tolist()))
 
 
 def _rollout_metrics(ro, group_size: int) -> dict[str, float]:
@@ -146,19 +146,311 @@ def _reward_model_scorer(cfg: GRPOConfig, model_path: str) -> TokenScorer | None
     return scorers[0] if len(scorers) == 1 else MeanScorer(scorers)
 
 
+class GRPORun:
+    """One GRPO run on its :class:`TrainingSession`: the reference, the sampler, the reward
+    (and its refresher) and the data position. :meth:`step` is the loop body, in parts a new
+    algorithm can reuse or replace: :meth:`new_iteration`, :meth:`rollout`, :meth:`logprobs`,
+    :meth:`advantages`, :meth:`update`, then the weight sync."""
+
+    def __init__(
+        self,
+        cfg: GRPOConfig,
+        session: TrainingSession,
+        codec: TextCodec,
+        dataset: PromptDataset,
+        eval_set: PromptDataset | None,
+    ) -> None:
+        self.cfg, self.session, self.codec = cfg, session, codec
+        self.dataset, self.eval_set = dataset, eval_set
+        self.model_cfg = cfg.model_config()
+        self.ctx = ctx = session.ctx
+        self.local_prompts = cfg.grpo.prompts_per_step // ctx.dp_size
+        self.position = 0  # prompts consumed so far
+        self.reference: torch.nn.Module | None = None
+        self.rm_refresh = RewardModelRefresher(cfg, session.run.path, codec, dataset)
+        self.rm_refresh.check(ctx.dp_size)
+        self.tp_group = ctx.tp_group if ctx.tp_size > 1 else None
+        # Rows are padded to a multiple of 16 tokens: a few distinct shapes, so the compiled
+        # fusions of the model (torch.compile) are not rebuilt for every new response length.
+        self.multiple_of = math.lcm(16, ctx.tp_size if cfg.parallel.sequence_parallel else 1)
+        self.engine: Any = None
+        self.tools: Any = None
+
+    # -- models and checkpoints ---------------------------------------------------------------
+
+    def build(self, ctx) -> list[torch.nn.Module]:
+        """The session's builder: the policy (trained) and, beside it, the frozen reference."""
+        from dsm_engine.models.build import build_model
+
+        policy = build_model(self.model_cfg, ctx)
+        self.reference = build_model(self.model_cfg, ctx, init_weights=False)
+        self.reference.requires_grad_(False).eval()
+        return [policy]
+
+    @property
+    def policy(self) -> torch.nn.Module:
+        return self.session.chunks[0]
+
+    def hooks(self) -> CheckpointHooks:
+        """GRPO's part of the checkpoints: data position, iteration, reward model, reference."""
+        return CheckpointHooks(
+            state=lambda done: {
+                "position": self.position,
+                "iteration": iteration_of(done - 1, self.cfg),
+                **self.rm_refresh.state(),
+            },
+            restore=self._restore,
+            fresh=self._fresh,
+            save_more=self._save_reference,
+        )
+
+    def _restore(self, extra: dict[str, Any]) -> None:
+        from dsm_engine.models.checkpoint import load_checkpoint
+
+        self.position = int(extra["position"])
+        step = int(extra["step"])
+        load_checkpoint(self.session.run.path / REFERENCE_DIR, self.reference, step=step)
+        self.rm_refresh.load_state(extra)
+
+    def _fresh(self) -> None:
+        from dsm_engine.models.checkpoint import load_checkpoint
+
+        if self.cfg.checkpoint.load:
+            load_checkpoint(self.cfg.checkpoint.load, self.policy)
+        copy_weights(self.reference, self.policy)
+
+    def _save_reference(self, done: int) -> None:
+        from dsm_engine.models.checkpoint import save_checkpoint
+
+        self.offload(self.reference, self.ctx.device)
+        save_checkpoint(self.session.run.path / REFERENCE_DIR, done, self.reference)
+        self.offload(self.reference, torch.device("cpu"))
+
+    def offload(self, model: torch.nn.Module, where: torch.device) -> None:
+        if self.cfg.reference.offload_to_cpu and self.ctx.device.type != "cpu":
+            model.to(where)
+
+    # -- sampler and reward -------------------------------------------------------------------
+
+    def start_sampler(self) -> None:
+        """The rollout engine (on sampler ranks), the reward, the reference moved off the
+        device, and the sampler holding the policy's weights."""
+        from dsm_engine.models.convert import hf_config
+        from dsm_engine.rewards import build_reward_fn
+
+        cfg, codec = self.cfg, self.codec
+        if is_sampler_rank():
+            self.tools = tool_options(cfg.rollout, codec)
+            self.engine = build_rollout_engine(
+                cfg.rollout.backend,
+                hf_config(self.model_cfg),
+                pad_token_id=codec.pad_id,
+                max_batch_rows=cfg.rollout.max_batch_rows,
+                tools=self.tools,
+            )
+        self.reward_fn = build_reward_fn(
+            cfg.reward.name, kind=cfg.reward.kind, timeout_s=cfg.reward.timeout_s
+        )
+        self.rm_scorer = _reward_model_scorer(cfg, self.rm_refresh.path)
+        self.offload(self.reference, torch.device("cpu"))
+        sync_weights(self.policy, self.engine, self.model_cfg)
+
+    def evaluate(self) -> float:
+        """Greedy accuracy on the first ``eval.num_prompts`` held-out prompts."""
+        assert self.eval_set is not None
+        return evaluate_greedy(
+            self.engine,
+            self.reward_fn,
+            self.codec,
+            self.eval_set.prompts[: self.cfg.eval.num_prompts],
+            max_new_tokens=self.cfg.eval.max_new_tokens,
+            temperature=self.cfg.rollout.temperature,
+        )
+
+    # -- the step, in parts -------------------------------------------------------------------
+
+    def new_iteration(self, step: int) -> dict[str, float]:
+        """At an iteration boundary: π_ref ← π_θ, and under iterative RL the reward model is
+        continued and the scorer switched to it. Returns the refresher's metrics."""
+        phase = self.session.phase
+        if step == 0 or iteration_of(step, self.cfg) == iteration_of(step - 1, self.cfg):
+            return {}
+        with phase("reference_update"):
+            copy_weights(self.reference, self.policy)
+        if not self.rm_refresh.enabled:
+            return {}
+        self.rm_scorer = None  # free the old one before training the next
+        with phase("rm_refresh"):
+            metrics = self.rm_refresh.refresh(
+                step,
+                iteration_of(step, self.cfg),
+                self.position,
+                self.engine,
+                dp_rank=self.ctx.dp_rank,
+                dp_size=self.ctx.dp_size,
+            )
+            self.rm_scorer = _reward_model_scorer(self.cfg, self.rm_refresh.path)
+        return metrics
+
+    def rollout(self, step: int) -> tuple[Any, Any]:
+        """This rank's prompts of the step, ``group_size`` scored responses each: the rollout
+        and its batch on the device."""
+        cfg, g, ctx, prof = self.cfg, self.cfg.grpo, self.ctx, self.session.prof
+        prompts = self.dataset.batch(self.position, g.prompts_per_step)
+        mine = prompts[ctx.dp_rank * self.local_prompts : (ctx.dp_rank + 1) * self.local_prompts]
+        params = SamplingParams(
+            temperature=cfg.rollout.temperature,
+            top_p=cfg.rollout.top_p,
+            max_new_tokens=cfg.rollout.max_new_tokens,
+            stop_token_ids=[self.codec.eos_id],
+            seed=cfg.train.seed * 100_003 + step * 1_009 + ctx.dp_rank,
+        )
+        with prof.phase("rollout"):
+            ro = rollout_and_score(
+                self.engine,
+                self.reward_fn,
+                self.codec,
+                mine,
+                g.group_size,
+                params,
+                multiple_of=self.multiple_of,
+            )
+            batch = ro.batch.to(ctx.device)
+        # rollout_and_score times its generation and verifier itself; the rest is packing
+        parts = [("generation", ro.rollout_s), ("verifier", ro.reward_s)]
+        prof.split_last("rollout", parts, rest="rollout_batch")
+        return ro, batch
+
+    def logprobs(self, batch: Any, metrics: dict[str, float]) -> tuple[Any, Any, float, float]:
+        """(reference, old) log-probs of the responses and the seconds each took; the policy's
+        entropy and its mismatch with the sampler go to ``metrics`` when recomputed."""
+        g, temp, phase = self.cfg.grpo, self.cfg.rollout.temperature, self.session.phase
+        t0 = time.perf_counter()
+        with phase("reference_logprobs"):
+            self.offload(self.reference, self.ctx.device)
+            ref_logp, _ = sequence_logprobs(
+                self.reference,
+                batch.tokens,
+                batch.targets,
+                temperature=temp,
+                tp_group=self.tp_group,
+                micro_batch_size=g.micro_batch_size,
+                impl=g.impl,
+            )
+            self.offload(self.reference, torch.device("cpu"))
+        t1 = time.perf_counter()
+        with phase("old_logprobs"):
+            if g.old_logp == "recompute":
+                old_logp, ent = sequence_logprobs(
+                    self.policy,
+                    batch.tokens,
+                    batch.targets,
+                    temperature=temp,
+                    tp_group=self.tp_group,
+                    micro_batch_size=g.micro_batch_size,
+                    return_entropy=True,
+                    impl=g.impl,
+                )
+                metrics.update(mismatch_metrics(old_logp, batch.sampler_logp, batch.mask))
+                metrics["entropy"] = float(ent[batch.mask].mean())
+            else:
+                old_logp = batch.sampler_logp
+        return ref_logp, old_logp, t1 - t0, time.perf_counter() - t1
+
+    def advantages(self, batch: Any, old_logp: Any, metrics: dict[str, float]) -> Any:
+        """Per-token advantages (reward models score here); their metrics and the truncated
+        importance sampling's go to ``metrics``."""
+        cfg, g = self.cfg, self.cfg.grpo
+        with self.session.phase("advantages"):
+            adv, rm_metrics = compute_advantages(
+                cfg.reward.supervision,
+                batch,
+                g.group_size,
+                scorer=self.rm_scorer,
+                decode=self.codec.decode,
+                delimiter=cfg.reward.delimiter,
+                prm_weight=cfg.reward.prm_weight,
+                impl=g.impl,
+            )
+            metrics.update(rm_metrics)
+            adv_tok, tis = token_advantages(
+                adv, old_logp, batch.sampler_logp, batch.mask, g.tis_cap
+            )
+        return adv_tok, tis
+
+    def update(self, batch: Any, old_logp: Any, ref_logp: Any, adv_tok: Any) -> Any:
+        """μ updates of the clipped, KL-penalised objective (times its own phases)."""
+        s = self.session
+        finalize = None
+        if self.cfg.optim.backend == "megatron":
+            from megatron.core.distributed import finalize_model_grads
+
+            finalize = lambda: finalize_model_grads(s.chunks)  # noqa: E731
+        return grpo_updates(
+            self.policy,
+            s.opt,
+            s.zero_grad,
+            batch,
+            old_logp,
+            ref_logp,
+            adv_tok,
+            self.cfg.grpo,
+            temperature=self.cfg.rollout.temperature,
+            max_len=self.cfg.rollout.max_new_tokens,
+            tp_group=self.tp_group,
+            finalize_grads=finalize,
+            phase=s.phase,
+        )
+
+    def step(self, step: int) -> StepResult:
+        """GRPO step ``step`` (0-based): the session's step function."""
+        cfg, g, ctx, s = self.cfg, self.cfg.grpo, self.ctx, self.session
+        refresh_metrics = self.new_iteration(step)
+        tic = time.perf_counter()
+        lr = lr_at(cfg.schedule, step, g.steps)
+        apply_lr(s.opt, lr)
+        ro, batch = self.rollout(step)
+        metrics: dict[str, float] = {}
+        ref_logp, old_logp, ref_s, old_s = self.logprobs(batch, metrics)
+        t2 = time.perf_counter()
+        adv_tok, tis = self.advantages(batch, old_logp, metrics)
+        metrics.update(refresh_metrics)
+        upd = self.update(batch, old_logp, ref_logp, adv_tok)
+        t3 = time.perf_counter()
+        with s.phase("weight_sync"):
+            sync_s = sync_weights(self.policy, self.engine, self.model_cfg)
+        done = step + 1
+        self.position += g.prompts_per_step
+        secs = time.perf_counter() - tic
+        tokens = float((batch.tokens != self.codec.pad_id).sum() + batch.mask.sum())
+
+        metrics.update(_rollout_metrics(ro, g.group_size))
+        metrics.update(tis)
+        metrics.update(upd.metrics)
+        metrics.update(
+            loss=upd.loss,
+            grad_norm=upd.grad_norm,
+            lr=lr,
+            iteration=float(iteration_of(step, cfg)),
+            time_rollout_s=ro.rollout_s,
+            time_reward_s=ro.reward_s,
+            time_reference_s=ref_s,
+            time_old_s=old_s,
+            time_update_s=t3 - t2,
+            time_sync_s=sync_s,
+            step_time_s=secs,
+            tokens_per_s=tokens / secs,
+        )
+        metrics = dp_mean(metrics, ctx.dp_group)
+        if self.eval_set is not None and (done % cfg.eval.every == 0 or done == g.steps):
+            with s.phase("eval"):
+                metrics["eval_accuracy"] = self.evaluate()
+        work = _step_work(batch, self.codec.pad_id, self.model_cfg, cfg, ctx.dp_size)
+        return StepResult(metrics, work)
+
+
 def run_grpo(cfg: GRPOConfig, *, on_step_end: StepHook | None = None) -> list[dict[str, float]]:
     """Train (or resume) per ``cfg``; returns the metrics of every step this call ran."""
-    from dsm_engine.models.build import build_model
-    from dsm_engine.models.checkpoint import load_checkpoint, save_checkpoint
-    from dsm_engine.models.convert import hf_config
-    from dsm_engine.models.parallel import initialize_parallel
-    from dsm_engine.rewards import build_reward_fn
-    from dsm_engine.trainers.loop import rng_states, set_rng_states
-    from dsm_engine.trainers.metrics import MetricsLogger
-    from dsm_engine.trainers.optim import wrap_and_build_optimizer
-    from dsm_engine.trainers.run_dir import prepare_run_dir
-    from dsm_engine.trainers.schedules import apply_lr, lr_at
-
     g, model_cfg = cfg.grpo, cfg.model_config()
     if cfg.parallel.virtual_pp:
         raise ConfigError(
@@ -174,249 +466,27 @@ def run_grpo(cfg: GRPOConfig, *, on_step_end: StepHook | None = None) -> list[di
     dataset = PromptDataset(cfg.data, codec)
     eval_set = PromptDataset(cfg.data, codec, path=cfg.eval.path) if cfg.eval.every else None
 
-    ctx = initialize_parallel(cfg.parallel, seed=cfg.train.seed)
-    if g.prompts_per_step % ctx.dp_size:
+    opts = SessionOptions(
+        total_steps=g.steps,
+        description="grpo",
+        tokenizer=cfg.data.tokenizer,
+        show=("reward_mean", "kl_mean", "eval_accuracy", "tokens_per_s"),
+        log_every_step=True,
+        mean_profile_over_dp=True,
+    )
+    session = TrainingSession(cfg, opts)
+    if g.prompts_per_step % session.ctx.dp_size:
         raise ConfigError(
             f"grpo.prompts_per_step={g.prompts_per_step} is not divisible by the "
-            f"data-parallel size {ctx.dp_size}"
+            f"data-parallel size {session.ctx.dp_size}"
         )
-    local_prompts = g.prompts_per_step // ctx.dp_size
-    run = prepare_run_dir(
-        cfg.run_dir, cfg, overwrite=cfg.overwrite, resume=cfg.resume, tokenizer=cfg.data.tokenizer
-    )
-    rm_refresh = RewardModelRefresher(cfg, run.path, codec, dataset)
-    rm_refresh.check(ctx.dp_size)
-
-    policy = build_model(model_cfg, ctx)
-    reference = build_model(model_cfg, ctx, init_weights=False)
-    reference.requires_grad_(False).eval()
-    bf16 = model_cfg.params_dtype == "bfloat16"
-    chunks, opt, zero_grad = wrap_and_build_optimizer([policy], cfg.optim, bf16=bf16)
-    policy = chunks[0]
-    finalize = None
-    if cfg.optim.backend == "megatron":
-        from megatron.core.distributed import finalize_model_grads
-
-        finalize = lambda: finalize_model_grads(chunks)  # noqa: E731
-
-    step, position = 0, 0
-    if run.resume_from is not None:
-        extra = load_checkpoint(run.resume_from, policy, optimizer=opt)
-        step, position = int(extra["step"]), int(extra["position"])
-        load_checkpoint(run.path / REFERENCE_DIR, reference, step=step)
-        set_rng_states(extra["rng"])
-        rm_refresh.load_state(extra)
-    else:
-        if cfg.checkpoint.load:
-            load_checkpoint(cfg.checkpoint.load, policy)
-        copy_weights(reference, policy)
-
-    engine, tools = None, None
-    if is_sampler_rank():
-        tools = tool_options(cfg.rollout, codec)
-        engine = build_rollout_engine(
-            cfg.rollout.backend,
-            hf_config(model_cfg),
-            pad_token_id=codec.pad_id,
-            max_batch_rows=cfg.rollout.max_batch_rows,
-            tools=tools,
-        )
-    reward_fn = build_reward_fn(
-        cfg.reward.name, kind=cfg.reward.kind, timeout_s=cfg.reward.timeout_s
-    )
-    rm_scorer = _reward_model_scorer(cfg, rm_refresh.path)
-    tp_group = ctx.tp_group if ctx.tp_size > 1 else None
-    # Rows are padded to a multiple of 16 tokens: a few distinct shapes, so the compiled
-    # fusions of the model (torch.compile) are not rebuilt for every new response length.
-    multiple_of = math.lcm(16, ctx.tp_size if cfg.parallel.sequence_parallel else 1)
-    temp = cfg.rollout.temperature
-    device = ctx.device
-
-    def offload(model: torch.nn.Module, where: torch.device) -> None:
-        if cfg.reference.offload_to_cpu and device.type != "cpu":
-            model.to(where)
-
-    offload(reference, torch.device("cpu"))
-    sync_weights(policy, engine, model_cfg)
-
-    def evaluate() -> float:
-        assert eval_set is not None
-        return evaluate_greedy(
-            engine,
-            reward_fn,
-            codec,
-            eval_set.prompts[: cfg.eval.num_prompts],
-            max_new_tokens=cfg.eval.max_new_tokens,
-            temperature=temp,
-        )
-
-    history: list[dict[str, float]] = []
-    log = MetricsLogger(
-        run.path,
-        total_steps=g.steps,
-        start_step=step,
-        enabled=ctx.rank == 0,
-        tensorboard=cfg.logging.tensorboard,
-        progress=cfg.logging.progress,
-        description="grpo",
-        show=("reward_mean", "kl_mean", "eval_accuracy", "tokens_per_s"),
-    )
-    prof = StepProfiler(
-        cfg.profile, run_dir=run.path, device=device, rank=ctx.rank, start_step=step
-    )
-    sandbox = tools.sandbox if tools is not None else contextlib.nullcontext()
-    with run, log, prof, sandbox:  # the run folder stays locked until the run ends
-        if eval_set is not None and step == 0:
-            log.log(0, {"eval_accuracy": evaluate()})
-        while step < g.steps:
-            prof.begin_step(step + 1)
-            refresh_metrics: dict[str, float] = {}
-            if step > 0 and iteration_of(step, cfg) != iteration_of(step - 1, cfg):
-                with prof.phase("reference_update"):
-                    copy_weights(reference, policy)  # a new iteration: π_ref ← π_θ
-                if rm_refresh.enabled:  # iterative RL: continue the reward model, switch to it
-                    rm_scorer = None  # free the old one before training the next
-                    with prof.phase("rm_refresh"):
-                        refresh_metrics = rm_refresh.refresh(
-                            step,
-                            iteration_of(step, cfg),
-                            position,
-                            engine,
-                            dp_rank=ctx.dp_rank,
-                            dp_size=ctx.dp_size,
-                        )
-                        rm_scorer = _reward_model_scorer(cfg, rm_refresh.path)
-            tic = time.perf_counter()
-            lr = lr_at(cfg.schedule, step, g.steps)
-            apply_lr(opt, lr)
-            prompts = dataset.batch(position, g.prompts_per_step)
-            mine = prompts[ctx.dp_rank * local_prompts : (ctx.dp_rank + 1) * local_prompts]
-            params = SamplingParams(
-                temperature=temp,
-                top_p=cfg.rollout.top_p,
-                max_new_tokens=cfg.rollout.max_new_tokens,
-                stop_token_ids=[codec.eos_id],
-                seed=cfg.train.seed * 100_003 + step * 1_009 + ctx.dp_rank,
-            )
-            with prof.phase("rollout"):
-                ro = rollout_and_score(
-                    engine, reward_fn, codec, mine, g.group_size, params, multiple_of=multiple_of
-                )
-                batch = ro.batch.to(device)
-            # rollout_and_score times its generation and verifier itself; the rest is packing
-            parts = [("generation", ro.rollout_s), ("verifier", ro.reward_s)]
-            prof.split_last("rollout", parts, rest="rollout_batch")
-
-            t0 = time.perf_counter()
-            with prof.phase("reference_logprobs"):
-                offload(reference, device)
-                ref_logp, _ = sequence_logprobs(
-                    reference,
-                    batch.tokens,
-                    batch.targets,
-                    temperature=temp,
-                    tp_group=tp_group,
-                    micro_batch_size=g.micro_batch_size,
-                    impl=g.impl,
-                )
-                offload(reference, torch.device("cpu"))
-            t1 = time.perf_counter()
-            metrics: dict[str, float] = {}
-            with prof.phase("old_logprobs"):
-                if g.old_logp == "recompute":
-                    old_logp, ent = sequence_logprobs(
-                        policy,
-                        batch.tokens,
-                        batch.targets,
-                        temperature=temp,
-                        tp_group=tp_group,
-                        micro_batch_size=g.micro_batch_size,
-                        return_entropy=True,
-                        impl=g.impl,
-                    )
-                    metrics.update(mismatch_metrics(old_logp, batch.sampler_logp, batch.mask))
-                    metrics["entropy"] = float(ent[batch.mask].mean())
-                else:
-                    old_logp = batch.sampler_logp
-            t2 = time.perf_counter()
-
-            with prof.phase("advantages"):  # reward models score here
-                adv, rm_metrics = compute_advantages(
-                    cfg.reward.supervision,
-                    batch,
-                    g.group_size,
-                    scorer=rm_scorer,
-                    decode=codec.decode,
-                    delimiter=cfg.reward.delimiter,
-                    prm_weight=cfg.reward.prm_weight,
-                    impl=g.impl,
-                )
-                metrics.update(rm_metrics)
-                metrics.update(refresh_metrics)
-                adv_tok, tis = token_advantages(
-                    adv, old_logp, batch.sampler_logp, batch.mask, g.tis_cap
-                )
-            upd = grpo_updates(  # times its forward_backward and optimizer phases
-                policy,
-                opt,
-                zero_grad,
-                batch,
-                old_logp,
-                ref_logp,
-                adv_tok,
-                g,
-                temperature=temp,
-                max_len=cfg.rollout.max_new_tokens,
-                tp_group=tp_group,
-                finalize_grads=finalize,
-                phase=prof.phase,
-            )
-            t3 = time.perf_counter()
-            with prof.phase("weight_sync"):
-                sync_s = sync_weights(policy, engine, model_cfg)
-            step += 1
-            position += g.prompts_per_step
-            secs = time.perf_counter() - tic
-            tokens = float((batch.tokens != codec.pad_id).sum() + batch.mask.sum())
-
-            metrics.update(_rollout_metrics(ro, g.group_size))
-            metrics.update(tis)
-            metrics.update(upd.metrics)
-            metrics.update(
-                loss=upd.loss,
-                grad_norm=upd.grad_norm,
-                lr=lr,
-                iteration=float(iteration_of(step - 1, cfg)),
-                time_rollout_s=ro.rollout_s,
-                time_reward_s=ro.reward_s,
-                time_reference_s=t1 - t0,
-                time_old_s=t2 - t1,
-                time_update_s=t3 - t2,
-                time_sync_s=sync_s,
-                step_time_s=secs,
-                tokens_per_s=tokens / secs,
-            )
-            metrics = _dp_mean(metrics, ctx.dp_group)
-            if eval_set is not None and (step % cfg.eval.every == 0 or step == g.steps):
-                with prof.phase("eval"):
-                    metrics["eval_accuracy"] = evaluate()
-            if step % cfg.checkpoint.every == 0 or step == g.steps:
-                extra: dict[str, Any] = {
-                    "step": step,
-                    "position": position,
-                    "iteration": iteration_of(step - 1, cfg),
-                    "rng": rng_states(),
-                    **rm_refresh.state(),
-                }
-                with prof.phase("checkpoint"):
-                    offload(reference, device)
-                    save_checkpoint(run.path / REFERENCE_DIR, step, reference)
-                    offload(reference, torch.device("cpu"))
-                    save_checkpoint(run.checkpoints, step, policy, optimizer=opt, extra=extra)
-            work = _step_work(batch, codec.pad_id, model_cfg, cfg, ctx.dp_size)
-            metrics.update(_dp_mean(prof.end_step(work, num_devices=ctx.world_size), ctx.dp_group))
-            log.log(step, metrics)
-            history.append(metrics)
-            if on_step_end is not None:
-                on_step_end(step, metrics)
-    return history
+    with session:  # the run folder stays locked until the run ends
+        run = GRPORun(cfg, session, codec, dataset, eval_set)
+        session.build(run.build)
+        start = session.resume(run.hooks())
+        run.start_sampler()
+        if run.tools is not None:
+            session.keep(run.tools.sandbox)
+        if eval_set is not None and start == 0:
+            session.log.log(0, {"eval_accuracy": run.evaluate()})
+        return session.drive(run.step, on_step_end)

@@ -1,2 +1,3 @@
-"""Trainers: continued pretraining and SFT on megatron-core, with the shared pieces
-(schedules, optimizer, data, metrics logger, run folder) that GRPO and reward models reuse."""
+"""Trainers: continued pretraining and SFT on megatron-core, the reward-model trainer, and the
+shared pieces GRPO reuses: the training session (``session``: parallel setup, run folder,
+resume, checkpoints, logging, profiling, the step loop), schedules, optimizer, data, metrics."""

@@ -9,17 +9,16 @@ by ``dp``), so packed and unpacked batches, any microbatch split and any paralle
 the same loss and gradients.
 
 Resume: a checkpoint holds model, optimizer, the step (which fixes the learning rate and the
-data position, see ``data.global_batch``) and every rank's RNG states.
+data position, see ``data.global_batch``) and every rank's RNG states; the shell (parallel
+setup, run folder, resume, logging, profiling, checkpoints) is the :mod:`session`'s.
 """
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -29,44 +28,13 @@ from dsm_engine.models.parallel import ParallelContext
 from dsm_engine.trainers.config import RunConfig
 from dsm_engine.trainers.data import global_batch
 from dsm_engine.trainers.flops import train_flops_per_token
-from dsm_engine.trainers.metrics import (
-    MetricsLogger,
-    memory_stats,
-    peak_flops_per_device,
-    throughput,
-)
-from dsm_engine.trainers.optim import wrap_and_build_optimizer
-from dsm_engine.trainers.profiling import StepProfiler, StepWork, true_peak_gib
-from dsm_engine.trainers.run_dir import RunDir, prepare_run_dir
+from dsm_engine.trainers.metrics import memory_stats, peak_flops_per_device, throughput
+from dsm_engine.trainers.profiling import StepWork
+from dsm_engine.trainers.run_dir import RunDir
 from dsm_engine.trainers.schedules import apply_lr, lr_at
+from dsm_engine.trainers.session import SessionOptions, StepHook, StepResult, TrainingSession
 
-StepHook = Callable[[int, dict[str, float]], None]
 DatasetFactory = Callable[[RunDir, ModelConfig], Any]
-
-
-def rng_states() -> dict[str, Any]:
-    """This process's RNG states: python, numpy, torch (CPU and CUDA), megatron's TP tracker."""
-    from megatron.core import tensor_parallel
-
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
-    }
-
-
-def set_rng_states(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_states` captured."""
-    from megatron.core import tensor_parallel
-
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
 
 
 def _forward_step(ctx: ParallelContext, scale: float) -> Callable:
@@ -109,15 +77,19 @@ def _reduce_loss(
     return float(t) / max(tokens, 1.0)
 
 
-def _save(run: RunDir, step: int, chunks: list[torch.nn.Module], opt: Any) -> None:
-    from dsm_engine.models.checkpoint import save_checkpoint
+def _builder(cfg: RunConfig, model_cfg: ModelConfig) -> Callable:
+    def build(ctx: ParallelContext) -> list[torch.nn.Module]:
+        from dsm_engine.models.build import build_model_chunks
 
-    extra = {"step": step, "rng": rng_states()}  # the checkpoint layer keeps one per rank
-    save_checkpoint(run.checkpoints, step, _model_arg(chunks), optimizer=opt, extra=extra)
+        chunks = build_model_chunks(model_cfg, ctx)
+        for c in chunks:
+            if cfg.train.recompute == "full":
+                c.config.recompute_granularity = "full"
+                c.config.recompute_method = "uniform"
+                c.config.recompute_num_layers = 1
+        return chunks
 
-
-def _model_arg(chunks: list[torch.nn.Module]) -> Any:
-    return chunks[0] if len(chunks) == 1 else chunks
+    return build
 
 
 def train(
@@ -137,61 +109,29 @@ def train(
     """
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from dsm_engine.models.build import build_model_chunks
-    from dsm_engine.models.checkpoint import load_checkpoint
-    from dsm_engine.models.parallel import initialize_parallel
-
-    model_cfg = cfg.model_config()
-    ctx = initialize_parallel(cfg.parallel, seed=cfg.train.seed)
-    run = prepare_run_dir(
-        cfg.run_dir,
-        cfg,
-        overwrite=cfg.overwrite,
-        resume=cfg.resume,
+    model_cfg, t = cfg.model_config(), cfg.train
+    opts = SessionOptions(
+        total_steps=t.steps,
+        description=description,
         tokenizer=tokenizer or checkpoint_tokenizer(cfg.checkpoint.load),
     )
-    dataset = make_dataset(run, model_cfg)
+    session = TrainingSession(cfg, opts)
+    ctx = session.ctx
+    with session:  # the run folder stays locked until the run ends
+        dataset = make_dataset(session.run, model_cfg)
+        chunks = session.build(_builder(cfg, model_cfg))
+        session.resume()
+        opt, phase = session.opt, session.phase
+        fwd_bwd = get_forward_backward_func()
+        seq = model_cfg.seq_length
+        flops = train_flops_per_token(model_cfg)
+        peak = (
+            cfg.profile.peak_tflops * 1e12 if cfg.profile.peak_tflops else peak_flops_per_device()
+        )
 
-    chunks = build_model_chunks(model_cfg, ctx)
-    for c in chunks:
-        if cfg.train.recompute == "full":
-            c.config.recompute_granularity = "full"
-            c.config.recompute_method = "uniform"
-            c.config.recompute_num_layers = 1
-    bf16 = model_cfg.params_dtype == "bfloat16"
-    chunks, opt, zero_grad = wrap_and_build_optimizer(chunks, cfg.optim, bf16=bf16)
-
-    start = 0
-    if run.resume_from is not None:
-        extra = load_checkpoint(run.resume_from, _model_arg(chunks), optimizer=opt)
-        start = int(extra["step"])
-        set_rng_states(extra["rng"])
-    elif cfg.checkpoint.load:
-        load_checkpoint(cfg.checkpoint.load, _model_arg(chunks))
-
-    fwd_bwd = get_forward_backward_func()
-    t = cfg.train
-    seq = model_cfg.seq_length
-    flops = train_flops_per_token(model_cfg)
-    peak = cfg.profile.peak_tflops * 1e12 if cfg.profile.peak_tflops else peak_flops_per_device()
-    losses: list[float] = []
-    log = MetricsLogger(
-        run.path,
-        total_steps=t.steps,
-        start_step=start,
-        enabled=ctx.rank == 0,
-        tensorboard=cfg.logging.tensorboard,
-        progress=cfg.logging.progress,
-        description=description,
-    )
-    prof = StepProfiler(
-        cfg.profile, run_dir=run.path, device=ctx.device, rank=ctx.rank, start_step=start
-    )
-    with run, log, prof:  # the run folder stays locked until the run ends
-        for step in range(start, t.steps):
-            prof.begin_step(step + 1)
+        def step_fn(step: int) -> StepResult:
             tic = time.perf_counter()
-            with prof.phase("data"):
+            with phase("data"):
                 lr = lr_at(cfg.schedule, step, t.steps)
                 apply_lr(opt, lr)
                 mbs = global_batch(
@@ -204,8 +144,8 @@ def train(
                 )
                 tokens = _global_tokens(mbs, ctx)
             scale = ctx.dp_size * len(mbs) / max(tokens, 1.0)
-            with prof.phase("forward_backward"):
-                zero_grad()
+            with phase("forward_backward"):
+                session.zero_grad()
                 reduced = fwd_bwd(
                     forward_step_func=_forward_step(ctx, scale),
                     data_iterator=[iter(mbs) for _ in chunks] if len(chunks) > 1 else iter(mbs),
@@ -215,18 +155,17 @@ def train(
                     micro_batch_size=t.micro_batch_size,
                     forward_only=False,
                 )
-            with prof.phase("optimizer"):
+            with phase("optimizer"):
                 _, grad_norm, _ = opt.step()
             loss = _reduce_loss(reduced, ctx, tokens)
-            losses.append(loss)
-            done = step + 1
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             secs = time.perf_counter() - tic
+            step_tokens = t.global_batch_size * seq
             metrics = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "step_time_s": secs}
             metrics.update(
                 throughput(
-                    t.global_batch_size * seq,
+                    step_tokens,
                     secs,
                     flops_per_token=flops,
                     num_devices=ctx.world_size,
@@ -234,16 +173,8 @@ def train(
                 )
             )
             metrics.update(memory_stats())
-            if done % cfg.checkpoint.every == 0 or done == t.steps:
-                with prof.phase("checkpoint"):
-                    _save(run, done, chunks, opt)
-            step_tokens = t.global_batch_size * seq
             work = StepWork(train_tokens=step_tokens, train_flops=step_tokens * flops)
-            metrics.update(prof.end_step(work, num_devices=ctx.world_size))
-            if (peak_gib := true_peak_gib(metrics)) is not None:
-                metrics["mem_gib"] = max(metrics["mem_gib"], peak_gib)
-            if done % cfg.logging.every == 0 or done == t.steps:
-                log.log(done, metrics)
-            if on_step_end is not None:
-                on_step_end(done, metrics)
-    return losses
+            return StepResult(metrics, work)
+
+        history = session.drive(step_fn, on_step_end)
+    return [m["loss"] for m in history]

@@ -13,8 +13,9 @@ from dsm_engine.models.config import ModelConfig
 from dsm_engine.trainers.common import run_main
 from dsm_engine.trainers.config import PretrainConfig
 from dsm_engine.trainers.data import build_pretrain_dataset, check_blend
-from dsm_engine.trainers.loop import StepHook, train
+from dsm_engine.trainers.loop import train
 from dsm_engine.trainers.run_dir import RunDir
+from dsm_engine.trainers.session import StepHook
 
 
 def run_pretrain(cfg: PretrainConfig, *, on_step_end: StepHook | None = None) -> list[float]:

@@ -33,7 +33,15 @@ from dsm_engine.reward_models.replay import MixedBatcher, ReplayBuffer, ReplayCo
 from dsm_engine.trainers.common import run_main
 from dsm_engine.trainers.config import RunConfig
 from dsm_engine.trainers.flops import train_flops_per_token
+from dsm_engine.trainers.profiling import StepWork
 from dsm_engine.trainers.schedules import ScheduleConfig, apply_lr, lr_at
+from dsm_engine.trainers.session import (
+    CheckpointHooks,
+    SessionOptions,
+    StepHook,
+    StepResult,
+    TrainingSession,
+)
 
 
 @dataclass
@@ -79,9 +87,6 @@ class RewardModelConfig(RunConfig):
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     eval: RMEvalConfig = field(default_factory=RMEvalConfig)
     schedule: RMScheduleConfig = field(default_factory=RMScheduleConfig)
-
-
-StepHook = Callable[[int, dict[str, float]], None]
 
 
 def split_data(cfg: RewardModelConfig, seq_len: int) -> tuple[list[RMExample], list[RMExample]]:
@@ -186,47 +191,54 @@ def _has_score_head(step_dir) -> bool:
     return any(k.endswith("score_head.weight") for k in keys)
 
 
+def _rm_flops_per_token(model_cfg) -> float:
+    """The policy's FLOPs with its LM head (counted when untied) swapped for the 1-wide score
+    head."""
+    h = model_cfg.hidden_size
+    lm_head = model_cfg.vocab_size * h if model_cfg.untie_embeddings else 0
+    return train_flops_per_token(model_cfg) - 6.0 * lm_head + 6.0 * h
+
+
+def _check_batch(cfg: RewardModelConfig, dp_size: int) -> None:
+    t = cfg.train
+    if t.global_batch_size % (dp_size * t.micro_batch_size):
+        raise ConfigError(
+            f"train.global_batch_size={t.global_batch_size} must be a multiple of "
+            f"dp ({dp_size}) * train.micro_batch_size ({t.micro_batch_size})"
+        )
+
+
 def run_reward_model(
     cfg: RewardModelConfig, *, on_step_end: StepHook | None = None
 ) -> dict[str, float]:
     """Train per ``cfg``; returns the final held-out metrics (and the last loss)."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from dsm_engine.models.checkpoint import load_checkpoint, save_checkpoint
-    from dsm_engine.models.parallel import initialize_parallel
+    from dsm_engine.models.checkpoint import load_checkpoint
     from dsm_engine.reward_models.model import build_reward_model, load_backbone
-    from dsm_engine.trainers.loop import rng_states, set_rng_states
-    from dsm_engine.trainers.metrics import MetricsLogger
-    from dsm_engine.trainers.optim import wrap_and_build_optimizer
-    from dsm_engine.trainers.profiling import StepProfiler, StepWork
-    from dsm_engine.trainers.run_dir import prepare_run_dir
 
     model_cfg = cfg.model_config()
     seq = model_cfg.seq_length
     train_rows, held_rows = split_data(cfg, seq)  # bad data fails before the run folder
     t = cfg.train
-    ctx = initialize_parallel(cfg.parallel, seed=t.seed)
-    if t.global_batch_size % (ctx.dp_size * t.micro_batch_size):
-        raise ConfigError(
-            f"train.global_batch_size={t.global_batch_size} must be a multiple of "
-            f"dp ({ctx.dp_size}) * train.micro_batch_size ({t.micro_batch_size})"
-        )
-    run = prepare_run_dir(cfg.run_dir, cfg, overwrite=cfg.overwrite, resume=cfg.resume)
-    model = build_reward_model(model_cfg, ctx)
-    chunks, opt, zero_grad = wrap_and_build_optimizer(
-        [model], cfg.optim, bf16=model_cfg.params_dtype == "bfloat16"
+    session = TrainingSession(
+        cfg, SessionOptions(total_steps=t.steps, description=f"rm-{cfg.kind}")
     )
-    model = chunks[0]
+    ctx = session.ctx
+    _check_batch(cfg, ctx.dp_size)
     buffer = ReplayBuffer(cfg.replay.capacity, seed=cfg.replay.seed)
     batcher = MixedBatcher(train_rows, buffer, cfg.replay.ratio, seed=t.seed)
-    start, merged = 0, False
-    if run.resume_from is not None:
-        extra = load_checkpoint(run.resume_from, model, optimizer=opt)
-        start, merged = int(extra["step"]), bool(extra.get("merged", False))
-        set_rng_states(extra["rng"])
+    merged = False  # whether the buffer holds this run's training data yet
+
+    def restore(extra: dict[str, Any]) -> None:
+        nonlocal merged
+        merged = bool(extra.get("merged", False))
         buffer.load_state_dict(extra["replay"])
         batcher.load_state_dict(extra["batcher"])
-    elif cfg.checkpoint.load:
+
+    def fresh() -> None:
+        if not cfg.checkpoint.load:
+            return
         if _has_score_head(cfg.checkpoint.load):  # an earlier reward model: continue it
             extra = load_checkpoint(cfg.checkpoint.load, model)
             if "replay" in extra:
@@ -235,41 +247,26 @@ def run_reward_model(
         else:  # a policy checkpoint: its backbone, a fresh head
             load_backbone(cfg.checkpoint.load, model)
 
-    def save(step: int) -> None:
-        extra = {
-            "step": step,
-            "rng": rng_states(),
+    def state(done: int) -> dict[str, Any]:
+        return {
             "kind": cfg.kind,
             "replay": buffer.state_dict(),
             "batcher": batcher.state_dict(),
             "merged": merged,
         }
-        save_checkpoint(run.checkpoints, step, model, optimizer=opt, extra=extra)
 
-    fwd_bwd = get_forward_backward_func()
-    per_rank = t.global_batch_size // ctx.dp_size
-    log = MetricsLogger(
-        run.path,
-        total_steps=t.steps,
-        start_step=start,
-        enabled=ctx.rank == 0,
-        tensorboard=cfg.logging.tensorboard,
-        progress=cfg.logging.progress,
-        description=f"rm-{cfg.kind}",
-    )
-    final: dict[str, float] = {}
-    prof = StepProfiler(
-        cfg.profile, run_dir=run.path, device=ctx.device, rank=ctx.rank, start_step=start
-    )
-    # The policy's FLOPs with its LM head (counted when untied) swapped for the 1-wide score head.
-    h = model_cfg.hidden_size
-    lm_head = model_cfg.vocab_size * h if model_cfg.untie_embeddings else 0
-    flops = train_flops_per_token(model_cfg) - 6.0 * lm_head + 6.0 * h
-    with run, log, prof:  # the run folder stays locked until the run ends
-        for step in range(start, t.steps):
-            prof.begin_step(step + 1)
+    with session:  # the run folder stays locked until the run ends
+        (model,) = session.build(lambda ctx: [build_reward_model(model_cfg, ctx)])
+        session.resume(CheckpointHooks(state=state, restore=restore, fresh=fresh))
+        opt, phase = session.opt, session.phase
+        fwd_bwd = get_forward_backward_func()
+        per_rank = t.global_batch_size // ctx.dp_size
+        flops = _rm_flops_per_token(model_cfg)
+
+        def step_fn(step: int) -> StepResult:
+            nonlocal merged
             tic = time.perf_counter()
-            with prof.phase("data"):
+            with phase("data"):
                 lr = lr_at(cfg.schedule, step, t.steps)
                 apply_lr(opt, lr)
                 batch = batcher.next_batch(t.global_batch_size)  # the same on every rank
@@ -279,8 +276,8 @@ def run_reward_model(
                 mine = rows[ctx.dp_rank * per_rank : (ctx.dp_rank + 1) * per_rank]
                 mbs = _microbatches(mine, cfg.kind, t.micro_batch_size, seq, cfg.data.pad_id)
             scale = ctx.dp_size * len(mbs) / max(labelled, 1)
-            with prof.phase("forward_backward"):
-                zero_grad()
+            with phase("forward_backward"):
+                session.zero_grad()
                 reduced = fwd_bwd(
                     forward_step_func=_forward_step(ctx, cfg.kind, scale, collect=False),
                     data_iterator=iter(mbs),
@@ -290,7 +287,7 @@ def run_reward_model(
                     micro_batch_size=t.micro_batch_size,
                     forward_only=False,
                 )
-            with prof.phase("optimizer"):
+            with phase("optimizer"):
                 _, grad_norm, _ = opt.step()
             s = torch.tensor([sum(float(r["loss_sum"]) for r in reduced)], dtype=torch.float64)
             dist.all_reduce(s, group=ctx.pp_group)
@@ -305,22 +302,16 @@ def run_reward_model(
             }
             last = done == t.steps
             if last or (cfg.eval.every and done % cfg.eval.every == 0):
-                with prof.phase("eval"):
+                with phase("eval"):
                     metrics.update(evaluate(model, ctx, cfg, held_rows, seq))
             if last and not merged:  # the next iteration replays this run's data
                 buffer.add(train_rows)
                 merged = True
-            if done % cfg.checkpoint.every == 0 or last:
-                with prof.phase("checkpoint"):
-                    save(done)
             tokens = t.global_batch_size * seq  # rows are padded to seq
-            work = StepWork(train_tokens=tokens, train_flops=tokens * flops)
-            metrics.update(prof.end_step(work, num_devices=ctx.world_size))
-            if done % cfg.logging.every == 0 or last:
-                log.log(done, metrics)
-            if on_step_end is not None:
-                on_step_end(done, metrics)
-            final = metrics
+            return StepResult(metrics, StepWork(train_tokens=tokens, train_flops=tokens * flops))
+
+        history = session.drive(step_fn, on_step_end)
+    final = history[-1] if history else {}
     if not final and held_rows:
         final = evaluate(model, ctx, cfg, held_rows, seq)
     return final

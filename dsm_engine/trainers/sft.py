@@ -8,8 +8,9 @@ from __future__ import annotations
 from dsm_engine.models.config import ModelConfig
 from dsm_engine.trainers.common import run_main
 from dsm_engine.trainers.config import SFTConfig
-from dsm_engine.trainers.loop import StepHook, train
+from dsm_engine.trainers.loop import train
 from dsm_engine.trainers.run_dir import RunDir
+from dsm_engine.trainers.session import StepHook
 from dsm_engine.trainers.sft_data import SFTDataset, build_sft_dataset
 
 
