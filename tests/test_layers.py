@@ -111,12 +111,6 @@ def _module_imports(module: str, path: Path, modules: set[str]) -> set[str]:
     return {n for n in names if n in modules and n != module}
 
 
-# Import edges allowed to close a cycle, each with the reason and when it goes.
-# rollout.base re-exports the factory lazily (module __getattr__) for callers that still import
-# ``build_rollout_engine`` from it (dsm_engine/grpo/trainer.py); remove once none does.
-KNOWN_CYCLE_EDGES = {("dsm_engine.rollout.base", "dsm_engine.rollout.factory")}
-
-
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     """The strongly connected components of more than one module (Tarjan's algorithm)."""
     index: dict[str, int] = {}
@@ -177,10 +171,7 @@ def test_an_upward_relative_import_is_seen(tmp_path):
 
 def test_no_import_cycles_between_modules():
     modules = _modules()
-    graph = {
-        m: {n for n in _module_imports(m, p, set(modules)) if (m, n) not in KNOWN_CYCLE_EDGES}
-        for m, p in modules.items()
-    }
+    graph = {m: _module_imports(m, p, set(modules)) for m, p in modules.items()}
     assert _cycles(graph) == []
 
 

@@ -36,6 +36,7 @@ log-probs, advantages, updates) that other post-training algorithms can reuse.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Any
@@ -59,9 +60,11 @@ from dsm_engine.grpo.step import (
     sequence_logprobs,
     token_advantages,
 )
+from dsm_engine.models.parallel import ParallelContext
 from dsm_engine.reward_models.grpo_rewards import compute_advantages
 from dsm_engine.reward_models.scorer import MeanScorer, TokenScorer, load_reward_fn
-from dsm_engine.rollout.base import SamplingParams, build_rollout_engine
+from dsm_engine.rollout.base import SamplingParams
+from dsm_engine.rollout.factory import build_rollout_engine
 from dsm_engine.text_codec import TextCodec
 from dsm_engine.trainers.flops import train_flops_per_token
 from dsm_engine.trainers.profiling import StepWork
@@ -125,7 +128,9 @@ def _step_work(batch, pad_id: int, model_cfg, cfg: GRPOConfig, dp_size: int) -> 
                     gen_tokens=gen)  # fmt: skip
 
 
-def _reward_model_scorer(cfg: GRPOConfig, model_path: str) -> TokenScorer | None:
+def _reward_model_scorer(
+    cfg: GRPOConfig, model_path: str, ctx: ParallelContext
+) -> TokenScorer | None:
     """The learned reward model's scorer (None under verifier supervision; the mean of the
     members with ``reward.ensemble``), in the policy's TP/PP layout: scoring is collective over
     the model-parallel group, whose ranks hold the same rollout rows; each data-parallel rank
@@ -138,6 +143,7 @@ def _reward_model_scorer(cfg: GRPOConfig, model_path: str) -> TokenScorer | None
             kind,
             path,
             cfg.data.tokenizer,
+            ctx=ctx,
             delimiter=cfg.reward.delimiter,
             micro_batch_size=cfg.grpo.micro_batch_size,
         ).scorer
@@ -251,7 +257,7 @@ class GRPORun:
         self.reward_fn = build_reward_fn(
             cfg.reward.name, kind=cfg.reward.kind, timeout_s=cfg.reward.timeout_s
         )
-        self.rm_scorer = _reward_model_scorer(cfg, self.rm_refresh.path)
+        self.rm_scorer = _reward_model_scorer(cfg, self.rm_refresh.path, self.ctx)
         self.offload(self.reference, torch.device("cpu"))
         sync_weights(self.policy, self.engine, self.model_cfg)
 
@@ -289,7 +295,7 @@ class GRPORun:
                 dp_rank=self.ctx.dp_rank,
                 dp_size=self.ctx.dp_size,
             )
-            self.rm_scorer = _reward_model_scorer(self.cfg, self.rm_refresh.path)
+            self.rm_scorer = _reward_model_scorer(self.cfg, self.rm_refresh.path, self.ctx)
         return metrics
 
     def rollout(self, step: int) -> tuple[Any, Any]:
@@ -487,6 +493,8 @@ def run_grpo(cfg: GRPOConfig, *, on_step_end: StepHook | None = None) -> list[di
         run.start_sampler()
         if run.tools is not None:
             session.keep(run.tools.sandbox)
+        if isinstance(run.reward_fn, contextlib.AbstractContextManager):
+            session.keep(run.reward_fn)  # the verifier's checker processes stop with the run
         if eval_set is not None and start == 0:
             session.log.log(0, {"eval_accuracy": run.evaluate()})
         return session.drive(run.step, on_step_end)

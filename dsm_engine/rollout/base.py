@@ -2,8 +2,8 @@
 
 Every backend (``hf``: transformers ``generate``; ``vllm``: optional) implements
 :class:`RolloutEngine`; ``rollout.factory.build_rollout_engine`` picks one by name. This module
-holds only the types the engines share, so it imports none of them. Responses of prompt ``i`` are rows ``i*n .. i*n+n-1`` of the result,
-the grouping the GRPO loss expects. ``logprobs[j][t]`` is the log-probability the sampler gave
+holds only the types the engines share, so it imports none of them. Responses of prompt ``i``
+are rows ``i*n .. i*n+n-1`` of the result, the grouping the GRPO loss expects. ``logprobs[j][t]`` is the log-probability the sampler gave
 token ``token_ids[j][t]``, under ``softmax(logits / temperature)`` (before top-p truncation is
 renormalised: with ``top_p=1`` it is exactly the distribution sampled from), so the trainer can
 compare it with its own recomputation (the rollout/trainer mismatch).
@@ -114,21 +114,3 @@ def check_prompts(prompts_token_ids: Sequence[Sequence[int]], n: int, vocab_size
         bad = [t for t in p if not 0 <= int(t) < vocab_size]
         if bad:
             raise ValueError(f"prompts_token_ids[{i}] has ids outside [0, {vocab_size}): {bad[:5]}")
-
-
-def __getattr__(name: str):
-    # Compatibility for ``from dsm_engine.rollout.base import build_rollout_engine`` (the GRPO
-    # trainer's import): the factory lives in ``rollout.factory``, which imports the engines,
-    # which import this module. Remove once no caller imports it from here.
-    if name == "build_rollout_engine":
-        import warnings
-
-        from dsm_engine.rollout.factory import build_rollout_engine
-
-        warnings.warn(
-            "import build_rollout_engine from dsm_engine.rollout.factory",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return build_rollout_engine
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

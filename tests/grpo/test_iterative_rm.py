@@ -128,9 +128,9 @@ def _spied_run(cfg, on_step_end=None):
         seen["steps"].append((batch, adv.detach().clone()))
         return adv, m
 
-    def spy_load(cfg, path):
+    def spy_load(cfg, path, ctx):
         seen["paths"].append(str(path))
-        return load(cfg, path)
+        return load(cfg, path, ctx)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(trainer, "compute_advantages", spy_adv)
