@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import statistics
 import sys
@@ -289,13 +290,16 @@ def static_bytes(parts: Parts) -> dict[str, int]:
 
 
 def _import_all() -> None:
-    import dsm_engine.grpo.algorithms
-    import dsm_engine.grpo.critic
-    import dsm_engine.grpo.step
-    import dsm_engine.models
-    import dsm_engine.trainers.optim
-    import megatron.core.distributed
-    import megatron.core.pipeline_parallel  # noqa: F401
+    for name in (
+        "dsm_engine.grpo.algorithms",
+        "dsm_engine.grpo.critic",
+        "dsm_engine.grpo.step",
+        "dsm_engine.models",
+        "dsm_engine.trainers.optim",
+        "megatron.core.distributed",
+        "megatron.core.pipeline_parallel",
+    ):
+        importlib.import_module(name)
 
 
 def measure(spec: Spec, variant: str) -> dict[str, Any]:
@@ -392,7 +396,7 @@ def run(spec: Spec, out: Path, timeout: float) -> Path:
         f"{spec.group} responses = {b} rows of {spec.prompt_tokens} prompt + "
         f"{spec.response_tokens // 2}..{spec.response_tokens} response tokens, microbatch "
         f"{spec.micro_batch}; device {spec.device}; median of {spec.repeats} timed steps after "
-        "one warm-up step.",
+        "one warm-up step (the peak is over the timed steps).",
         f"Memory: {memory}. Static parts are measured on the objects after the last step; "
         "rest = peak - static (activations, logits chunks, temporaries, allocator slack). "
         "optimizer_states: Adam's two moments (and fp32 master weights on CUDA) of the policy, "
