@@ -22,7 +22,11 @@ Static parts are measured on the objects after the last step (distinct storages 
 parameter bytes per model, optimizer-state bytes (Adam moments and fp32 master copies), and
 gradient bytes (``.grad`` and megatron's ``main_grad`` buffers). ``rest`` = peak - static.
 
-    python -P benchmarks/rl/bench_ppo_vs_grpo.py [--device cpu|cuda] [--repeats 2]
+    python -P benchmarks/rl/bench_ppo_vs_grpo.py [--device cpu|cuda] [--repeats N] [--smoke]
+
+The CPU run uses a ~7M-parameter Llama (``Spec``'s defaults) and 32 rows of up to 128 tokens;
+``--device cuda`` uses the ~1.2B ``dsm-1b`` architecture and 64 rows of up to 512 tokens
+(``gpu_spec``); ``--smoke`` a toy size on either.
 
 Writes ``benchmarks/results/ppo_vs_grpo{,_cuda}.{json,md}``; ``--device cuda`` without a GPU
 says so and exits 0.
@@ -259,14 +263,18 @@ def _storage_bytes(tensors) -> int:
 def _optimizer_tensors(opt, model_params: set[int]) -> list[torch.Tensor]:
     """The state tensors of ``opt`` (TorchAdamW or megatron's) and its master copies (the
     parameters it steps that are not the model's)."""
-    inner = opt.optimizer  # torch.optim.AdamW (ours) or megatron's wrapped torch Adam
-    out = [v for state in inner.state.values() for v in state.values() if torch.is_tensor(v)]
-    out += [
-        p
-        for group in inner.param_groups
-        for p in group["params"]
-        if p.untyped_storage().data_ptr() not in model_params
-    ]
+    out = []
+    # TorchAdamW wraps torch.optim.AdamW; megatron's ChainedOptimizer holds one mixed-precision
+    # optimizer per parameter group kind, each wrapping an Adam over fp32 master copies
+    for wrapper in getattr(opt, "chained_optimizers", [opt]):
+        inner = wrapper.optimizer
+        out += [v for state in inner.state.values() for v in state.values() if torch.is_tensor(v)]
+        out += [
+            p
+            for group in inner.param_groups
+            for p in group["params"]
+            if p.untyped_storage().data_ptr() not in model_params
+        ]
     return out
 
 
@@ -425,10 +433,28 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.device == "cuda" and not require_cuda("bench_ppo_vs_grpo"):
         return 0
-    spec = smoke_spec() if args.smoke else Spec()
+    spec = smoke_spec() if args.smoke else gpu_spec() if args.device == "cuda" else Spec()
     spec = dataclasses.replace(spec, device=args.device, repeats=args.repeats or spec.repeats)
     run(spec, Path(args.out), args.timeout)
     return 0
+
+
+def gpu_spec() -> Spec:
+    """The ~1.2B ``dsm-1b`` architecture (bf16) and 8 prompts x 8 responses of up to 512
+    tokens: about 40 GiB of static memory for PPO, within one 80 GB GPU."""
+    from dsm_engine.models.config import MODEL_PRESETS
+
+    fields = ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size", "vocab_size")
+    model = {f: getattr(MODEL_PRESETS["dsm-1b"], f) for f in fields}
+    return Spec(
+        model=model,
+        prompts=8,
+        group=8,
+        prompt_tokens=128,
+        response_tokens=384,
+        micro_batch=8,
+        repeats=3,
+    )
 
 
 def smoke_spec() -> Spec:
