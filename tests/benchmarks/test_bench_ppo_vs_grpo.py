@@ -80,3 +80,13 @@ def test_script_writes_both_variants_each_in_its_process(tmp_path):
     assert rows[0]["critic MiB"] == 0 < rows[1]["critic MiB"]
     assert payload["notes"][0].startswith("PPO's step needs")
     assert (tmp_path / "ppo_vs_grpo.md").read_text().startswith("# ppo_vs_grpo")
+
+
+def test_cuda_run_without_a_gpu_says_so_and_writes_nothing(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the CUDA run would measure")
+    assert _load().main(["--device", "cuda", "--out", str(tmp_path)]) == 0
+    assert "needs a CUDA GPU" in capsys.readouterr().out
+    assert not list(tmp_path.iterdir())
