@@ -183,7 +183,8 @@ def build_parts(spec: Spec, variant: str) -> Parts:
 
 
 def step(parts: Parts, spec: Spec, variant: str) -> dict[str, float]:
-    """One GRPO or PPO step on ``parts.batch``; seconds per phase."""
+    """One GRPO or PPO step on ``parts.batch``: seconds per phase (CPU seconds on the CPU),
+    their ``total`` and the step's ``wall`` seconds."""
     from dsm_engine.grpo.algorithms import (
         AlgorithmConfig,
         CoefficientInputs,
@@ -198,13 +199,16 @@ def step(parts: Parts, spec: Spec, variant: str) -> dict[str, float]:
     batch, mb = parts.batch, spec.micro_batch
     run = GRPOAlgoConfig(group_size=spec.group, micro_batch_size=mb)
     algo = AlgorithmConfig(name=variant)
+    # on the CPU the phases are timed in process CPU seconds (all threads): on a shared
+    # machine the wall time also counts other processes' work; on CUDA in wall seconds
+    timer = time.process_time if spec.device == "cpu" else time.perf_counter
     times = dict.fromkeys(PHASES, 0.0)
-    clock = time.perf_counter()
+    clock, wall = timer(), time.perf_counter()
 
     def lap(phase: str) -> None:
         nonlocal clock
         _sync(spec.device)
-        now = time.perf_counter()
+        now = timer()
         times[phase] += now - clock
         clock = now
 
@@ -245,6 +249,7 @@ def step(parts: Parts, spec: Spec, variant: str) -> dict[str, float]:
         parts.critic_optimizer.step()
         lap("critic_update")
     times["total"] = sum(times[p] for p in PHASES)
+    times["wall"] = time.perf_counter() - wall
     return times
 
 
@@ -346,7 +351,7 @@ def summary(variant: str, got: dict[str, Any]) -> dict[str, Any]:
         return {"variant": variant, "error": got["error"]}
     timed = got["steps"][1:] or got["steps"]
     row: dict[str, Any] = {"variant": variant}
-    for phase in (*PHASES, "total"):
+    for phase in (*PHASES, "total", "wall"):
         row[f"{phase} s"] = round(statistics.median(s[phase] for s in timed), 3)
     mib = 2**20
     row["peak MiB"] = round(got["peak"] / mib, 1)
@@ -412,7 +417,9 @@ def run(spec: Spec, out: Path, timeout: float) -> Path:
         "logprobs: reference + old-policy passes; values: the critic's forward (PPO); "
         "advantages: the coefficient (group normalisation or GAE); policy_update: "
         "forward/backward + optimizer step; critic_update: value-loss forward/backward + "
-        "optimizer step (PPO). Wall seconds on the machine above (load recorded).",
+        "optimizer step (PPO). On the CPU the phases and their total are process CPU "
+        "seconds (all threads: the machine is shared, its load is recorded) and wall is the "
+        "step's wall seconds; on CUDA all are wall seconds.",
     ]
     name = "ppo_vs_grpo" if spec.device == "cpu" else f"ppo_vs_grpo_{spec.device}"
     return write_results(name, rows, env, notes, out_dir=out)

@@ -40,7 +40,7 @@ def test_breakdown_adds_up_and_only_ppo_holds_a_critic(bench):
     assert policy == 4 * got["grpo"]["policy_params"]  # fp32
     for variant, g in got.items():
         s = g["static"]
-        assert len(g["steps"]) == 2 and all(t["total"] > 0 for t in g["steps"])
+        assert len(g["steps"]) == 2 and all(t["total"] > 0 < t["wall"] for t in g["steps"])
         assert s["policy"] == s["reference"] == policy
         # the critic: no lm_head (V x H), a score head (H weights and a bias)
         critic = policy - 4 * vocab * h + 4 * (h + 1) if variant == "ppo" else 0
@@ -57,7 +57,7 @@ def test_breakdown_adds_up_and_only_ppo_holds_a_critic(bench):
 
 def test_summary_rest_is_peak_minus_the_static_parts(bench):
     static = {"policy": 4, "reference": 4, "critic": 3, "optimizer_states": 14, "gradients": 7}
-    step = dict.fromkeys((*bench.PHASES, "total"), 1.0)
+    step = dict.fromkeys((*bench.PHASES, "total", "wall"), 1.0)
     got = {
         "steps": [step, step],
         "peak": 40 * 2**20,
