@@ -46,8 +46,13 @@ def main() -> int:
     from dsm_engine.grpo.batch import build_batch
     from dsm_engine.grpo.config import GRPOAlgoConfig
     from dsm_engine.grpo.sampling import sync_weights
-    from dsm_engine.grpo.step import advantages_of, grpo_updates, sequence_logprobs
-    from dsm_engine.kernels import fused_linear_grpo_loss, grpo_loss, logprobs_from_logits
+    from dsm_engine.grpo.step import grpo_updates, sequence_logprobs
+    from dsm_engine.kernels import (
+        fused_linear_grpo_loss,
+        group_advantages,
+        grpo_loss,
+        logprobs_from_logits,
+    )
     from dsm_engine.models import build_model, initialize_parallel, model_config
     from dsm_engine.models.build import forward_hidden, lm_head_weight
     from dsm_engine.models.convert import hf_config
@@ -100,7 +105,7 @@ def main() -> int:
         (old, _), t_old = _timed(
             lambda: sequence_logprobs(policy, batch.tokens, batch.targets, **kw)
         )
-        adv = advantages_of(batch.rewards.to(ctx.device), args.group)
+        adv = group_advantages(batch.rewards.to(ctx.device).float(), args.group)
         _, t_upd = _timed(
             lambda: grpo_updates(
                 policy,

@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from dsm_engine.grpo.batch import GRPOBatch
 from dsm_engine.grpo.config import GRPOAlgoConfig
-from dsm_engine.kernels import fused_linear_grpo_loss, fused_linear_logprobs, group_advantages
+from dsm_engine.kernels import fused_linear_grpo_loss, fused_linear_logprobs
 
 # loss_func(row slice, hidden (b, t, h)) -> (loss, info); runs on the last stage only
 LossFn = Callable[[slice, torch.Tensor], tuple[torch.Tensor, dict[str, Any]]]
@@ -368,8 +368,3 @@ def grpo_updates(
     merged["ratio_min"] = min(m["ratio_min"] for m in all_metrics)
     merged["ratio_max"] = max(m["ratio_max"] for m in all_metrics)
     return UpdateResult(sum(losses) / len(losses), sum(norms) / len(norms), merged)
-
-
-def advantages_of(rewards: torch.Tensor, group_size: int, impl: str = "auto") -> torch.Tensor:
-    """Group-normalised outcome advantages ``(B,)`` (``(r - mean) / (std + 1e-6)`` per group)."""
-    return group_advantages(rewards.float(), group_size, impl=impl)

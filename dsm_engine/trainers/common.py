@@ -67,10 +67,13 @@ def run_main(prog: str, cls: type[C], argv: list[str], run: Callable[[C], object
         if not _lost_peer(e):
             raise
         first = str(e).strip().splitlines()[0]
-        print(f"{prog}: error: lost contact with the other ranks ({type(e).__name__}: {first}).\n"
-              "A process of this job died or stopped answering, on this node or another. Start "
-              "every node again with resume=auto to continue from the last complete checkpoint "
-              f"in {cfg.run_dir}/checkpoints.", file=sys.stderr)  # fmt: skip
+        print(
+            f"{prog}: error: lost contact with the other ranks ({type(e).__name__}: {first}).\n"
+            "A process of this job died or stopped answering, on this node or another. Start "
+            "every node again with resume=auto to continue from the last complete checkpoint "
+            f"in {cfg.run_dir}/checkpoints.",
+            file=sys.stderr,
+        )
         return 1
     finally:
         destroy_parallel()

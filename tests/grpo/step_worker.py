@@ -38,7 +38,8 @@ def grpo_step_outputs(
     (``grpo_updates`` with μ = 2, AdamW, clipping at 1.0)."""
     from dsm_engine.grpo.config import GRPOAlgoConfig
     from dsm_engine.grpo.sampling import gather_for_sampler
-    from dsm_engine.grpo.step import accumulate_grads, advantages_of, sequence_logprobs
+    from dsm_engine.grpo.step import accumulate_grads, sequence_logprobs
+    from dsm_engine.kernels import group_advantages
     from dsm_engine.models import ParallelConfig, build_model, initialize_parallel
     from dsm_engine.models.config import model_config
     from dsm_engine.models.convert import load_hf_weights
@@ -64,7 +65,7 @@ def grpo_step_outputs(
     g = torch.Generator().manual_seed(7)
     old = logp + 0.3 * torch.randn(logp.shape, generator=g)  # ratios beyond both clip edges
     ref = logp + 0.5 * torch.randn(logp.shape, generator=g)
-    adv = advantages_of(batch.rewards, GROUP)
+    adv = group_advantages(batch.rewards.float(), GROUP)
     algo = GRPOAlgoConfig(
         group_size=GROUP,
         micro_batch_size=micro_batch_size,

@@ -88,10 +88,20 @@ def launch_line(
     hands out the node ranks), the ``dsm`` console script as each rank's program."""
     return [
         "torchrun",
-        "--nnodes", str(nnodes), "--nproc_per_node", str(nproc),
-        "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint, "--rdzv_id", rdzv_id,
-        "--no-python", "dsm", *command,
-    ]  # fmt: skip
+        "--nnodes",
+        str(nnodes),
+        "--nproc_per_node",
+        str(nproc),
+        "--rdzv_backend",
+        "c10d",
+        "--rdzv_endpoint",
+        endpoint,
+        "--rdzv_id",
+        rdzv_id,
+        "--no-python",
+        "dsm",
+        *command,
+    ]
 
 
 def _listening(port: int) -> bool:
@@ -113,20 +123,33 @@ class Nodes:
         import uuid
 
         bin_dir = str(Path(sys.executable).parent)  # torchrun and dsm of this environment
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
-               "LOGLEVEL": "INFO", "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}  # fmt: skip
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "PYTHONWARNINGS": "ignore",
+            "LOGLEVEL": "INFO",
+            "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+        }
         for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
             env.pop(var, None)
         port = free_port()
-        line = launch_line(command, nnodes=nnodes, nproc=nproc,
-                           endpoint=f"127.0.0.1:{port}", rdzv_id=uuid.uuid4().hex[:8])  # fmt: skip
+        line = launch_line(
+            command,
+            nnodes=nnodes,
+            nproc=nproc,
+            endpoint=f"127.0.0.1:{port}",
+            rdzv_id=uuid.uuid4().hex[:8],
+        )
         log_dir.mkdir(parents=True, exist_ok=True)
         self.logs = [log_dir / f"node{i}.log" for i in range(nnodes)]
         self.procs: list[subprocess.Popen] = []
         for log in self.logs:
             with log.open("w") as out:
-                self.procs.append(subprocess.Popen(line, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                                   start_new_session=True))  # fmt: skip
+                self.procs.append(
+                    subprocess.Popen(
+                        line, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                    )
+                )
             deadline = time.time() + 120
             while not _listening(port):  # node 0's agent hosts the store once it listens
                 assert self.procs[0].poll() is None and time.time() < deadline, self.output(0)
@@ -146,8 +169,10 @@ class Nodes:
         """The node rank the rendezvous gave each agent."""
         import re
 
-        return [int(re.search(r"group_rank=(\d+)", self.output(i)).group(1))
-                for i in range(len(self.procs))]  # fmt: skip
+        return [
+            int(re.search(r"group_rank=(\d+)", self.output(i)).group(1))
+            for i in range(len(self.procs))
+        ]
 
     def kill(self, node: int) -> None:
         """SIGKILL one node: its agent and every process under it, all at once."""
