@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from dsm_engine.rollout.base import SamplingParams
-from dsm_engine.rollout.tools import Piece, ToolOptions, tool_rollout
+from dsm_engine.rollout.tools import Piece, ToolOptions, stop_end, tool_rollout
 from dsm_engine.sandbox import Sandbox, SandboxConfig
 from dsm_engine.sandbox.tool_loop import ToolLoopConfig
 
@@ -119,6 +119,15 @@ def test_failures_round_limit_and_budget(sandbox):
     )
     assert len(out.token_ids[0]) == budget and out.finished == [False]
     assert sum(out.tool_mask[0]) == 3
+
+
+def test_stop_end_keeps_through_the_token_completing_the_first_stop_string():
+    ids = encode("ab```output\nmore```output")
+    assert stop_end(ids, ["```output"], decode) == len("ab```output")
+    assert stop_end(ids, ["b`", "```output"], decode) == len("ab`")
+    assert stop_end(ids, ["nowhere"], decode) == len(ids)
+    assert stop_end(ids, [], decode) == len(ids)
+    assert stop_end([], ["x"], decode) == 0
 
 
 def test_config_names_bad_tool_settings():
