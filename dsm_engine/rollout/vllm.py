@@ -25,27 +25,31 @@ Written against vLLM 0.33.0's source (V1 engine; ``vllm/entrypoints/llm.py``,
 * **Tool-integrated rollouts** (``tools=``): the loop is ``rollout.tools.tool_rollout``, the
   one the ``hf`` backend runs; this engine is its ``ContinueRows``. Each round is one
   ``LLM.generate`` over the unfinished rows (one ``n=1`` request per row, continuing the
-  prompt plus that row's exact token ids so far), with ``stop=["```output"]`` and
-  ``include_stop_str_in_output=True``; the sampled ids and log-probs are kept as returned, the
+  prompt plus that row's exact token ids so far), with the loop's stop strings (the
+  ```` ```output ```` fence) as ``stop`` and ``include_stop_str_in_output=True``; the sampled ids and log-probs are kept as returned, the
   interpreter's output is appended as tool-masked tokens with log-prob 0 by the shared loop.
   Row ``j`` in round ``r`` gets seed ``base + r * 2^24 + j`` (``base`` as above): its stream
   depends on (row, round) only, not on which other rows are still going, and round 0 draws
   what the plain path draws. vLLM matches stop strings on its own detokenised text, which
-  needs a tokenizer (``SamplingParams`` refuses ``stop`` without ``detokenize``, and with
-  ``skip_tokenizer_init`` no detokenizer runs): the engine then writes
+  needs a tokenizer (``SamplingParams`` refuses ``stop`` without ``detokenize``, and the plain
+  path builds vLLM with ``skip_tokenizer_init``, without one): with tools the engine writes
   ``ToolOptions.tokenizer_json`` beside the config with a ``tokenizer_config.json`` naming
   ``PreTrainedTokenizerFast`` and builds the ``LLM`` with that tokenizer. vLLM's detokenizer
   does not cut the token ids at the stop string (several tokens per step, as with
   speculative decoding, can overrun it), so each piece is cut again with the loop's own
   ``decode`` (``rollout.tools.stop_end``).
 
-What was checked, and how: the arguments above against vLLM's source (``SamplingParams``'s
-validation of ``stop``/``detokenize``, ``v1/engine/detokenizer.py``'s stop-string check,
-``v1/engine/parallel_sampling.py``'s ``seed + j``), and the conversion and the multi-round
-loop in ``tests/grpo/test_vllm_rollout_adapter.py`` against a scripted stand-in for ``vllm``
-with the real sandbox. Not run: vLLM itself (not installed here, no GPU) -- in particular
-that vLLM 0.33 loads a tokenizer from a folder holding only ``tokenizer.json`` and that
-``tokenizer_config.json``, and the speed of many short ``generate`` calls.
+What was checked, and how. Read in vLLM's source (stored copies of its repository, not all
+pinned to 0.33.0): ``SamplingParams`` refuses ``stop`` without ``detokenize``;
+``v1/engine/detokenizer.py`` matches stop strings on the new text after detokenising every
+new token of a step and cuts the text, not the token ids; ``v1/engine/parallel_sampling.py``
+gives child ``j`` of an ``n``-request the seed ``seed + j``. Run here: the conversion and the
+multi-round loop in ``tests/grpo/test_vllm_rollout_adapter.py``, against a scripted stand-in
+for ``vllm`` (two rounds, the real sandbox, the round limit). Not run (vLLM is not installed
+here and there is no GPU): vLLM itself -- that it loads a tokenizer from a folder holding only
+``tokenizer.json`` and that ``tokenizer_config.json``, that its detokenised text agrees with
+``ToolOptions.decode`` on real tokenizers, the log-probs of continued prompts, and the speed
+of one ``generate`` per round.
 
 The engine must own its process's ``torch.distributed`` world: vLLM builds its groups over the
 whole default group, which would hang a multi-rank trainer where only the sampler rank builds
