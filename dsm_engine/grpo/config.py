@@ -91,7 +91,7 @@ class RolloutConfig:
     run in the sandbox and its output appended (tir format), then sampling resumes, up to
     ``tool_max_rounds`` runs per response. The appended outputs are masked out of the policy
     loss and count against ``max_new_tokens``; the verifier grades the whole response, and
-    held-out evaluation runs with the tool too. ``none``: plain text. hf backend only.
+    held-out evaluation runs with the tool too. ``none``: plain text. Both backends.
     tool_timeout_s: wall-clock limit per program; tool_output_chars: longer outputs are
     elided in the middle; tool_workers: sandbox processes (0: one per core).
     """
@@ -108,11 +108,6 @@ class RolloutConfig:
     tool_workers: int = 0
 
     def __post_init__(self) -> None:
-        if self.tools == "python" and self.backend != "hf":
-            raise ConfigError(
-                f"rollout.tools=python needs rollout.backend=hf (it is {self.backend}): the "
-                "vllm backend does not run tool-integrated rollouts"
-            )
         if self.tool_max_rounds < 1:
             raise ConfigError(f"rollout.tool_max_rounds must be >= 1, got {self.tool_max_rounds}")
         if not self.tool_timeout_s > 0:

@@ -114,8 +114,13 @@ class HFRolloutEngine(RolloutEngine):
         budgets: list[int],
         stop: Sequence[str],
         params: SamplingParams,
+        *,
+        rows: Sequence[int] = (),
+        round_index: int = 0,
     ) -> list[Piece]:
-        """Continue each context by at most ``budgets[k]`` tokens (a ``ContinueRows``)."""
+        """Continue each context by at most ``budgets[k]`` tokens (a ``ContinueRows``).
+        ``rows`` and ``round_index`` are unused: every call draws from the one torch stream
+        that ``generate`` seeded."""
         pieces: list[Piece] = []
         for s in range(0, len(contexts), self.max_batch_rows):
             sl = slice(s, s + self.max_batch_rows)

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from dsm_engine.rollout.base import RolloutBatch, SamplingParams, ToolUse
 from dsm_engine.sandbox import Sandbox
 from dsm_engine.sandbox.tool_loop import Continuation, ToolLoopConfig, run_tool_loop
 
-__all__ = ["ContinueRows", "Piece", "ToolOptions", "tool_rollout"]
+__all__ = ["ContinueRows", "Piece", "ToolOptions", "stop_end", "tool_rollout"]
 
 
 @dataclass(frozen=True)
@@ -30,12 +31,15 @@ class ToolOptions:
     sandbox: runs the programs (owned by the caller, who closes it).
     loop: rounds, output length, replay (``ToolLoopConfig``).
     encode / decode: the policy's tokenizer (no special tokens added; special ones skipped).
+    tokenizer_json: the same tokenizer as ``tokenizers`` JSON (``Tokenizer.to_str()``), for a
+        backend that matches stop strings on its own side (vllm); None where none does.
     """
 
     sandbox: Sandbox
     loop: ToolLoopConfig
     encode: Callable[[str], list[int]]
     decode: Callable[[list[int]], str]
+    tokenizer_json: str | None = None
 
 
 @dataclass
@@ -48,10 +52,42 @@ class Piece:
     hit_stop_token: bool
 
 
-#: ``continue_rows(contexts, budgets, stop, params)``: continue each context (prompt and
-#: response so far, token ids) by at most ``budgets[k]`` tokens, until a stop token or until
-#: the decoded new text contains one of ``stop`` (the piece ends with the token completing it).
-ContinueRows = Callable[[list[list[int]], list[int], Sequence[str], SamplingParams], list[Piece]]
+class ContinueRows(Protocol):
+    """A backend's sampler for the tool loop: continue each context (prompt and response so
+    far, token ids) by at most ``budgets[k]`` tokens, until a stop token or until the decoded
+    new text contains one of ``stop`` (the piece ends with the token completing it).
+
+    ``rows[k]`` is the sample (row of the batch) that ``contexts[k]`` continues and
+    ``round_index`` counts the calls of this rollout (0 first), so a backend seeding each
+    request can give every (row, round) its own stream whichever rows are still going.
+    """
+
+    def __call__(
+        self,
+        contexts: list[list[int]],
+        budgets: list[int],
+        stop: Sequence[str],
+        params: SamplingParams,
+        *,
+        rows: Sequence[int],
+        round_index: int,
+    ) -> list[Piece]: ...
+
+
+def stop_end(token_ids: list[int], stop: Sequence[str], decode: Callable[[list[int]], str]) -> int:
+    """How many of ``token_ids`` to keep: through the first token whose text completes one of
+    ``stop`` (all of them if none does). A prefix that contains a stop string keeps it when
+    extended, so a binary search needs ~log2(len) decodes, not one per token."""
+    if not stop or not any(s in decode(token_ids) for s in stop):
+        return len(token_ids)
+    lo, hi = 1, len(token_ids)  # the answer is in [lo, hi]: decode(ids[:hi]) has a stop
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if any(s in decode(token_ids[:mid]) for s in stop):
+            hi = mid
+        else:
+            lo = mid + 1
+    return hi
 
 
 @dataclass
@@ -73,10 +109,12 @@ def tool_rollout(
     """Sample ``n`` tool-integrated responses per prompt (rows grouped by prompt)."""
     contexts = [list(map(int, p)) for p in prompts_token_ids for _ in range(n)]
     state = [_Row() for _ in contexts]
+    calls = 0
 
     def generate(
         texts: Sequence[str], stop: Sequence[str], *, rows: list[int]
     ) -> list[Continuation]:
+        nonlocal calls
         todo: list[int] = []
         for text, i in zip(texts, rows):
             row = state[i]
@@ -95,10 +133,13 @@ def tool_rollout(
                 [params.max_new_tokens - len(state[i].tokens) for i in todo],
                 stop,
                 params,
+                rows=todo,
+                round_index=calls,
             )
             if todo
             else []
         )
+        calls += 1
         texts_out = dict.fromkeys(rows, "")  # a row out of budget ends with an empty piece
         for i, piece in zip(todo, pieces):
             row = state[i]

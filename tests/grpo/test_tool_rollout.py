@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from dsm_engine.rollout.base import SamplingParams
-from dsm_engine.rollout.tools import Piece, ToolOptions, tool_rollout
+from dsm_engine.rollout.tools import Piece, ToolOptions, stop_end, tool_rollout
 from dsm_engine.sandbox import Sandbox, SandboxConfig
 from dsm_engine.sandbox.tool_loop import ToolLoopConfig
 
@@ -30,7 +30,7 @@ class ScriptedSampler:
         self.scripts = scripts
         self.contexts: list[list[int]] = []
 
-    def __call__(self, contexts, budgets, stop, params) -> list[Piece]:
+    def __call__(self, contexts, budgets, stop, params, *, rows, round_index) -> list[Piece]:
         pieces = []
         for ctx, budget in zip(contexts, budgets):
             self.contexts.append(ctx)
@@ -121,6 +121,15 @@ def test_failures_round_limit_and_budget(sandbox):
     assert sum(out.tool_mask[0]) == 3
 
 
+def test_stop_end_keeps_through_the_token_completing_the_first_stop_string():
+    ids = encode("ab```output\nmore```output")
+    assert stop_end(ids, ["```output"], decode) == len("ab```output")
+    assert stop_end(ids, ["b`", "```output"], decode) == len("ab`")
+    assert stop_end(ids, ["nowhere"], decode) == len(ids)
+    assert stop_end(ids, [], decode) == len(ids)
+    assert stop_end([], ["x"], decode) == 0
+
+
 def test_config_names_bad_tool_settings():
     from dsm_engine.config import ConfigError, from_dict
     from dsm_engine.grpo.config import GRPOConfig
@@ -128,8 +137,8 @@ def test_config_names_bad_tool_settings():
     assert from_dict(GRPOConfig, {}).rollout.tools == "none"
     with pytest.raises(ConfigError, match=r"rollout\.tools: 'bash' is not one of"):
         from_dict(GRPOConfig, {"rollout": {"tools": "bash"}})
-    with pytest.raises(ConfigError, match=r"rollout\.tools=python needs rollout\.backend=hf"):
-        from_dict(GRPOConfig, {"rollout": {"tools": "python", "backend": "vllm"}})
+    both = from_dict(GRPOConfig, {"rollout": {"tools": "python", "backend": "vllm"}})
+    assert (both.rollout.tools, both.rollout.backend) == ("python", "vllm")
     with pytest.raises(ConfigError, match=r"rollout\.tool_max_rounds must be >= 1"):
         from_dict(GRPOConfig, {"rollout": {"tools": "python", "tool_max_rounds": 0}})
     with pytest.raises(ConfigError, match=r"rollout\.tool_timeout_s must be > 0"):
