@@ -220,3 +220,42 @@ def test_invalid_combinations_name_their_fields(paths, tmp_path, algorithm, over
     grpo = over.pop("grpo", None)
     with pytest.raises(ConfigError, match=match):
         _config(paths, tmp_path / "r", algorithm, grpo=grpo, **over)
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_an_offline_run_resumes_sampling_from_the_initial_policy(paths, tmp_path):
+    """3 straight rft steps equal 2 steps, a crash and ``resume=auto`` for the third: the
+    resumed sampler is loaded with π_sft (the reference on disk), not the trained policy."""
+    from dsm_engine.grpo.trainer import run_grpo
+    from dsm_engine.models.parallel import destroy_parallel
+
+    def config(run_dir, **over):
+        return _config(
+            paths,
+            run_dir,
+            {"name": "rft"},
+            grpo={"steps": 3},
+            checkpoint={"load": None, "every": 1},
+            **over,
+        )
+
+    def crash_after_two(step, _metrics):
+        if step == 2:
+            raise _Crash
+
+    try:
+        straight = run_grpo(config(tmp_path / "a"))
+        destroy_parallel()
+        with pytest.raises(_Crash):
+            run_grpo(config(tmp_path / "b"), on_step_end=crash_after_two)
+        destroy_parallel()
+        resumed = run_grpo(config(tmp_path / "b", resume="auto"))
+    finally:
+        destroy_parallel()
+    assert len(resumed) == 1
+    assert straight[2]["update_skipped"] == 0.0
+    for k in ("loss", "reward_mean", "kept", "grad_norm", "entropy", "kl_mean"):
+        assert resumed[0][k] == straight[2][k], k
