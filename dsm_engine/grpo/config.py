@@ -321,7 +321,8 @@ class EvalConfig:
 
 @dataclass
 class GRPOConfig(RunConfig):
-    """``dsm train grpo``: GRPO (outcome supervision) on a megatron-core policy."""
+    """``dsm train grpo``: GRPO (or ``algorithm.name``'s method, see the module docstring) on
+    a megatron-core policy."""
 
     grpo: GRPOAlgoConfig = field(default_factory=GRPOAlgoConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
