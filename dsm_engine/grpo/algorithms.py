@@ -10,7 +10,8 @@ them. With ``old_logp`` the current policy's log-probs the ratio is 1, so the lo
 is ``-GC ∇ log πθ`` (aggregated as ``loss_agg`` says) for any method.
 
 Adding a method is a coefficient function, one line in ``ALGORITHMS`` and its name in
-``AlgorithmName``.
+``AlgorithmName`` (``dsm_engine.grpo.config``, beside ``AlgorithmConfig``, the ``algorithm:``
+section of a GRPO run).
 """
 
 from __future__ import annotations
@@ -19,59 +20,20 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from dsm_engine.config import ConfigError
 from dsm_engine.grpo.batch import GRPOBatch
-from dsm_engine.grpo.config import GRPOAlgoConfig
+from dsm_engine.grpo.config import AlgorithmConfig, AlgorithmName, GRPOAlgoConfig  # noqa: F401
 from dsm_engine.grpo.dpo import dpo_coefficient, sequence_logp
 from dsm_engine.grpo.gae import gae
 from dsm_engine.kernels import group_advantages
 
-AlgorithmName = Literal["sft", "rft", "online_rft", "dpo", "ppo", "grpo", "rloo", "dr_grpo"]
 DataSource = Literal["offline", "online"]
 RewardSource = Literal["rule", "model", "none"]
-
-
-@dataclass
-class AlgorithmConfig:
-    """``algorithm:`` the post-training method and its own constants.
-
-    name: the method (``ALGORITHMS``). gamma, lam: GAE's discount and λ (``ppo``).
-    value_clip: ε of the critic's clipped value loss (``ppo``). dpo_beta: β of the DPO loss.
-    pairs_per_prompt: DPO pairs drawn per group with both labels.
-    correct_threshold: a sample is correct (``I(o) = 1``) when its reward is at least this
-    (the verifier gives 1 or 0).
-    """
-
-    name: AlgorithmName = "grpo"
-    gamma: float = 1.0
-    lam: float = 0.95
-    value_clip: float = 0.2
-    dpo_beta: float = 0.1
-    pairs_per_prompt: int = 1
-    correct_threshold: float = 0.5
-
-    def __post_init__(self) -> None:
-        if self.name not in get_args(AlgorithmName):
-            raise ConfigError(
-                f"algorithm.name: {self.name!r} is not one of {list(get_args(AlgorithmName))}"
-            )
-        for field in ("gamma", "lam"):
-            value = getattr(self, field)
-            if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"algorithm.{field} must be in [0, 1], got {value}")
-        for field in ("value_clip", "dpo_beta"):
-            value = getattr(self, field)
-            if not (value > 0 and math.isfinite(value)):
-                raise ConfigError(f"algorithm.{field} must be a finite number > 0, got {value}")
-        if self.pairs_per_prompt < 1:
-            raise ConfigError(
-                f"algorithm.pairs_per_prompt must be >= 1, got {self.pairs_per_prompt}"
-            )
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,33 @@ YAML layout (every key optional; ``key=value`` overrides any of them)::
     rm_update: {steps, prompts, samples, ...}   # iterative RL: the reward model between iterations
     reference: {offload_to_cpu}
     eval: {path, every, num_prompts}
+    algorithm: {name, dpo_beta, pairs_per_prompt, correct_threshold, ...}
+
+``algorithm.name`` picks the post-training method of the loop (DeepSeekMath §5.2, Table 10;
+``dsm_engine.grpo.algorithms``); the default ``grpo`` is the loop as it always was:
+
+    grpo        online samples, group-normalised rewards (or reward.supervision's learned
+                outcome / process advantages), clipped k3-KL-penalised objective, μ updates
+    rloo        online, leave-one-out baseline ``r_i - mean_{j≠i} r_j`` (grpo.group_size >= 2)
+    dr_grpo     online, ``r - mean`` with no std and no 1/|o| length normalisation
+    online_rft  online, SFT on the correct samples of the current policy (GC = I(o))
+    rft         offline: SFT on the correct samples of π_sft (the sampler keeps the initial
+                weights and is never synced with the updated policy)
+    dpo         offline: pairs (correct, wrong) of π_sft's samples of one prompt, labelled by
+                the verifier; the DPO loss (algorithm.dpo_beta) against the frozen reference
+
+``rft``, ``online_rft`` and ``dpo`` need grpo.mu=1 and grpo.old_logp=recompute (their gradient
+coefficient holds for one update on the current policy's log-probs); the offline methods need
+grpo.iterations=1 (the reference and the sampler stay π_sft), no grpo.tis_cap. Learned reward
+supervision (reward.supervision, rm_update) is GRPO's only. ``sft`` (``dsm train sft``) and
+``ppo`` (the value model) are not run by this loop yet and are refused.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from dsm_engine.config import ConfigError
 from dsm_engine.trainers.config import RunConfig
@@ -25,6 +46,53 @@ from dsm_engine.trainers.config import RunConfig
 COT_TEMPLATE = (
     "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 )
+
+
+AlgorithmName = Literal["sft", "rft", "online_rft", "dpo", "ppo", "grpo", "rloo", "dr_grpo"]
+# The methods GRPORun runs; sft and ppo have coefficients but are not wired into the loop.
+LOOP_ALGORITHMS = ("grpo", "online_rft", "rloo", "dr_grpo", "rft", "dpo")
+# Offline methods sample from π_sft: the sampler keeps the initial weights.
+OFFLINE_ALGORITHMS = ("rft", "dpo")
+# Methods whose gradient coefficient holds for one update on the current policy's log-probs.
+SINGLE_UPDATE_ALGORITHMS = ("sft", "rft", "online_rft", "dpo")
+
+
+@dataclass
+class AlgorithmConfig:
+    """``algorithm:`` the post-training method and its own constants.
+
+    name: the method (``ALGORITHMS``). gamma, lam: GAE's discount and λ (``ppo``).
+    value_clip: ε of the critic's clipped value loss (``ppo``). dpo_beta: β of the DPO loss.
+    pairs_per_prompt: DPO pairs drawn per group with both labels.
+    correct_threshold: a sample is correct (``I(o) = 1``) when its reward is at least this
+    (the verifier gives 1 or 0).
+    """
+
+    name: AlgorithmName = "grpo"
+    gamma: float = 1.0
+    lam: float = 0.95
+    value_clip: float = 0.2
+    dpo_beta: float = 0.1
+    pairs_per_prompt: int = 1
+    correct_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.name not in get_args(AlgorithmName):
+            raise ConfigError(
+                f"algorithm.name: {self.name!r} is not one of {list(get_args(AlgorithmName))}"
+            )
+        for name in ("gamma", "lam"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"algorithm.{name} must be in [0, 1], got {value}")
+        for name in ("value_clip", "dpo_beta"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"algorithm.{name} must be a finite number > 0, got {value}")
+        if self.pairs_per_prompt < 1:
+            raise ConfigError(
+                f"algorithm.pairs_per_prompt must be >= 1, got {self.pairs_per_prompt}"
+            )
 
 
 @dataclass
@@ -248,7 +316,8 @@ class EvalConfig:
 
 @dataclass
 class GRPOConfig(RunConfig):
-    """``dsm train grpo``: GRPO (outcome supervision) on a megatron-core policy."""
+    """``dsm train grpo``: GRPO (or ``algorithm.name``'s method, see the module docstring) on
+    a megatron-core policy."""
 
     grpo: GRPOAlgoConfig = field(default_factory=GRPOAlgoConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -257,8 +326,10 @@ class GRPOConfig(RunConfig):
     rm_update: RewardModelUpdateConfig = field(default_factory=RewardModelUpdateConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
 
     def __post_init__(self) -> None:
+        self._check_algorithm()
         if self.rm_update.steps:
             if self.reward.supervision == "verifier":
                 raise ConfigError(
@@ -274,4 +345,41 @@ class GRPOConfig(RunConfig):
                 raise ConfigError(
                     f"rm_update.steps={self.rm_update.steps}: the reward model is retrained "
                     f"between iterations, but grpo.iterations={self.grpo.iterations}"
+                )
+
+    def _check_algorithm(self) -> None:
+        """The combinations of ``algorithm.name`` with the other sections the loop can run."""
+        name, g = self.algorithm.name, self.grpo
+        if name == "ppo":
+            raise ConfigError("algorithm.name=ppo: the value model is not wired into the loop yet")
+        if name == "sft":
+            raise ConfigError(
+                "algorithm.name=sft: supervised fine-tuning on gold solutions runs as "
+                "`dsm train sft`, not in the RL loop"
+            )
+        if name != "grpo" and self.reward.supervision != "verifier":
+            raise ConfigError(
+                f"reward.supervision={self.reward.supervision}: learned (outcome or process) "
+                f"supervision runs with algorithm.name=grpo only (it is {name})"
+            )
+        if name in SINGLE_UPDATE_ALGORITHMS:
+            if g.mu != 1:
+                raise ConfigError(f"grpo.mu={g.mu}: algorithm.name={name} needs grpo.mu=1")
+            if g.old_logp != "recompute":
+                raise ConfigError(
+                    f"grpo.old_logp={g.old_logp}: algorithm.name={name} needs "
+                    "grpo.old_logp=recompute (its coefficient uses the current policy's log-probs)"
+                )
+        if name == "rloo" and g.group_size < 2:
+            raise ConfigError("grpo.group_size=1: algorithm.name=rloo needs a group of >= 2")
+        if name in OFFLINE_ALGORITHMS:
+            if g.iterations != 1:
+                raise ConfigError(
+                    f"grpo.iterations={g.iterations}: algorithm.name={name} is offline (the "
+                    "sampler and the reference stay π_sft) and needs grpo.iterations=1"
+                )
+            if g.tis_cap is not None:
+                raise ConfigError(
+                    f"grpo.tis_cap={g.tis_cap}: algorithm.name={name} is offline; truncated "
+                    "importance sampling corrects online sampling only"
                 )

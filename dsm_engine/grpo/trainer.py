@@ -28,6 +28,17 @@ Checkpoints hold the policy + optimizer (``checkpoints/``), the reference (``ref
 the step, the data position, the iteration, the current reward-model checkpoint (whose own
 checkpoint holds the replay buffer) and every rank's RNG states.
 
+Other methods (``algorithm.name``, DeepSeekMath §5.2, ``dsm_engine.grpo.algorithms``) replace the
+advantages and the update by their gradient coefficient (``coefficient`` + ``plan_update``):
+``rloo``, ``dr_grpo`` and ``online_rft`` are online (the sampler is synced after every update,
+as in GRPO); ``rft`` and ``dpo`` are offline, their data are π_sft's samples: the sampler is
+loaded once with the initial weights (the reference, which stays π_sft since offline runs have
+one iteration, so a resumed run samples from π_sft too) and never synced with the updated
+policy; held-out evaluation loads the policy into the sampler for its duration and π_sft
+back after. DPO's pairs are drawn per group from the verifier's labels (``select_pairs``) and
+its reference log-probs come from the frozen reference. A step whose coefficient keeps no row
+(e.g. no correct sample under rft) skips the update and logs ``update_skipped=1``.
+
 The shell (parallel setup, run folder, resume, checkpoint cadence, logging, profiling) is the
 :class:`~dsm_engine.trainers.session.TrainingSession`'s; :class:`GRPORun` adds the reference,
 the sampler and the reward, and its ``step`` is the loop body in small parts (rollout,
@@ -44,8 +55,17 @@ from typing import Any
 import torch
 
 from dsm_engine.config import ConfigError
-from dsm_engine.grpo.config import GRPOConfig
+from dsm_engine.grpo.algorithms import (
+    Coefficient,
+    CoefficientInputs,
+    LossSettings,
+    UpdatePlan,
+    coefficient,
+    plan_update,
+)
+from dsm_engine.grpo.config import OFFLINE_ALGORITHMS, GRPOAlgoConfig, GRPOConfig
 from dsm_engine.grpo.data import PromptDataset
+from dsm_engine.grpo.dpo import dpo_loss, select_pairs, sequence_logp
 from dsm_engine.grpo.rm_refresh import RewardModelRefresher
 from dsm_engine.grpo.sampling import (
     evaluate_greedy,
@@ -55,6 +75,7 @@ from dsm_engine.grpo.sampling import (
     tool_options,
 )
 from dsm_engine.grpo.step import (
+    UpdateResult,
     grpo_updates,
     mismatch_metrics,
     sequence_logprobs,
@@ -181,6 +202,8 @@ class GRPORun:
         self.multiple_of = math.lcm(16, ctx.tp_size if cfg.parallel.sequence_parallel else 1)
         self.engine: Any = None
         self.tools: Any = None
+        # rft / dpo sample from π_sft: the sampler keeps the initial weights
+        self.offline = cfg.algorithm.name in OFFLINE_ALGORITHMS
 
     # -- models and checkpoints ---------------------------------------------------------------
 
@@ -258,11 +281,31 @@ class GRPORun:
             cfg.reward.name, kind=cfg.reward.kind, timeout_s=cfg.reward.timeout_s
         )
         self.rm_scorer = _reward_model_scorer(cfg, self.rm_refresh.path, self.ctx)
+        if self.offline:  # π_sft: the reference is the initial policy, restored on resume
+            sync_weights(self.reference, self.engine, self.model_cfg)
         self.offload(self.reference, torch.device("cpu"))
-        sync_weights(self.policy, self.engine, self.model_cfg)
+        if not self.offline:
+            sync_weights(self.policy, self.engine, self.model_cfg)
+
+    def _sampler_holds_sft(self) -> None:
+        """Load π_sft (the reference) back into the sampler of an offline method."""
+        self.offload(self.reference, self.ctx.device)
+        sync_weights(self.reference, self.engine, self.model_cfg)
+        self.offload(self.reference, torch.device("cpu"))
 
     def evaluate(self) -> float:
-        """Greedy accuracy on the first ``eval.num_prompts`` held-out prompts."""
+        """Greedy accuracy of the policy on the first ``eval.num_prompts`` held-out prompts
+        (an offline method's sampler holds π_sft: it gets the policy for the evaluation)."""
+        assert self.eval_set is not None
+        if self.offline:
+            sync_weights(self.policy, self.engine, self.model_cfg)
+            try:
+                return self._evaluate()
+            finally:
+                self._sampler_holds_sft()
+        return self._evaluate()
+
+    def _evaluate(self) -> float:
         assert self.eval_set is not None
         return evaluate_greedy(
             self.engine,
@@ -384,8 +427,72 @@ class GRPORun:
             )
         return adv_tok, tis
 
-    def update(self, batch: Any, old_logp: Any, ref_logp: Any, adv_tok: Any) -> Any:
-        """μ updates of the clipped, KL-penalised objective (times its own phases)."""
+    def plan(
+        self, step: int, batch: Any, old_logp: Any, ref_logp: Any, metrics: dict[str, float]
+    ) -> UpdatePlan | None:
+        """The update of ``algorithm.name``'s gradient coefficient on ``batch`` (None: it keeps
+        no row on any data-parallel rank); DPO's pairs are drawn here. Its metrics go to
+        ``metrics``."""
+        cfg, g, algo = self.cfg, self.cfg.grpo, self.cfg.algorithm
+        with self.session.phase("advantages"):
+            pairs = None
+            if algo.name == "dpo":
+                correct = batch.rewards >= algo.correct_threshold
+                seed = cfg.train.seed * 100_003 + step * 1_009 + self.ctx.dp_rank
+                pairs = select_pairs(
+                    correct, g.group_size, pairs_per_prompt=algo.pairs_per_prompt, seed=seed
+                )
+                seq = sequence_logp(old_logp, batch.mask)
+                _, dpo_metrics = dpo_loss(
+                    seq, sequence_logp(ref_logp, batch.mask), pairs, algo.dpo_beta
+                )
+                metrics.update(dpo_metrics, dpo_pairs=float(len(pairs)))
+            x = CoefficientInputs(
+                rewards=batch.rewards,
+                mask=batch.mask,
+                group_size=g.group_size,
+                old_logp=old_logp,
+                ref_logp=ref_logp,
+                pairs=pairs,
+            )
+            coef = coefficient(algo, x, LossSettings.of(g))
+            metrics.update(coef.metrics)
+            plan = plan_update(batch, coef, g)
+        # The update is collective over data parallelism: skip only when every rank would.
+        anyone = dp_mean({"planned": float(plan is not None)}, self.ctx.dp_group)["planned"]
+        if anyone == 0:
+            return None
+        if plan is None:  # others update: take part with a zero coefficient
+            zero = torch.zeros(len(batch), dtype=torch.float32, device=batch.tokens.device)
+            plan = plan_update(batch, Coefficient(zero, LossSettings.of(g).unclipped()), g)
+        return plan
+
+    def planned_update(
+        self, step: int, batch: Any, old_logp: Any, ref_logp: Any, metrics: dict[str, float]
+    ) -> tuple[UpdateResult, dict[str, float]]:
+        """Coefficient, plan and update of a method other than GRPO; the update result and
+        the truncated importance sampling's metrics."""
+        plan = self.plan(step, batch, old_logp, ref_logp, metrics)
+        metrics["update_skipped"] = float(plan is None)
+        if plan is None:
+            return UpdateResult(loss=0.0, grad_norm=0.0, metrics={}), {}
+        idx = plan.index
+        old = old_logp[idx]
+        adv, tis = token_advantages(
+            plan.advantages, old, batch.sampler_logp[idx], plan.batch.mask, self.cfg.grpo.tis_cap
+        )
+        return self.update(plan.batch, old, ref_logp[idx], adv, plan.config), tis
+
+    def update(
+        self,
+        batch: Any,
+        old_logp: Any,
+        ref_logp: Any,
+        adv_tok: Any,
+        config: GRPOAlgoConfig | None = None,
+    ) -> Any:
+        """μ updates of the clipped, KL-penalised objective (times its own phases);
+        ``config``: the loss settings (default ``grpo``'s)."""
         s = self.session
         finalize = None
         if self.cfg.optim.backend == "megatron":
@@ -400,7 +507,7 @@ class GRPORun:
             old_logp,
             ref_logp,
             adv_tok,
-            self.cfg.grpo,
+            config or self.cfg.grpo,
             temperature=self.cfg.rollout.temperature,
             max_len=self.cfg.rollout.max_new_tokens,
             tp_group=self.tp_group,
@@ -419,12 +526,17 @@ class GRPORun:
         metrics: dict[str, float] = {}
         ref_logp, old_logp, ref_s, old_s = self.logprobs(batch, metrics)
         t2 = time.perf_counter()
-        adv_tok, tis = self.advantages(batch, old_logp, metrics)
+        if cfg.algorithm.name == "grpo":
+            adv_tok, tis = self.advantages(batch, old_logp, metrics)
+            upd = self.update(batch, old_logp, ref_logp, adv_tok)
+        else:
+            upd, tis = self.planned_update(step, batch, old_logp, ref_logp, metrics)
         metrics.update(refresh_metrics)
-        upd = self.update(batch, old_logp, ref_logp, adv_tok)
         t3 = time.perf_counter()
-        with s.phase("weight_sync"):
-            sync_s = sync_weights(self.policy, self.engine, self.model_cfg)
+        sync_s = 0.0
+        if not self.offline:  # offline methods keep sampling from π_sft
+            with s.phase("weight_sync"):
+                sync_s = sync_weights(self.policy, self.engine, self.model_cfg)
         done = step + 1
         self.position += g.prompts_per_step
         secs = time.perf_counter() - tic

@@ -1,0 +1,261 @@
+"""The ``algorithm:`` switch of the GRPO loop: each wired method runs a few steps on a tiny
+policy with finite losses and its own metrics; online methods (rloo, dr_grpo, online_rft) load
+the updated policy into the sampler after every step, offline ones (rft, dpo) leave the
+sampler at π_sft (the initial weights) for the whole run, evaluation aside; a step whose
+coefficient keeps no row is skipped and logged; invalid combinations are ConfigErrors naming
+their fields."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dsm_engine.config import ConfigError
+from dsm_engine.rewards import register_reward_fn
+
+GROUP = 4
+STEPS = 2
+
+
+class _ParityReward:
+    """A reward a random policy earns about half the time: the first response token is even."""
+
+    def __init__(self, codec_path: str, **_: object) -> None:
+        from tokenizers import Tokenizer
+
+        self.tok = Tokenizer.from_file(codec_path)
+
+    def score(self, prompts, outputs, golds):
+        out = []
+        for text in outputs:
+            ids = self.tok.encode(text, add_special_tokens=False).ids
+            out.append(float(bool(ids) and ids[0] % 2 == 0))
+        return out
+
+
+class _NeverReward:
+    """No sample is ever correct."""
+
+    def __init__(self, **_: object) -> None:
+        pass
+
+    def score(self, prompts, outputs, golds):
+        return [0.0] * len(outputs)
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory):
+    from dsm_engine.recipes.arithmetic import DemoPaths
+    from dsm_engine.tasks import arithmetic as ar
+
+    paths = DemoPaths(tmp_path_factory.mktemp("algo"))
+    ar.build_tokenizer(ar.pretraining_texts(500), paths.tokenizer)
+    ar.write_jsonl(ar.make_problems("train", 20), paths.train)
+    ar.write_jsonl(ar.make_problems("heldout", 4), paths.heldout)
+    register_reward_fn("parity_algo", lambda **kw: _ParityReward(str(paths.tokenizer), **kw))
+    register_reward_fn("never_algo", lambda **kw: _NeverReward(**kw))
+    return paths
+
+
+def _config(paths, run_dir, algorithm, *, grpo=None, reward="parity_algo", **over):
+    from dsm_engine.recipes.arithmetic import grpo_config
+
+    sections = {
+        "run_dir": str(run_dir),
+        "model": {"num_layers": 1, "hidden_size": 32, "ffn_hidden_size": 64},
+        "checkpoint": {"load": None, "every": 100},
+        "grpo": {
+            "steps": STEPS,
+            "prompts_per_step": 2,
+            "group_size": GROUP,
+            "micro_batch_size": 8,
+            **(grpo or {}),
+        },
+        "rollout": {"max_new_tokens": 6},
+        "schedule": {"lr": 1e-2},
+        "reward": {"name": reward} if isinstance(reward, str) else reward,
+        "eval": {"every": 0},
+        "logging": {"progress": False, "tensorboard": False},
+        "algorithm": algorithm,
+    }
+    sections.update(over)
+    return grpo_config(paths, paths.root / "none", **sections)
+
+
+def _run(monkeypatch, cfg):
+    """Run ``cfg``; returns the history, the final weights (Hugging Face names) of the
+    sampler, the policy and the reference, and what each sampler sync received: ``policy`` or
+    ``reference`` with a copy of its weights at the time."""
+    import dsm_engine.grpo.trainer as trainer
+    from dsm_engine.models.parallel import destroy_parallel
+
+    seen: dict = {"syncs": []}
+    sync, start = trainer.sync_weights, trainer.GRPORun.start_sampler
+
+    def spy_sync(model, engine, model_cfg):
+        weights = {k: v.detach().clone() for k, v in model.state_dict().items() if v is not None}
+        seen["syncs"].append((model, weights))
+        return sync(model, engine, model_cfg)
+
+    def spy_start(self):
+        seen["run"] = self
+        return start(self)
+
+    monkeypatch.setattr(trainer, "sync_weights", spy_sync)
+    monkeypatch.setattr(trainer.GRPORun, "start_sampler", spy_start)
+    try:
+        history = trainer.run_grpo(cfg)
+        run = seen["run"]
+        states = {
+            "sampler": {k: v.detach().float() for k, v in run.engine.model.state_dict().items()},
+            "policy": _hf_state(run, run.policy),
+            "reference": _hf_state(run, run.reference),
+        }
+    finally:
+        destroy_parallel()
+    kinds = {id(run.policy): "policy", id(run.reference): "reference"}
+    return history, states, [(kinds[id(m)], w) for m, w in seen["syncs"]]
+
+
+def _hf_state(run, model) -> dict[str, torch.Tensor]:
+    from dsm_engine.models.convert import export_hf_state_dict
+
+    return {k: v.detach().float() for k, v in export_hf_state_dict(model, run.model_cfg).items()}
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in b if k in a)
+
+
+def _assert_finite_steps(history):
+    assert len(history) == STEPS
+    for row in history:
+        assert math.isfinite(row["loss"]) and math.isfinite(row["grad_norm"])
+        assert row["update_skipped"] == 0.0
+
+
+@pytest.mark.parametrize("name", ["online_rft", "rloo", "dr_grpo"])
+def test_online_methods_train_and_sync_the_sampler_after_every_update(
+    name, paths, tmp_path, monkeypatch
+):
+    history, states, syncs = _run(monkeypatch, _config(paths, tmp_path / "r", {"name": name}))
+    _assert_finite_steps(history)
+    assert [kind for kind, _ in syncs] == ["policy"] * (1 + STEPS)  # start, every update
+    assert _same(states["sampler"], states["policy"])
+    assert not _same(states["policy"], states["reference"])  # it learned
+    if name == "online_rft":
+        assert all(0 < row["kept"] < 1 for row in history)  # SFT on the correct samples only
+
+
+@pytest.mark.parametrize("name", ["rft", "dpo"])
+def test_offline_methods_sample_from_the_initial_policy_throughout(
+    name, paths, tmp_path, monkeypatch
+):
+    cfg = _config(
+        paths,
+        tmp_path / "r",
+        {"name": name, "pairs_per_prompt": 2, "dpo_beta": 0.5},
+        eval={"path": str(paths.heldout), "every": 1, "num_prompts": 2, "max_new_tokens": 4},
+    )
+    history, states, syncs = _run(monkeypatch, cfg)
+    _assert_finite_steps(history)
+    assert not _same(states["policy"], states["reference"])  # the policy was updated ...
+    assert _same(states["sampler"], states["reference"])  # ... the sampler holds π_sft
+    # The sampler got π_sft at the start; the policy only for each evaluation (start and every
+    # step), π_sft again right after, and π_sft never changed.
+    kinds = [kind for kind, _ in syncs]
+    assert kinds == ["reference"] + ["policy", "reference"] * (1 + STEPS)
+    first = syncs[0][1]
+    assert all(_same(w, first) for kind, w in syncs if kind == "reference")
+    assert all("eval_accuracy" in row for row in history)
+    if name == "dpo":
+        assert all(row["dpo_pairs"] >= 1 for row in history)
+        assert all(0 <= row["dpo_accuracy"] <= 1 and "dpo_margin" in row for row in history)
+    else:
+        assert all(0 < row["kept"] < 1 for row in history)
+
+
+def test_a_step_without_a_kept_sample_skips_the_update(paths, tmp_path, monkeypatch):
+    cfg = _config(paths, tmp_path / "r", {"name": "rft"}, reward="never_algo")
+    history, states, _ = _run(monkeypatch, cfg)
+    assert [row["update_skipped"] for row in history] == [1.0] * STEPS
+    assert all(row["loss"] == 0.0 and row["kept"] == 0.0 for row in history)
+    assert _same(states["policy"], states["reference"])  # untouched
+
+
+def test_the_default_algorithm_is_grpo(paths, tmp_path):
+    from dsm_engine.recipes.arithmetic import grpo_config
+
+    cfg = grpo_config(paths, paths.root / "none", run_dir=str(tmp_path / "r"))
+    assert cfg.algorithm.name == "grpo"
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "over", "match"),
+    [
+        ({"name": "ppo"}, {}, r"algorithm\.name=ppo: the value model is not wired"),
+        ({"name": "sft"}, {}, r"algorithm\.name=sft"),
+        ({"name": "rft"}, {"grpo": {"mu": 2}}, r"grpo\.mu=2: algorithm\.name=rft"),
+        ({"name": "dpo"}, {"grpo": {"mu": 2}}, r"grpo\.mu=2: algorithm\.name=dpo"),
+        ({"name": "online_rft"}, {"grpo": {"mu": 2}}, r"grpo\.mu=2: algorithm\.name=online_rft"),
+        (
+            {"name": "online_rft"},
+            {"grpo": {"old_logp": "rollout"}},
+            r"grpo\.old_logp=rollout: algorithm\.name=online_rft",
+        ),
+        ({"name": "rft"}, {"grpo": {"iterations": 2}}, r"grpo\.iterations=2: .*rft is offline"),
+        ({"name": "dpo"}, {"grpo": {"tis_cap": 2.0}}, r"grpo\.tis_cap=2\.0: .*dpo is offline"),
+        ({"name": "rloo"}, {"grpo": {"group_size": 1}}, r"grpo\.group_size=1: .*rloo"),
+        (
+            {"name": "rloo"},
+            {"reward": {"supervision": "prm", "model_path": "rm"}},
+            r"reward\.supervision=prm: .*algorithm\.name=grpo only",
+        ),
+        ({"name": "a2c"}, {}, r"algorithm\.name: 'a2c' is not one of"),
+    ],
+)
+def test_invalid_combinations_name_their_fields(paths, tmp_path, algorithm, over, match):
+    grpo = over.pop("grpo", None)
+    with pytest.raises(ConfigError, match=match):
+        _config(paths, tmp_path / "r", algorithm, grpo=grpo, **over)
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_an_offline_run_resumes_sampling_from_the_initial_policy(paths, tmp_path):
+    """3 straight rft steps equal 2 steps, a crash and ``resume=auto`` for the third: the
+    resumed sampler is loaded with π_sft (the reference on disk), not the trained policy."""
+    from dsm_engine.grpo.trainer import run_grpo
+    from dsm_engine.models.parallel import destroy_parallel
+
+    def config(run_dir, **over):
+        return _config(
+            paths,
+            run_dir,
+            {"name": "rft"},
+            grpo={"steps": 3},
+            checkpoint={"load": None, "every": 1},
+            **over,
+        )
+
+    def crash_after_two(step, _metrics):
+        if step == 2:
+            raise _Crash
+
+    try:
+        straight = run_grpo(config(tmp_path / "a"))
+        destroy_parallel()
+        with pytest.raises(_Crash):
+            run_grpo(config(tmp_path / "b"), on_step_end=crash_after_two)
+        destroy_parallel()
+        resumed = run_grpo(config(tmp_path / "b", resume="auto"))
+    finally:
+        destroy_parallel()
+    assert len(resumed) == 1
+    assert straight[2]["update_skipped"] == 0.0
+    for k in ("loss", "reward_mean", "kept", "grad_norm", "entropy", "kl_mean"):
+        assert resumed[0][k] == straight[2][k], k
