@@ -61,7 +61,7 @@ import torch
 import torch.distributed as dist
 
 from ._head import grad_weight_accumulator, grad_weight_result, resolve_head
-from ._head_chunks import Head, chunk_grads, chunk_stats
+from ._head_chunks import Head, chunk_buffers, chunk_grads, chunk_stats
 from .logprobs import logprobs_from_logits_ref
 from .options import HeadOptions, from_keywords
 from .tensor_parallel import all_reduce_sum_, combine_stats
@@ -76,12 +76,16 @@ class FusedLinearLogprobs(torch.autograd.Function):
         n = hidden.shape[0]
         lse = hidden.new_empty(n, dtype=torch.float32)
         tgt, px = torch.empty_like(lse), torch.empty_like(lse)
+        buffers = chunk_buffers(head, hidden, n, weight.shape[0])
         for s in range(0, n, head.token_chunk):
             e = min(s + head.token_chunk, n)
-            stats, _ = chunk_stats(head, hidden[s:e], weight, targets[s:e])
+            stats, _ = chunk_stats(head, hidden[s:e], weight, targets[s:e], buffers=buffers)
             lse[s:e], tgt[s:e], px[s:e] = combine_stats(*stats, group)
         ctx.save_for_backward(hidden, weight, targets, lse, px)
         ctx.group, ctx.head = group, head
+        # An unused entropy gets None in backward, not a zero (N,) that would take the
+        # entropy branch of the gradient (more passes and chunk-sized temporaries).
+        ctx.set_materialize_grads(False)
         return tgt - lse, lse - px
 
     @staticmethod
@@ -89,11 +93,14 @@ class FusedLinearLogprobs(torch.autograd.Function):
         hidden, weight, targets, lse, px = ctx.saved_tensors
         head: Head = ctx.head
         n = hidden.shape[0]
+        if grad_logp is None and grad_ent is None:
+            return None, None, None, None, None
         if grad_logp is None:
             grad_logp = torch.zeros_like(lse)
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = grad_weight_accumulator(weight, head) if need_w else None
+        buffers = chunk_buffers(head, hidden, n, weight.shape[0])
         for s in range(0, n, head.token_chunk):
             e = min(s + head.token_chunk, n)
             chunk_grads(
@@ -107,7 +114,9 @@ class FusedLinearLogprobs(torch.autograd.Function):
                 None if grad_ent is None else grad_ent[s:e],
                 grad_hidden=grad_h[s:e] if need_h else None,
                 grad_weight=grad_w,
+                buffers=buffers,
             )
+        del buffers
         if need_h:
             all_reduce_sum_(grad_h, ctx.group)
         if need_w:
