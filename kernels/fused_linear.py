@@ -10,7 +10,9 @@ log-sum-exp merge). A chunk's logits come from one cuBLAS matmul in the input dt
 statistics from the Triton kernel (``_logsoftmax``), and the logits gradient is written over the
 chunk's logits buffer in place before the two grad matmuls.
 
-Extra memory: O(N) fp32 row statistics, one ``(token_chunk, vocab_chunk)`` logits buffer and,
+Extra memory: O(N) fp32 row statistics, one ``(token_chunk, vocab_chunk)`` logits buffer (with
+the PyTorch primitives also two fp32 temporaries of its size; all allocated once per pass and
+reused by every chunk, ``_head_chunks.ChunkBuffers``) and,
 with vocabulary chunks and low-precision inputs, a ``(token_chunk, H)`` fp32 accumulator for
 the hidden gradient; with ``grad_weight_accum`` resolving to ``"fp32"`` (below), an fp32
 ``(V_local, H)`` accumulator for the weight gradient (none with ``"param"`` or
@@ -25,6 +27,8 @@ vocabulary chunks the gradient pass recomputes ``K - 1`` of them (up to 8NHV). I
 ``"main_grad"`` mode it cannot: the weight's gradient goes straight into ``main_grad``, which
 needs the incoming gradient's scale (known only in backward), so that mode is
 ``fused_linear_logprobs`` under the GRPO loss: 8NHV, for ``V_local·H·4`` bytes less memory.
+On CPU the default chunks are vocabulary slices (``_head_chunks``' CPU rule), so the GRPO op
+recomputes them: 8NHV there, for ~5% of the fp32 logits beyond the gradients.
 
 Precision: chunk logits are the matmul's output in the input dtype (as a materialised bf16
 lm_head would give); all softmax/loss math is fp32; ``grad_hidden`` of a token chunk is summed
