@@ -30,11 +30,13 @@ few rows (memory-bound); vocabulary slices keep every matmul ``N`` rows tall, an
 chunk keeps ``grad_weight_accum="auto"`` at ``"param"`` for bf16 (each weight row's gradient is
 one matmul, rounded once: no fp32 ``(V, H)`` buffer). The price: the GRPO op's gradient pass
 recomputes the slices' logits (8NHV instead of 6NHV), and 64 slices cost measurably more time
-than a few (``benchmarks/results/head_cpu.md``). The chunk buffers are allocated once per
-pass and reused (``ChunkBuffers``).
+than a few: narrower matmuls run slower on CPU
+(``benchmarks/results/head_cpu_chunk_rule/head_cpu.md``: ~3x the materialised CPU time at
+N=512, H=1024, V=32,000). The chunk buffers are allocated once per pass and reused
+(``ChunkBuffers``).
 
-Chunk rule on GPU (``default_chunk_sizes``; also the Triton interpreter): the logits buffer of one (token chunk, vocabulary chunk)
-pair is bounded by ``budget = max(N·H, MIN_BUDGET)`` elements: no larger than ``hidden``, but
+Chunk rule on GPU (``default_chunk_sizes``; also the Triton interpreter): the logits buffer of
+one (token chunk, vocabulary chunk) pair is bounded by ``budget = max(N·H, MIN_BUDGET)`` elements: no larger than ``hidden``, but
 never forced below ``MIN_BUDGET`` (16 Mi elements: 32 MiB of bf16 logits, small beside any
 lm_head and its gradient). With ``C0 = min(N, EFFICIENT_TOKEN_CHUNK)`` rows (a matmul narrower
 than that underfills the tensor cores):
