@@ -116,7 +116,10 @@ def resolve_head(
     n, h, v_local = hidden.shape[:-1].numel(), hidden.shape[-1], weight.shape[0]
     vocab_start, v_global = shard_info(v_local, tp_group)
     check_targets(targets.reshape(n), n, v_global, name="targets")
-    tc, vc = resolve_chunk_sizes(n, h, v_local, options.token_chunk, options.vocab_chunk)
+    on_cpu = path == "torch" and hidden.device.type == "cpu"
+    tc, vc = resolve_chunk_sizes(
+        n, h, v_local, options.token_chunk, options.vocab_chunk, cpu=on_cpu
+    )
     return Head(
         backend=library.get_backend(path),
         inv_temp=check_temperature(options.temperature),

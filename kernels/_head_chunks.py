@@ -15,8 +15,28 @@ vocabulary chunks a second pass recomputes each chunk's logits (``chunk_grads``)
 of the statistics pass is kept and consumed first by the gradient pass, so ``K`` vocabulary
 chunks cost ``K - 1`` extra chunk matmuls, not ``K``.
 
-Chunk rule (``default_chunk_sizes``): the logits buffer of one (token chunk, vocabulary chunk)
-pair is bounded by ``budget = max(N·H, MIN_BUDGET)`` elements: no larger than ``hidden``, but
+Chunk rule on CPU (``cpu_chunk_sizes``: the PyTorch primitives on a CPU tensor, chunk sizes
+not given): all ``N`` tokens in one token chunk and the vocabulary in ``CPU_VOCAB_CHUNKS`` (64)
+slices of ``ceil(V_local / 64)`` rows (at least ``min(V_local, VOCAB_ALIGN)``), so a chunk's
+logits are ``N·V_local/64`` elements and, with the two fp32 temporaries of the PyTorch
+primitives, the chunk buffers take ``3/64`` (4.7%) of the fp32 materialised logits ``N·V·4``
+in fp32: inside the target of <= 10% of those logits beyond the inputs and gradients. Why
+this shape: the GPU rule below never chunks at CPU-sized problems (its budget floor is 16 Mi
+elements, the whole ``(N, V)`` logits at N=512, V=32,000), so the full logits and two
+temporaries of their size were live (~300% of the logits; ~700% for
+``fused_linear_logprobs``, whose unused entropy took the entropy gradient branch). Token
+chunks over the full vocabulary would each stream the whole ``(V, H)`` weight three times for a
+few rows (memory-bound); vocabulary slices keep every matmul ``N`` rows tall, and one token
+chunk keeps ``grad_weight_accum="auto"`` at ``"param"`` for bf16 (each weight row's gradient is
+one matmul, rounded once: no fp32 ``(V, H)`` buffer). The price: the GRPO op's gradient pass
+recomputes the slices' logits (8NHV instead of 6NHV), and 64 slices cost measurably more time
+than a few: narrower matmuls run slower on CPU
+(``benchmarks/results/head_cpu_chunk_rule/head_cpu.md``: ~3x the materialised CPU time at
+N=512, H=1024, V=32,000). The chunk buffers are allocated once per pass and reused
+(``ChunkBuffers``).
+
+Chunk rule on GPU (``default_chunk_sizes``; also the Triton interpreter): the logits buffer of
+one (token chunk, vocabulary chunk) pair is bounded by ``budget = max(N·H, MIN_BUDGET)`` elements: no larger than ``hidden``, but
 never forced below ``MIN_BUDGET`` (16 Mi elements: 32 MiB of bf16 logits, small beside any
 lm_head and its gradient). With ``C0 = min(N, EFFICIENT_TOKEN_CHUNK)`` rows (a matmul narrower
 than that underfills the tensor cores):
@@ -63,6 +83,7 @@ class Head(NamedTuple):
 EFFICIENT_TOKEN_CHUNK = 128
 MIN_BUDGET = 1 << 24
 VOCAB_ALIGN = 128
+CPU_VOCAB_CHUNKS = 64  # the CPU rule: a chunk's logits are at most ~1/64 of N·V_local
 
 
 # Whether CUDA's ``addmm(..., out_dtype=torch.float32)`` accepted an fp32 ``self``; older
@@ -121,14 +142,29 @@ def default_chunk_sizes(
     return max(1, min(c0, budget // vocab)), vocab
 
 
+def cpu_chunk_sizes(n: int, v_local: int) -> tuple[int, int]:
+    """``(token_chunk, vocab_chunk)`` of the CPU rule: all ``N`` tokens at once, the
+    vocabulary in ``CPU_VOCAB_CHUNKS`` slices of ``ceil(V_local / CPU_VOCAB_CHUNKS)`` rows (at
+    least ``min(V_local, VOCAB_ALIGN)``); see the module docstring."""
+    vocab = max(-(-v_local // CPU_VOCAB_CHUNKS), min(v_local, VOCAB_ALIGN))
+    return max(1, n), vocab
+
+
 def resolve_chunk_sizes(
-    n: int, h: int, v_local: int, token_chunk: int | None, vocab_chunk: int | None
+    n: int,
+    h: int,
+    v_local: int,
+    token_chunk: int | None,
+    vocab_chunk: int | None,
+    *,
+    cpu: bool = False,
 ) -> tuple[int, int]:
     """User chunk sizes (positive ints or None, as ``HeadOptions`` validated them), a missing
-    one filled from the default budget (``default_chunk_sizes``).
+    one filled from the default budget (``default_chunk_sizes``); with neither given and
+    ``cpu`` (the PyTorch primitives on a CPU tensor), the CPU rule (``cpu_chunk_sizes``).
     Returns ``(token_chunk, vocab_chunk <= v_local)``."""
     if token_chunk is None and vocab_chunk is None:
-        return default_chunk_sizes(n, h, v_local)
+        return cpu_chunk_sizes(n, v_local) if cpu else default_chunk_sizes(n, h, v_local)
     budget = max(n * h, MIN_BUDGET)
     if vocab_chunk is None:
         assert token_chunk is not None
@@ -141,6 +177,43 @@ def resolve_chunk_sizes(
     return token_chunk, vocab_chunk
 
 
+class ChunkBuffers(NamedTuple):
+    """The chunk-sized buffers of one pass of the chunk loops, allocated once per pass and
+    reused by every chunk: ``logits`` (flat, the inputs' dtype, one chunk's logits) and, for
+    the PyTorch primitives, ``work`` (two flat fp32 buffers, their temporaries; None for
+    Triton).
+
+    Per-chunk allocations of this size would leave the CPU heap fragmented: glibc serves them
+    from its heap once a chunk has been freed, the small tensors of the next chunk are carved
+    out of the freed hole, and each chunk then extends the heap (a peak RSS that grew with
+    the number of chunks, to half the full logits at 32 chunks).
+    """
+
+    logits: torch.Tensor
+    work: tuple[torch.Tensor, torch.Tensor] | None
+
+
+def chunk_buffers(head: Head, hidden: torch.Tensor, n_rows: int, v_local: int) -> ChunkBuffers:
+    """``ChunkBuffers`` for chunks of at most ``min(token_chunk, n_rows)`` rows of ``hidden``
+    and ``min(vocab_chunk, v_local)`` columns."""
+    size = min(head.token_chunk, n_rows) * min(head.vocab_chunk, v_local)
+    logits = hidden.new_empty(size)
+    work = None
+    if head.backend.scratch:
+        work = tuple(hidden.new_empty(size, dtype=torch.float32) for _ in range(2))
+    return ChunkBuffers(logits, work)
+
+
+def _chunk_logits(
+    hidden: torch.Tensor, w: torch.Tensor, buffers: ChunkBuffers | None
+) -> torch.Tensor:
+    """``hidden (C, H) @ w.T`` for ``w (Vc, H)``, into ``buffers.logits`` when given."""
+    if buffers is None:
+        return hidden @ w.T
+    out = buffers.logits[: hidden.shape[0] * w.shape[0]].view(hidden.shape[0], w.shape[0])
+    return torch.matmul(hidden, w.T, out=out)
+
+
 def chunk_stats(
     head: Head,
     hidden: torch.Tensor,
@@ -148,6 +221,7 @@ def chunk_stats(
     targets: torch.Tensor,
     *,
     keep_last: bool = False,
+    buffers: ChunkBuffers | None = None,
 ) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], list[torch.Tensor]]:
     """This shard's ``(lse, tgt, px)`` (fp32 ``(C,)`` each) for the token chunk ``hidden (C, H)``.
 
@@ -155,15 +229,17 @@ def chunk_stats(
     ``(C, vocab_chunk)`` exist at a time. With ``keep_last`` the last slice's logits are
     returned in a one-element list for ``chunk_grads`` to take (an empty list otherwise): the
     caller holds no reference of its own, so the buffer dies as soon as it has been used.
+    ``buffers``: where the slices' logits and temporaries are built (``chunk_buffers``).
     """
     v, vocab_chunk = weight.shape[0], head.vocab_chunk
     parts = []
     logits = shift = None
     for v0 in range(0, v, vocab_chunk):
         logits = None  # free the previous slice before the next matmul allocates
-        logits = hidden @ weight[v0 : v0 + vocab_chunk].T
+        logits = _chunk_logits(hidden, weight[v0 : v0 + vocab_chunk], buffers)
+        work = None if buffers is None else buffers.work
         lse, tgt, px = head.backend.stats(
-            logits, targets, head.vocab_start + v0, head.inv_temp, shift
+            logits, targets, head.vocab_start + v0, head.inv_temp, shift, work
         )
         if shift is None and vocab_chunk < v:
             # Later chunks report lse/px relative to this chunk's lse: merging small numbers
@@ -194,6 +270,7 @@ def chunk_grads(
     grad_hidden: torch.Tensor | None,
     grad_weight: torch.Tensor | None,
     last_logits: list[torch.Tensor] | None = None,
+    buffers: ChunkBuffers | None = None,
 ) -> None:
     """Backpropagate one token chunk through the lm_head, slice by vocabulary slice.
 
@@ -204,6 +281,8 @@ def chunk_grads(
     rounding per call), exactly in fp32 when ``grad_weight`` is fp32 (a buffer or ``main_grad``).
     ``last_logits``: the list from ``chunk_stats(keep_last=True)``; its tensor (the last
     slice's logits) is taken out, used first and overwritten by its gradient, not recomputed.
+    ``buffers``: as in ``chunk_stats`` (the same ones: the kept slice is consumed before the
+    next slice is recomputed into the buffer).
     """
     v, vocab_chunk = weight.shape[0], head.vocab_chunk
     starts = list(range(0, v, vocab_chunk))
@@ -218,10 +297,11 @@ def chunk_grads(
         if kept is not None:
             logits, kept = kept, None
         else:
-            logits = hidden @ w.T
+            logits = _chunk_logits(hidden, w, buffers)
         start = head.vocab_start + v0
+        work = None if buffers is None else buffers.work
         dlogits = head.backend.grad(
-            logits, targets, lse, px, grad_logp, grad_ent, None, start, head.inv_temp, True
+            logits, targets, lse, px, grad_logp, grad_ent, None, start, head.inv_temp, True, work
         )
         logits = None
         if grad_hidden is not None:

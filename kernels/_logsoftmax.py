@@ -214,34 +214,50 @@ def grad_triton(
     return out
 
 
+def _scratch(
+    work: tuple[torch.Tensor, torch.Tensor] | None, k: int, shape: torch.Size, device
+) -> torch.Tensor:
+    """A ``shape``-sized fp32 view of the ``k``-th flat scratch buffer of ``work`` (a new
+    tensor without one)."""
+    if work is None:
+        return torch.empty(shape, dtype=torch.float32, device=device)
+    return work[k][: shape.numel()].view(shape)
+
+
 def stats_torch(
     logits: torch.Tensor,
     targets: torch.Tensor,
     vocab_start: int,
     inv_temp: float,
     shift: torch.Tensor | None = None,
+    work: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """PyTorch twin of :func:`stats_triton` (computes in fp32).
 
     Written as few passes over the ``(N, V)`` chunk as eager PyTorch allows (it is the CPU
     path): one ``exp`` serves both ``lse`` and ``px``, and ``px`` is a batched dot product.
+    Its two chunk-sized fp32 temporaries live in ``work`` (two flat fp32 buffers of ``>= N·V``)
+    when given: a caller walking many chunks then allocates them once (``_head_chunks``).
     """
     n, v = logits.shape
-    z = logits.float()  # no copy for fp32 logits
-    if inv_temp != 1.0:
-        z = z * inv_temp
-    zs = z if shift is None else z - shift.float().unsqueeze(1)
+    d = _scratch(work, 0, logits.shape, logits.device)
+    if logits.dtype == torch.float32 and inv_temp == 1.0:
+        z = logits  # no copy: d = z - max is written straight into the scratch
+    else:
+        z = torch.mul(logits, inv_temp, out=d) if inv_temp != 1.0 else d.copy_(logits)
     local = targets.long() - vocab_start
     owned = (local >= 0) & (local < v)
     zt = z.gather(1, local.clamp(0, max(v - 1, 0)).unsqueeze(1)).squeeze(1)
-    m = zs.amax(dim=-1, keepdim=True)  # (N, 1)
-    d = torch.sub(zs, m)  # (N, V) z - max
-    del z, zs  # frees the scaled copy (if any) before exp's buffer
-    e = d.exp()
+    m = z.amax(dim=-1, keepdim=True)  # (N, 1)
+    torch.sub(z, m, out=d)  # (N, V) z - max
+    e = torch.exp(d, out=_scratch(work, 1, logits.shape, logits.device))
     s = e.sum(dim=-1)
-    lse = m.squeeze(1) + s.log()
+    # With a shift, lse and px are reported relative to it: only the row's max moves (one
+    # rounding of max - shift, as when z - shift was formed element by element).
+    m = m.squeeze(1) if shift is None else m.squeeze(1) - shift.float()
+    lse = m + s.log()
     # px = Σ softmax·z as max + Σ softmax·(z − max): see _stats_kernel for why the shift.
-    px = m.squeeze(1) + torch.bmm(e.unsqueeze(1), d.unsqueeze(2)).view(n) / s
+    px = m + torch.bmm(e.unsqueeze(1), d.unsqueeze(2)).view(n) / s
     return lse, torch.where(owned, zt, torch.zeros_like(zt)), px
 
 
@@ -256,39 +272,40 @@ def grad_torch(
     inv_temp: float,
     out: torch.Tensor | None = None,
     grad_lse: torch.Tensor | None = None,
+    work: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """PyTorch twin of :func:`grad_triton`.
 
-    Without an entropy gradient the softmax is built in the output buffer itself (fp32
-    ``out``) and scaled in place: three passes over the chunk, no ``(N, V)`` temporary.
+    The gradient is built in fp32 in ``out`` itself when ``out`` is fp32, else in ``work``
+    (two flat fp32 buffers of ``>= N·V`` elements; new buffers without it) and copied out: three
+    passes over the chunk without an entropy gradient, at most two fp32 chunk buffers with
+    one.
     """
     n, v = logits.shape
     a = grad_logp.float().unsqueeze(1)
     b = a if grad_lse is None else a - grad_lse.float().unsqueeze(1)
+    fp32_out = out is not None and out.dtype == torch.float32
+    g = out if fp32_out else _scratch(work, 0, logits.shape, logits.device)
+    if inv_temp == 1.0:
+        torch.sub(logits, lse.unsqueeze(1), out=g)  # in place when out is logits
+    else:
+        torch.mul(logits, inv_temp, out=g).sub_(lse.unsqueeze(1))
     if grad_ent is None:
-        fp32_out = out is not None and out.dtype == torch.float32
-        g = (
-            out
-            if fp32_out
-            else torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
-        )
-        if inv_temp == 1.0:
-            torch.sub(logits, lse.unsqueeze(1), out=g)  # in place when out is logits
-        else:
-            torch.mul(logits, inv_temp, out=g).sub_(lse.unsqueeze(1))
         g.exp_().mul_(b * -inv_temp)  # -b·p/T
     else:
-        z = logits.float() * inv_temp
-        p = torch.exp(z - lse.unsqueeze(1))
-        g = -b * p
-        g -= grad_ent.float().unsqueeze(1) * p * (z - px.unsqueeze(1))
-        g *= inv_temp
+        # -(b + c·(z - px))·p/T with p = exp(z - lse): z - px = (z - lse) + (lse - px), and
+        # (z - lse) sits in g before it is overwritten by p.
+        t = _scratch(work, 1, logits.shape, logits.device)
+        c = grad_ent.float().unsqueeze(1)
+        torch.add(g, (lse - px).unsqueeze(1), out=t).mul_(c).add_(b)  # b + c·(z - px)
+        g.exp_().mul_(t).mul_(-inv_temp)
+        del t
     local = targets.long() - vocab_start
     owned = (local >= 0) & (local < v)
     rows = torch.nonzero(owned).squeeze(1)
     g[rows, local[rows]] += a.squeeze(1)[rows] * inv_temp
     if out is None:
-        return g.to(logits.dtype)
+        return g.to(logits.dtype) if work is None else g.to(logits.dtype, copy=True)
     if g is not out:
         out.copy_(g)
     return out

@@ -10,7 +10,9 @@ log-sum-exp merge). A chunk's logits come from one cuBLAS matmul in the input dt
 statistics from the Triton kernel (``_logsoftmax``), and the logits gradient is written over the
 chunk's logits buffer in place before the two grad matmuls.
 
-Extra memory: O(N) fp32 row statistics, one ``(token_chunk, vocab_chunk)`` logits buffer and,
+Extra memory: O(N) fp32 row statistics, one ``(token_chunk, vocab_chunk)`` logits buffer (with
+the PyTorch primitives also two fp32 temporaries of its size; all allocated once per pass and
+reused by every chunk, ``_head_chunks.ChunkBuffers``) and,
 with vocabulary chunks and low-precision inputs, a ``(token_chunk, H)`` fp32 accumulator for
 the hidden gradient; with ``grad_weight_accum`` resolving to ``"fp32"`` (below), an fp32
 ``(V_local, H)`` accumulator for the weight gradient (none with ``"param"`` or
@@ -25,6 +27,8 @@ vocabulary chunks the gradient pass recomputes ``K - 1`` of them (up to 8NHV). I
 ``"main_grad"`` mode it cannot: the weight's gradient goes straight into ``main_grad``, which
 needs the incoming gradient's scale (known only in backward), so that mode is
 ``fused_linear_logprobs`` under the GRPO loss: 8NHV, for ``V_local·H·4`` bytes less memory.
+On CPU the default chunks are vocabulary slices (``_head_chunks``' CPU rule), so the GRPO op
+recomputes them: 8NHV there, for ~5% of the fp32 logits beyond the gradients.
 
 Precision: chunk logits are the matmul's output in the input dtype (as a materialised bf16
 lm_head would give); all softmax/loss math is fp32; ``grad_hidden`` of a token chunk is summed
@@ -61,7 +65,7 @@ import torch
 import torch.distributed as dist
 
 from ._head import grad_weight_accumulator, grad_weight_result, resolve_head
-from ._head_chunks import Head, chunk_grads, chunk_stats
+from ._head_chunks import Head, chunk_buffers, chunk_grads, chunk_stats
 from .logprobs import logprobs_from_logits_ref
 from .options import HeadOptions, from_keywords
 from .tensor_parallel import all_reduce_sum_, combine_stats
@@ -76,12 +80,16 @@ class FusedLinearLogprobs(torch.autograd.Function):
         n = hidden.shape[0]
         lse = hidden.new_empty(n, dtype=torch.float32)
         tgt, px = torch.empty_like(lse), torch.empty_like(lse)
+        buffers = chunk_buffers(head, hidden, n, weight.shape[0])
         for s in range(0, n, head.token_chunk):
             e = min(s + head.token_chunk, n)
-            stats, _ = chunk_stats(head, hidden[s:e], weight, targets[s:e])
+            stats, _ = chunk_stats(head, hidden[s:e], weight, targets[s:e], buffers=buffers)
             lse[s:e], tgt[s:e], px[s:e] = combine_stats(*stats, group)
         ctx.save_for_backward(hidden, weight, targets, lse, px)
         ctx.group, ctx.head = group, head
+        # An unused entropy gets None in backward, not a zero (N,) that would take the
+        # entropy branch of the gradient (more passes and chunk-sized temporaries).
+        ctx.set_materialize_grads(False)
         return tgt - lse, lse - px
 
     @staticmethod
@@ -89,11 +97,14 @@ class FusedLinearLogprobs(torch.autograd.Function):
         hidden, weight, targets, lse, px = ctx.saved_tensors
         head: Head = ctx.head
         n = hidden.shape[0]
+        if grad_logp is None and grad_ent is None:
+            return None, None, None, None, None
         if grad_logp is None:
             grad_logp = torch.zeros_like(lse)
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = grad_weight_accumulator(weight, head) if need_w else None
+        buffers = chunk_buffers(head, hidden, n, weight.shape[0])
         for s in range(0, n, head.token_chunk):
             e = min(s + head.token_chunk, n)
             chunk_grads(
@@ -107,7 +118,9 @@ class FusedLinearLogprobs(torch.autograd.Function):
                 None if grad_ent is None else grad_ent[s:e],
                 grad_hidden=grad_h[s:e] if need_h else None,
                 grad_weight=grad_w,
+                buffers=buffers,
             )
+        del buffers
         if need_h:
             all_reduce_sum_(grad_h, ctx.group)
         if need_w:

@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from ._dispatch import check_same_device, check_shape
 from ._head import grad_weight_accumulator, grad_weight_result, resolve_head
-from ._head_chunks import Head, chunk_grads, chunk_stats
+from ._head_chunks import Head, chunk_buffers, chunk_grads, chunk_stats
 from .fused_linear import FusedLinearLogprobs, fused_linear_logprobs_ref
 from .grpo_inputs import GRPOInputs, check_grpo_inputs, grpo_token_inputs
 from .grpo_loss import grpo_loss_checked, grpo_loss_ref
@@ -54,9 +54,12 @@ class _FusedLinearGRPOLoss(torch.autograd.Function):
         loss = logp.new_zeros(())
         grad_h = torch.empty_like(hidden) if want_grads else None
         grad_w = grad_weight_accumulator(weight, head) if want_grads else None
+        buffers = chunk_buffers(head, hidden, n, weight.shape[0])
         for s in range(0, n, head.token_chunk):
             e = min(s + head.token_chunk, n)
-            stats, kept = chunk_stats(head, hidden[s:e], weight, targets[s:e], keep_last=want_grads)
+            stats, kept = chunk_stats(
+                head, hidden[s:e], weight, targets[s:e], keep_last=want_grads, buffers=buffers
+            )
             lse, tgt, px = combine_stats(*stats, group)
             logp[s:e] = tgt - lse
             old, ref, adv, w, valid = (x[s:e] for x in tokens)
@@ -77,8 +80,10 @@ class _FusedLinearGRPOLoss(torch.autograd.Function):
                     grad_hidden=grad_h[s:e],
                     grad_weight=grad_w,
                     last_logits=kept,
+                    buffers=buffers,
                 )
             del kept
+        del buffers
         if want_grads:
             all_reduce_sum_(grad_h, group)
             # Round once here and drop the fp32 buffer, rather than hold it until backward.

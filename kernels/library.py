@@ -135,16 +135,24 @@ logprobs.register_autograd(_logprobs_backward, setup_context=_logprobs_setup)
 class Backend(NamedTuple):
     """The two primitives a chunked or sharded op needs, from Triton or from PyTorch.
 
-    ``stats(logits, targets, vocab_start, inv_temp, shift=None) -> (lse, tgt, px)``;
+    ``stats(logits, targets, vocab_start, inv_temp, shift=None, work=None) -> (lse, tgt, px)``;
     ``grad(logits, targets, lse, px, grad_logp, grad_ent, grad_lse, vocab_start, inv_temp,
-    inplace) -> grad_logits`` (``inplace`` writes into and returns ``logits``).
+    inplace, work=None) -> grad_logits`` (``inplace`` writes into and returns ``logits``).
+    ``work``: two flat fp32 buffers of ``>= logits.numel()`` elements each that the PyTorch primitives
+    build their chunk-sized temporaries in (``scratch`` is True for them); the Triton kernels
+    need none and ignore it.
     """
 
     stats: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     grad: Callable[..., torch.Tensor]
+    scratch: bool
 
 
-def _triton_grad(logits, targets, lse, px, ga, gc, glse, vocab_start, inv_temp, inplace):
+def _triton_stats(logits, targets, vocab_start, inv_temp, shift=None, work=None):
+    return torch.ops.dsm_engine.logsoftmax_stats(logits, targets, vocab_start, inv_temp, shift)
+
+
+def _triton_grad(logits, targets, lse, px, ga, gc, glse, vocab_start, inv_temp, inplace, work=None):
     args = (targets, lse, px, ga, gc, glse, vocab_start, inv_temp)
     if inplace:
         torch.ops.dsm_engine.logsoftmax_grad_(logits, *args)
@@ -152,15 +160,15 @@ def _triton_grad(logits, targets, lse, px, ga, gc, glse, vocab_start, inv_temp, 
     return torch.ops.dsm_engine.logsoftmax_grad(logits, *args)
 
 
-def _torch_grad(logits, targets, lse, px, ga, gc, glse, vocab_start, inv_temp, inplace):
+def _torch_grad(logits, targets, lse, px, ga, gc, glse, vocab_start, inv_temp, inplace, work=None):
     out = logits if inplace else None
     return _ls.grad_torch(
-        logits, targets, lse, px, ga, gc, vocab_start, inv_temp, out=out, grad_lse=glse
+        logits, targets, lse, px, ga, gc, vocab_start, inv_temp, out=out, grad_lse=glse, work=work
     )
 
 
-TRITON_BACKEND = Backend(torch.ops.dsm_engine.logsoftmax_stats, _triton_grad)
-TORCH_BACKEND = Backend(_ls.stats_torch, _torch_grad)
+TRITON_BACKEND = Backend(_triton_stats, _triton_grad, scratch=False)
+TORCH_BACKEND = Backend(_ls.stats_torch, _torch_grad, scratch=True)
 
 
 def get_backend(path: str) -> Backend:

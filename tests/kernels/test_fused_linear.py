@@ -350,6 +350,28 @@ def test_default_chunk_sizes_chunk_the_vocab_when_an_efficient_token_chunk_is_to
     assert default_chunk_sizes(512, 8, 1000, budget=4096) == (32, 128)
 
 
+def test_cpu_chunk_rule_bounds_a_chunk_to_a_64th_of_the_logits():
+    from dsm_engine.kernels._head_chunks import CPU_VOCAB_CHUNKS, cpu_chunk_sizes
+
+    assert CPU_VOCAB_CHUNKS == 64
+    for n, v in [(512, 32000), (2048, 32000), (2048, 102400), (1, 65536)]:
+        tc, vc = cpu_chunk_sizes(n, v)
+        # One token chunk (so bf16 "auto" rounds each weight row once, no fp32 buffer) and a
+        # chunk of logits at most N·ceil(V/64): 3/64 of the fp32 logits with the temporaries.
+        assert tc == n and vc == -(-v // 64) and tc * vc <= n * v / 64 + n
+    # Small vocabularies keep slices of at least 128 columns (or the whole shard).
+    assert cpu_chunk_sizes(96, 500) == (96, 128)
+    assert cpu_chunk_sizes(4, 100) == (4, 100)
+
+
+def test_cpu_rule_applies_to_the_torch_primitives_on_cpu_unless_chunks_are_given():
+    from dsm_engine.kernels._head_chunks import resolve_chunk_sizes
+
+    assert resolve_chunk_sizes(512, 1024, 32000, None, None, cpu=True) == (512, 500)
+    assert resolve_chunk_sizes(512, 1024, 32000, None, None) == (512, 32000)  # the GPU rule
+    assert resolve_chunk_sizes(512, 1024, 32000, 128, None, cpu=True) == (128, 32000)
+
+
 def test_explicit_chunk_sizes_fill_the_missing_one_from_the_budget():
     from dsm_engine.kernels._head_chunks import resolve_chunk_sizes
 

@@ -149,6 +149,47 @@ def test_vocab_chunked_grpo_loss_holds_one_chunk_block_at_a_time():
     assert rec.peak <= grads + token_chunk * vocab_chunk + 64 * n, rec.peak
 
 
+@pytest.mark.parametrize("op", ["logprobs", "grpo"])
+def test_cpu_default_chunks_hold_under_a_tenth_of_the_logits_beyond_the_gradients(op):
+    """The CPU rule (``cpu_chunk_sizes``) with the PyTorch primitives: live bytes beyond the two
+    fp32 gradients stay within 3 chunk buffers (logits and two fp32 temporaries, N·V/64 each)
+    plus the slices' partial statistics (a few (64, N) stacks): under the 10% of the fp32
+    logits N·V·4 that the issue sets."""
+    b, t, h, v = 2, 16, 4, 32768  # N = 32; 64 vocabulary slices of 512
+    gen = torch.Generator().manual_seed(1)
+    hidden = torch.randn(b, t, h, generator=gen, requires_grad=True)
+    weight = (torch.randn(v, h, generator=gen) * 0.5).requires_grad_()
+    targets = torch.randint(0, v, (b, t), generator=gen)
+    old = torch.randn(b, t, generator=gen) * 0.1 - 9
+    ref = old + 0.01
+    mask = torch.ones(b, t, dtype=torch.bool)
+    n = b * t
+    with PeakLiveElements(in_bytes=True, inputs=(hidden, weight)) as rec:
+        if op == "grpo":
+            loss, _ = fused_linear_grpo_loss(
+                hidden,
+                weight,
+                targets,
+                old,
+                ref,
+                mask,
+                rewards=torch.ones(b),
+                group_size=2,
+                impl="torch",
+            )
+        else:
+            logp = fused_linear_logprobs(
+                hidden.reshape(n, h), weight, targets.view(-1), impl="torch"
+            )
+            loss = logp.sum()
+        loss.backward()
+    grads = (n * h + v * h) * 4
+    chunk = n * (v // 64) * 4
+    stats = 12 * 64 * n * 4
+    assert rec.peak <= grads + 3 * chunk + stats, (rec.peak, grads, chunk)
+    assert rec.peak - grads <= 0.1 * n * v * 4
+
+
 @pytest.mark.parametrize("mode", ["param", "fp32", "auto"])
 def test_grad_weight_accumulator_size_per_mode(mode):
     """bf16, 8 token chunks. Live bytes beyond the two bf16 gradients: "param" only a chunk's
