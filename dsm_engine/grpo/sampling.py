@@ -134,7 +134,9 @@ def tool_options(cfg: RolloutConfig, codec: TextCodec) -> ToolOptions | None:
         )
     )
     loop = ToolLoopConfig(max_rounds=cfg.tool_max_rounds, output_chars=cfg.tool_output_chars)
-    return ToolOptions(sandbox.start(), loop, codec.encode, codec.decode)
+    return ToolOptions(
+        sandbox.start(), loop, codec.encode, codec.decode, tokenizer_json=codec.tokenizer.to_str()
+    )
 
 
 def tool_metrics(tool_use: list[ToolUse] | None) -> dict[str, float]:
