@@ -18,6 +18,22 @@ TINY = {
 }
 
 
+class ParityReward:
+    """A reward a random policy earns about half the time: the first response token is even."""
+
+    def __init__(self, codec_path: str, **_: object) -> None:
+        from tokenizers import Tokenizer
+
+        self.tok = Tokenizer.from_file(codec_path)
+
+    def score(self, prompts, outputs, golds):
+        out = []
+        for text in outputs:
+            ids = self.tok.encode(text, add_special_tokens=False).ids
+            out.append(float(bool(ids) and ids[0] % 2 == 0))
+        return out
+
+
 def random_batch(seed: int, groups: int, group_size: int, vocab: int = 64) -> GRPOBatch:
     """Rows of random prompts and responses of varied lengths; one group has equal rewards."""
     g = torch.Generator().manual_seed(seed)

@@ -8,6 +8,8 @@ their fields."""
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,24 +17,11 @@ import torch
 from dsm_engine.config import ConfigError
 from dsm_engine.rewards import register_reward_fn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _helpers import ParityReward  # noqa: E402
+
 GROUP = 4
 STEPS = 2
-
-
-class _ParityReward:
-    """A reward a random policy earns about half the time: the first response token is even."""
-
-    def __init__(self, codec_path: str, **_: object) -> None:
-        from tokenizers import Tokenizer
-
-        self.tok = Tokenizer.from_file(codec_path)
-
-    def score(self, prompts, outputs, golds):
-        out = []
-        for text in outputs:
-            ids = self.tok.encode(text, add_special_tokens=False).ids
-            out.append(float(bool(ids) and ids[0] % 2 == 0))
-        return out
 
 
 class _NeverReward:
@@ -54,7 +43,7 @@ def paths(tmp_path_factory):
     ar.build_tokenizer(ar.pretraining_texts(500), paths.tokenizer)
     ar.write_jsonl(ar.make_problems("train", 20), paths.train)
     ar.write_jsonl(ar.make_problems("heldout", 4), paths.heldout)
-    register_reward_fn("parity_algo", lambda **kw: _ParityReward(str(paths.tokenizer), **kw))
+    register_reward_fn("parity_algo", lambda **kw: ParityReward(str(paths.tokenizer), **kw))
     register_reward_fn("never_algo", lambda **kw: _NeverReward(**kw))
     return paths
 

@@ -5,26 +5,15 @@ The run spans two iterations, so the reference changes mid-run and must come bac
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
 from dsm_engine.rewards import register_reward_fn
 
-
-class _ParityReward:
-    """A reward a random policy earns half the time: the first response token is even."""
-
-    def __init__(self, codec_path: str, **_: object) -> None:
-        from tokenizers import Tokenizer
-
-        self.tok = Tokenizer.from_file(codec_path)
-
-    def score(self, prompts, outputs, golds):
-        out = []
-        for text in outputs:
-            ids = self.tok.encode(text, add_special_tokens=False).ids
-            out.append(float(bool(ids) and ids[0] % 2 == 0))
-        return out
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _helpers import ParityReward  # noqa: E402
 
 
 class _Crash(Exception):
@@ -69,7 +58,7 @@ def test_resume_restores_policy_reference_optimizer_and_data_position(tmp_path):
     paths = DemoPaths(tmp_path)
     ar.build_tokenizer(ar.pretraining_texts(500), paths.tokenizer)
     ar.write_jsonl(ar.make_problems("train", 50), paths.train)
-    register_reward_fn("parity", lambda **kw: _ParityReward(str(paths.tokenizer), **kw))
+    register_reward_fn("parity", lambda **kw: ParityReward(str(paths.tokenizer), **kw))
 
     straight = run_grpo(_config(paths, tmp_path / "a"))
     destroy_parallel()
