@@ -45,7 +45,7 @@ def tiny_pp2_config(paths, run_dir: Path, *, steps: int = 3, every: int = 1, **o
 
 def main(root: Path, out: Path) -> None:
     import torch.distributed as dist
-    from test_resume import _ParityReward
+    from _helpers import ParityReward
 
     from dsm_engine.grpo.trainer import run_grpo
     from dsm_engine.models.parallel import destroy_parallel
@@ -53,7 +53,7 @@ def main(root: Path, out: Path) -> None:
     from dsm_engine.rewards import register_reward_fn
 
     paths = DemoPaths(root)
-    register_reward_fn("parity", lambda **kw: _ParityReward(str(paths.tokenizer), **kw))
+    register_reward_fn("parity", lambda **kw: ParityReward(str(paths.tokenizer), **kw))
 
     straight = run_grpo(tiny_pp2_config(paths, root / "a"))
     destroy_parallel(keep_process_group=True)
