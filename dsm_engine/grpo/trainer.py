@@ -25,7 +25,7 @@ sampler lives on the first rank of each tp x pp group, which receives the whole 
 every update and shares its scored rollouts with its peers (``grpo.sampling``).
 
 Checkpoints hold the policy + optimizer (``checkpoints/``), the reference (``reference/``),
-the step, the data position, the iteration, the current reward-model checkpoint (whose own
+under ``ppo`` the critic + its optimizer (``critic/``), the step, the data position, the iteration, the current reward-model checkpoint (whose own
 checkpoint holds the replay buffer) and every rank's RNG states.
 
 Other methods (``algorithm.name``, DeepSeekMath §5.2, ``dsm_engine.grpo.algorithms``) replace the
@@ -37,7 +37,9 @@ one iteration, so a resumed run samples from π_sft too) and never synced with t
 policy; held-out evaluation loads the policy into the sampler for its duration and π_sft
 back after. DPO's pairs are drawn per group from the verifier's labels (``select_pairs``) and
 its reference log-probs come from the frozen reference. A step whose coefficient keeps no row
-(e.g. no correct sample under rft) skips the update and logs ``update_skipped=1``.
+(e.g. no correct sample under rft) skips the update and logs ``update_skipped=1``. ``ppo`` is
+online and adds a value model (``dsm_engine.grpo.ppo``): the critic's values, GAE advantages
+over the KL-penalised per-token rewards, the policy's update, then the critic's.
 
 The shell (parallel setup, run folder, resume, checkpoint cadence, logging, profiling) is the
 :class:`~dsm_engine.trainers.session.TrainingSession`'s; :class:`GRPORun` adds the reference,
