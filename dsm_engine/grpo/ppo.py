@@ -29,12 +29,7 @@ from torch import Tensor
 from dsm_engine.grpo.algorithms import CoefficientInputs, LossSettings, coefficient, plan_update
 from dsm_engine.grpo.batch import GRPOBatch
 from dsm_engine.grpo.config import GRPOConfig
-from dsm_engine.grpo.critic import (
-    accumulate_value_grads,
-    build_critic,
-    init_critic_from_policy,
-    token_values,
-)
+from dsm_engine.grpo.critic import build_critic, init_critic_from_policy, token_values, value_step
 from dsm_engine.models.parallel import ParallelContext
 from dsm_engine.trainers.schedules import apply_lr, lr_at
 
@@ -129,27 +124,23 @@ class Critic:
         """One optimizer step of the clipped value loss towards ``returns``; its metrics."""
         lr = self.lr(step)
         apply_lr(self.opt, lr)
-        self.model.train()
-        self.zero_grad()
-        loss, metrics = accumulate_value_grads(
+        finalize = None
+        if self.cfg.optim.backend == "megatron":
+            from megatron.core.distributed import finalize_model_grads
+
+            finalize = lambda: finalize_model_grads([self.model])  # noqa: E731
+        loss, grad_norm, metrics = value_step(
             self.model,
+            self.opt,
+            self.zero_grad,
             batch,
             old_values,
             returns,
             clip=self.cfg.algorithm.value_clip,
             micro_batch_size=self.cfg.grpo.micro_batch_size,
+            finalize_grads=finalize,
         )
-        if self.cfg.optim.backend == "megatron":
-            from megatron.core.distributed import finalize_model_grads
-
-            finalize_model_grads([self.model])
-        _, grad_norm, _ = self.opt.step()
-        return {
-            "value_loss": loss,
-            "critic_grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-            "critic_lr": lr,
-            **metrics,
-        }
+        return {"value_loss": loss, "critic_grad_norm": grad_norm, "critic_lr": lr, **metrics}
 
 
 def ppo_update(run: Any, step: int, batch: GRPOBatch, old_logp: Tensor, ref_logp: Tensor,
