@@ -29,7 +29,8 @@ under ``ppo`` the critic + its optimizer (``critic/``), the step, the data posit
 checkpoint holds the replay buffer) and every rank's RNG states.
 
 Other methods (``algorithm.name``, DeepSeekMath §5.2, ``dsm_engine.grpo.algorithms``) replace the
-advantages and the update by their gradient coefficient (``coefficient`` + ``plan_update``):
+advantages and the update by their gradient coefficient (``coefficient`` + ``plan_update``, run
+by ``dsm_engine.grpo.planned``):
 ``rloo``, ``dr_grpo`` and ``online_rft`` are online (the sampler is synced after every update,
 as in GRPO); ``rft`` and ``dpo`` are offline, their data are π_sft's samples: the sampler is
 loaded once with the initial weights (the reference, which stays π_sft since offline runs have
@@ -57,17 +58,9 @@ from typing import Any
 import torch
 
 from dsm_engine.config import ConfigError
-from dsm_engine.grpo.algorithms import (
-    Coefficient,
-    CoefficientInputs,
-    LossSettings,
-    UpdatePlan,
-    coefficient,
-    plan_update,
-)
 from dsm_engine.grpo.config import OFFLINE_ALGORITHMS, GRPOAlgoConfig, GRPOConfig
 from dsm_engine.grpo.data import PromptDataset
-from dsm_engine.grpo.dpo import dpo_loss, select_pairs, sequence_logp
+from dsm_engine.grpo.planned import planned_update
 from dsm_engine.grpo.ppo import Critic, ppo_update
 from dsm_engine.grpo.rm_refresh import RewardModelRefresher
 from dsm_engine.grpo.sampling import (
@@ -78,7 +71,6 @@ from dsm_engine.grpo.sampling import (
     tool_options,
 )
 from dsm_engine.grpo.step import (
-    UpdateResult,
     grpo_updates,
     mismatch_metrics,
     sequence_logprobs,
@@ -410,62 +402,6 @@ class GRPORun:
             )
         return adv_tok, tis
 
-    def plan(
-        self, step: int, batch: Any, old_logp: Any, ref_logp: Any, metrics: dict[str, float]
-    ) -> UpdatePlan | None:
-        """The update of ``algorithm.name``'s gradient coefficient on ``batch`` (None: it keeps
-        no row on any data-parallel rank); DPO's pairs are drawn here. Its metrics go to
-        ``metrics``."""
-        cfg, g, algo = self.cfg, self.cfg.grpo, self.cfg.algorithm
-        with self.session.phase("advantages"):
-            pairs = None
-            if algo.name == "dpo":
-                correct = batch.rewards >= algo.correct_threshold
-                seed = cfg.train.seed * 100_003 + step * 1_009 + self.ctx.dp_rank
-                pairs = select_pairs(
-                    correct, g.group_size, pairs_per_prompt=algo.pairs_per_prompt, seed=seed
-                )
-                seq = sequence_logp(old_logp, batch.mask)
-                _, dpo_metrics = dpo_loss(
-                    seq, sequence_logp(ref_logp, batch.mask), pairs, algo.dpo_beta
-                )
-                metrics.update(dpo_metrics, dpo_pairs=float(len(pairs)))
-            x = CoefficientInputs(
-                rewards=batch.rewards,
-                mask=batch.mask,
-                group_size=g.group_size,
-                old_logp=old_logp,
-                ref_logp=ref_logp,
-                pairs=pairs,
-            )
-            coef = coefficient(algo, x, LossSettings.of(g))
-            metrics.update(coef.metrics)
-            plan = plan_update(batch, coef, g)
-        # The update is collective over data parallelism: skip only when every rank would.
-        anyone = dp_mean({"planned": float(plan is not None)}, self.ctx.dp_group)["planned"]
-        if anyone == 0:
-            return None
-        if plan is None:  # others update: take part with a zero coefficient
-            zero = torch.zeros(len(batch), dtype=torch.float32, device=batch.tokens.device)
-            plan = plan_update(batch, Coefficient(zero, LossSettings.of(g).unclipped()), g)
-        return plan
-
-    def planned_update(
-        self, step: int, batch: Any, old_logp: Any, ref_logp: Any, metrics: dict[str, float]
-    ) -> tuple[UpdateResult, dict[str, float]]:
-        """Coefficient, plan and update of a method other than GRPO; the update result and
-        the truncated importance sampling's metrics."""
-        plan = self.plan(step, batch, old_logp, ref_logp, metrics)
-        metrics["update_skipped"] = float(plan is None)
-        if plan is None:
-            return UpdateResult(loss=0.0, grad_norm=0.0, metrics={}), {}
-        idx = plan.index
-        old = old_logp[idx]
-        adv, tis = token_advantages(
-            plan.advantages, old, batch.sampler_logp[idx], plan.batch.mask, self.cfg.grpo.tis_cap
-        )
-        return self.update(plan.batch, old, ref_logp[idx], adv, plan.config), tis
-
     def update(
         self,
         batch: Any,
@@ -515,7 +451,7 @@ class GRPORun:
         elif self.critic is not None:
             upd, tis = ppo_update(self, step, batch, old_logp, ref_logp, metrics)
         else:
-            upd, tis = self.planned_update(step, batch, old_logp, ref_logp, metrics)
+            upd, tis = planned_update(self, step, batch, old_logp, ref_logp, metrics)
         metrics.update(refresh_metrics)
         t3 = time.perf_counter()
         sync_s = 0.0
