@@ -345,3 +345,44 @@ def test_a_ppo_run_resumes_exactly_with_its_critic(paths, tmp_path):
             "explained_variance", "kl_reward")  # fmt: skip
     for k in keys:
         assert resumed[0][k] == straight[2][k], k
+
+
+def test_ppo_critic_starts_from_a_reward_model_checkpoint(paths, tmp_path):
+    """critic.load: the critic starts with that checkpoint's weights, score head included (here
+    the critic a first ppo run saved: a reward model of the policy's architecture)."""
+    import dsm_engine.grpo.ppo as ppo
+    from dsm_engine.grpo.trainer import run_grpo
+    from dsm_engine.models.parallel import destroy_parallel
+
+    seen: dict = {}
+    start = ppo.Critic.start
+
+    def spy_start(self, policy):
+        start(self, policy)
+        seen.setdefault("critics", []).append(self)
+        seen.setdefault("initial", []).append(
+            {n: p.detach().clone() for n, p in self.model.named_parameters()}
+        )
+
+    one_step = {"steps": 1}
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(ppo.Critic, "start", spy_start)
+            run_grpo(_config(paths, tmp_path / "a", {"name": "ppo"}, grpo=one_step))
+            destroy_parallel()
+            trained = {
+                n: p.detach().clone() for n, p in seen["critics"][0].model.named_parameters()
+            }
+            cfg = _config(
+                paths,
+                tmp_path / "b",
+                {"name": "ppo"},
+                grpo=one_step,
+                critic={"load": str(tmp_path / "a" / "critic")},
+            )
+            run_grpo(cfg)
+    finally:
+        destroy_parallel()
+    first, loaded = seen["initial"]
+    assert not torch.equal(first["score_head.weight"], trained["score_head.weight"])
+    assert all(torch.equal(loaded[n], trained[n]) for n in trained)
