@@ -193,7 +193,7 @@ def step(parts: Parts, spec: Spec, variant: str) -> dict[str, float]:
         plan_update,
     )
     from dsm_engine.grpo.config import GRPOAlgoConfig
-    from dsm_engine.grpo.critic import accumulate_value_grads, token_values
+    from dsm_engine.grpo.critic import token_values, value_step
     from dsm_engine.grpo.step import grpo_updates, sequence_logprobs
 
     batch, mb = parts.batch, spec.micro_batch
@@ -239,14 +239,17 @@ def step(parts: Parts, spec: Spec, variant: str) -> dict[str, float]:
     )
     lap("policy_update")
     if variant == "ppo":
-        parts.critic.train()
-        parts.critic_zero_grad()
-        accumulate_value_grads(
-            parts.critic, batch, values, coef.returns, clip=algo.value_clip, micro_batch_size=mb
+        value_step(
+            parts.critic,
+            parts.critic_optimizer,
+            parts.critic_zero_grad,
+            batch,
+            values,
+            coef.returns,
+            clip=algo.value_clip,
+            micro_batch_size=mb,
+            finalize_grads=parts.critic_finalize,
         )
-        if parts.critic_finalize is not None:
-            parts.critic_finalize()
-        parts.critic_optimizer.step()
         lap("critic_update")
     times["total"] = sum(times[p] for p in PHASES)
     times["wall"] = time.perf_counter() - wall

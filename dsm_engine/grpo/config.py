@@ -12,7 +12,8 @@ YAML layout (every key optional; ``key=value`` overrides any of them)::
     rm_update: {steps, prompts, samples, ...}   # iterative RL: the reward model between iterations
     reference: {offload_to_cpu}
     eval: {path, every, num_prompts}
-    algorithm: {name, dpo_beta, pairs_per_prompt, correct_threshold, ...}
+    algorithm: {name, dpo_beta, pairs_per_prompt, correct_threshold, gamma, lam, ...}
+    critic: {lr, load}               # ppo's value model
 
 ``algorithm.name`` picks the post-training method of the loop (DeepSeekMath §5.2, Table 10;
 ``dsm_engine.grpo.algorithms``); the default ``grpo`` is the loop as it always was:
@@ -26,12 +27,16 @@ YAML layout (every key optional; ``key=value`` overrides any of them)::
                 weights and is never synced with the updated policy)
     dpo         offline: pairs (correct, wrong) of π_sft's samples of one prompt, labelled by
                 the verifier; the DPO loss (algorithm.dpo_beta) against the frozen reference
+    ppo         online, with a value model (``critic:``, its own optimizer): per-token rewards
+                (the verifier's at the last token minus grpo.beta × the KL to the reference,
+                paper eq. 2), GAE (algorithm.gamma, lam) advantages for the clipped surrogate,
+                then a clipped value-loss update of the critic (algorithm.value_clip)
 
 ``rft``, ``online_rft`` and ``dpo`` need grpo.mu=1 and grpo.old_logp=recompute (their gradient
 coefficient holds for one update on the current policy's log-probs); the offline methods need
 grpo.iterations=1 (the reference and the sampler stay π_sft), no grpo.tis_cap. Learned reward
-supervision (reward.supervision, rm_update) is GRPO's only. ``sft`` (``dsm train sft``) and
-``ppo`` (the value model) are not run by this loop yet and are refused.
+supervision (reward.supervision, rm_update) is GRPO's only. ``sft`` runs as ``dsm train sft``
+and is refused here.
 """
 
 from __future__ import annotations
@@ -49,8 +54,8 @@ COT_TEMPLATE = (
 
 
 AlgorithmName = Literal["sft", "rft", "online_rft", "dpo", "ppo", "grpo", "rloo", "dr_grpo"]
-# The methods GRPORun runs; sft and ppo have coefficients but are not wired into the loop.
-LOOP_ALGORITHMS = ("grpo", "online_rft", "rloo", "dr_grpo", "rft", "dpo")
+# The methods GRPORun runs; sft has a coefficient but runs as `dsm train sft`.
+LOOP_ALGORITHMS = ("grpo", "online_rft", "rloo", "dr_grpo", "rft", "dpo", "ppo")
 # Offline methods sample from π_sft: the sampler keeps the initial weights.
 OFFLINE_ALGORITHMS = ("rft", "dpo")
 # Methods whose gradient coefficient holds for one update on the current policy's log-probs.
@@ -93,6 +98,25 @@ class AlgorithmConfig:
             raise ConfigError(
                 f"algorithm.pairs_per_prompt must be >= 1, got {self.pairs_per_prompt}"
             )
+
+
+@dataclass
+class CriticConfig:
+    """``critic:`` PPO's value model (``algorithm.name: ppo``), trained beside the policy with
+    its own optimizer (``optim``'s settings) and checkpointed with the run (``critic/``).
+
+    lr: its peak learning rate under ``schedule``'s shape (None: ``schedule.lr``).
+    load: a reward-model checkpoint (``dsm train rm``, the policy's architecture) whose backbone
+    and score head start the critic; empty: the policy's initial weights (``checkpoint.load``)
+    and a fresh score head.
+    """
+
+    lr: float | None = None
+    load: str = ""
+
+    def __post_init__(self) -> None:
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"critic.lr must be a finite number > 0 (or null), got {self.lr}")
 
 
 @dataclass
@@ -327,6 +351,7 @@ class GRPOConfig(RunConfig):
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
 
     def __post_init__(self) -> None:
         self._check_algorithm()
@@ -350,8 +375,10 @@ class GRPOConfig(RunConfig):
     def _check_algorithm(self) -> None:
         """The combinations of ``algorithm.name`` with the other sections the loop can run."""
         name, g = self.algorithm.name, self.grpo
-        if name == "ppo":
-            raise ConfigError("algorithm.name=ppo: the value model is not wired into the loop yet")
+        if name != "ppo" and (self.critic.load or self.critic.lr is not None):
+            raise ConfigError(
+                f"critic: a value model is trained with algorithm.name=ppo only (it is {name})"
+            )
         if name == "sft":
             raise ConfigError(
                 "algorithm.name=sft: supervised fine-tuning on gold solutions runs as "

@@ -128,3 +128,30 @@ def accumulate_value_grads(
         out[1] = sum(float(i["clipped"]) for i in infos) / total_tokens
     loss, frac = _broadcast_from_last_stage(out).tolist()
     return loss, {"value_clip_frac": frac}
+
+
+def value_step(
+    critic: torch.nn.Module,
+    optimizer,
+    zero_grad,
+    batch: GRPOBatch,
+    old_values: Tensor,
+    returns: Tensor,
+    *,
+    clip: float,
+    micro_batch_size: int,
+    finalize_grads=None,
+) -> tuple[float, float, dict[str, float]]:
+    """One optimizer step of ``critic`` on the clipped value loss of ``batch`` towards
+    ``returns`` (:func:`accumulate_value_grads`); ``finalize_grads`` (megatron DDP:
+    ``finalize_model_grads``) runs before the step. Returns the loss, the grad norm (NaN when
+    the optimizer gives none) and the clipped fraction."""
+    critic.train()
+    zero_grad()
+    loss, metrics = accumulate_value_grads(
+        critic, batch, old_values, returns, clip=clip, micro_batch_size=micro_batch_size
+    )
+    if finalize_grads is not None:
+        finalize_grads()
+    _, grad_norm, _ = optimizer.step()
+    return loss, float(grad_norm) if grad_norm is not None else float("nan"), metrics

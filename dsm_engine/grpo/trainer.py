@@ -25,11 +25,12 @@ sampler lives on the first rank of each tp x pp group, which receives the whole 
 every update and shares its scored rollouts with its peers (``grpo.sampling``).
 
 Checkpoints hold the policy + optimizer (``checkpoints/``), the reference (``reference/``),
-the step, the data position, the iteration, the current reward-model checkpoint (whose own
+under ``ppo`` the critic + its optimizer (``critic/``), the step, the data position, the iteration, the current reward-model checkpoint (whose own
 checkpoint holds the replay buffer) and every rank's RNG states.
 
 Other methods (``algorithm.name``, DeepSeekMath §5.2, ``dsm_engine.grpo.algorithms``) replace the
-advantages and the update by their gradient coefficient (``coefficient`` + ``plan_update``):
+advantages and the update by their gradient coefficient (``coefficient`` + ``plan_update``, run
+by ``dsm_engine.grpo.planned``):
 ``rloo``, ``dr_grpo`` and ``online_rft`` are online (the sampler is synced after every update,
 as in GRPO); ``rft`` and ``dpo`` are offline, their data are π_sft's samples: the sampler is
 loaded once with the initial weights (the reference, which stays π_sft since offline runs have
@@ -37,7 +38,9 @@ one iteration, so a resumed run samples from π_sft too) and never synced with t
 policy; held-out evaluation loads the policy into the sampler for its duration and π_sft
 back after. DPO's pairs are drawn per group from the verifier's labels (``select_pairs``) and
 its reference log-probs come from the frozen reference. A step whose coefficient keeps no row
-(e.g. no correct sample under rft) skips the update and logs ``update_skipped=1``.
+(e.g. no correct sample under rft) skips the update and logs ``update_skipped=1``. ``ppo`` is
+online and adds a value model (``dsm_engine.grpo.ppo``): the critic's values, GAE advantages
+over the KL-penalised per-token rewards, the policy's update, then the critic's.
 
 The shell (parallel setup, run folder, resume, checkpoint cadence, logging, profiling) is the
 :class:`~dsm_engine.trainers.session.TrainingSession`'s; :class:`GRPORun` adds the reference,
@@ -55,17 +58,10 @@ from typing import Any
 import torch
 
 from dsm_engine.config import ConfigError
-from dsm_engine.grpo.algorithms import (
-    Coefficient,
-    CoefficientInputs,
-    LossSettings,
-    UpdatePlan,
-    coefficient,
-    plan_update,
-)
 from dsm_engine.grpo.config import OFFLINE_ALGORITHMS, GRPOAlgoConfig, GRPOConfig
 from dsm_engine.grpo.data import PromptDataset
-from dsm_engine.grpo.dpo import dpo_loss, select_pairs, sequence_logp
+from dsm_engine.grpo.planned import planned_update
+from dsm_engine.grpo.ppo import Critic, ppo_update
 from dsm_engine.grpo.rm_refresh import RewardModelRefresher
 from dsm_engine.grpo.sampling import (
     evaluate_greedy,
@@ -75,20 +71,18 @@ from dsm_engine.grpo.sampling import (
     tool_options,
 )
 from dsm_engine.grpo.step import (
-    UpdateResult,
     grpo_updates,
     mismatch_metrics,
     sequence_logprobs,
     token_advantages,
 )
+from dsm_engine.grpo.step_report import rollout_metrics, step_work
 from dsm_engine.models.parallel import ParallelContext
 from dsm_engine.reward_models.grpo_rewards import compute_advantages
 from dsm_engine.reward_models.scorer import MeanScorer, TokenScorer, load_reward_fn
 from dsm_engine.rollout.base import SamplingParams
 from dsm_engine.rollout.factory import build_rollout_engine
 from dsm_engine.text_codec import TextCodec
-from dsm_engine.trainers.flops import train_flops_per_token
-from dsm_engine.trainers.profiling import StepWork
 from dsm_engine.trainers.schedules import apply_lr, lr_at
 from dsm_engine.trainers.session import (
     CheckpointHooks,
@@ -117,36 +111,6 @@ def copy_weights(dst: torch.nn.Module, src: torch.nn.Module) -> None:
     for k, v in s.items():
         if torch.is_tensor(v) and k in d and torch.is_tensor(d[k]):
             d[k].copy_(v)
-
-
-def _rollout_metrics(ro, group_size: int) -> dict[str, float]:
-    b = ro.batch
-    r = b.rewards.view(-1, group_size)
-    lens = b.response_len.float()
-    return {
-        "reward_mean": float(b.rewards.mean()),
-        "reward_std": float(b.rewards.std(unbiased=False)),
-        "accuracy": sum(ro.correct) / len(ro.correct),
-        "zero_var_group_frac": float((r.std(dim=1, unbiased=False) == 0).float().mean()),
-        "response_len_mean": float(lens.mean()),
-        "response_len_max": float(lens.max()),
-        "truncated_frac": float((~b.finished).float().mean()),
-        **ro.tool,
-    }
-
-
-def _step_work(batch, pad_id: int, model_cfg, cfg: GRPOConfig, dp_size: int) -> StepWork:
-    """The step's tokens and model FLOPs for the whole job (this rank's rows × ``dp_size``):
-    μ forward + backward passes over the rows, the reference (and recomputed old) log-prob
-    forwards, and one forward per generated token (a forward is a third of training's cost)."""
-    fwd = train_flops_per_token(model_cfg, seq_length=batch.tokens.shape[1]) / 3
-    rows = float((batch.tokens != pad_id).sum()) * dp_size
-    gen = float(batch.mask.sum()) * dp_size
-    train = rows * cfg.grpo.mu
-    passes = 1 + (cfg.grpo.old_logp == "recompute")
-    step_flops = 3 * fwd * train + fwd * rows * passes + fwd * gen
-    return StepWork(train_tokens=train, train_flops=3 * fwd * train, step_flops=step_flops,
-                    gen_tokens=gen)  # fmt: skip
 
 
 def _reward_model_scorer(
@@ -204,16 +168,20 @@ class GRPORun:
         self.tools: Any = None
         # rft / dpo sample from π_sft: the sampler keeps the initial weights
         self.offline = cfg.algorithm.name in OFFLINE_ALGORITHMS
+        self.critic = Critic(cfg) if cfg.algorithm.name == "ppo" else None
 
     # -- models and checkpoints ---------------------------------------------------------------
 
     def build(self, ctx) -> list[torch.nn.Module]:
-        """The session's builder: the policy (trained) and, beside it, the frozen reference."""
+        """The session's builder: the policy (trained) and, beside it, the frozen reference
+        (and under ppo the critic with its own optimizer)."""
         from dsm_engine.models.build import build_model
 
         policy = build_model(self.model_cfg, ctx)
         self.reference = build_model(self.model_cfg, ctx, init_weights=False)
         self.reference.requires_grad_(False).eval()
+        if self.critic is not None:
+            self.critic.build(ctx)
         return [policy]
 
     @property
@@ -221,7 +189,8 @@ class GRPORun:
         return self.session.chunks[0]
 
     def hooks(self) -> CheckpointHooks:
-        """GRPO's part of the checkpoints: data position, iteration, reward model, reference."""
+        """GRPO's part of the checkpoints: data position, iteration, reward model, reference
+        (and the critic with its optimizer)."""
         return CheckpointHooks(
             state=lambda done: {
                 "position": self.position,
@@ -230,7 +199,7 @@ class GRPORun:
             },
             restore=self._restore,
             fresh=self._fresh,
-            save_more=self._save_reference,
+            save_more=self._save_more,
         )
 
     def _restore(self, extra: dict[str, Any]) -> None:
@@ -239,6 +208,8 @@ class GRPORun:
         self.position = int(extra["position"])
         step = int(extra["step"])
         load_checkpoint(self.session.run.path / REFERENCE_DIR, self.reference, step=step)
+        if self.critic is not None:
+            self.critic.restore(self.session.run.path, step)
         self.rm_refresh.load_state(extra)
 
     def _fresh(self) -> None:
@@ -247,13 +218,17 @@ class GRPORun:
         if self.cfg.checkpoint.load:
             load_checkpoint(self.cfg.checkpoint.load, self.policy)
         copy_weights(self.reference, self.policy)
+        if self.critic is not None:
+            self.critic.start(self.policy)
 
-    def _save_reference(self, done: int) -> None:
+    def _save_more(self, done: int) -> None:
         from dsm_engine.models.checkpoint import save_checkpoint
 
         self.offload(self.reference, self.ctx.device)
         save_checkpoint(self.session.run.path / REFERENCE_DIR, done, self.reference)
         self.offload(self.reference, torch.device("cpu"))
+        if self.critic is not None:
+            self.critic.save(self.session.run.path, done)
 
     def offload(self, model: torch.nn.Module, where: torch.device) -> None:
         if self.cfg.reference.offload_to_cpu and self.ctx.device.type != "cpu":
@@ -427,62 +402,6 @@ class GRPORun:
             )
         return adv_tok, tis
 
-    def plan(
-        self, step: int, batch: Any, old_logp: Any, ref_logp: Any, metrics: dict[str, float]
-    ) -> UpdatePlan | None:
-        """The update of ``algorithm.name``'s gradient coefficient on ``batch`` (None: it keeps
-        no row on any data-parallel rank); DPO's pairs are drawn here. Its metrics go to
-        ``metrics``."""
-        cfg, g, algo = self.cfg, self.cfg.grpo, self.cfg.algorithm
-        with self.session.phase("advantages"):
-            pairs = None
-            if algo.name == "dpo":
-                correct = batch.rewards >= algo.correct_threshold
-                seed = cfg.train.seed * 100_003 + step * 1_009 + self.ctx.dp_rank
-                pairs = select_pairs(
-                    correct, g.group_size, pairs_per_prompt=algo.pairs_per_prompt, seed=seed
-                )
-                seq = sequence_logp(old_logp, batch.mask)
-                _, dpo_metrics = dpo_loss(
-                    seq, sequence_logp(ref_logp, batch.mask), pairs, algo.dpo_beta
-                )
-                metrics.update(dpo_metrics, dpo_pairs=float(len(pairs)))
-            x = CoefficientInputs(
-                rewards=batch.rewards,
-                mask=batch.mask,
-                group_size=g.group_size,
-                old_logp=old_logp,
-                ref_logp=ref_logp,
-                pairs=pairs,
-            )
-            coef = coefficient(algo, x, LossSettings.of(g))
-            metrics.update(coef.metrics)
-            plan = plan_update(batch, coef, g)
-        # The update is collective over data parallelism: skip only when every rank would.
-        anyone = dp_mean({"planned": float(plan is not None)}, self.ctx.dp_group)["planned"]
-        if anyone == 0:
-            return None
-        if plan is None:  # others update: take part with a zero coefficient
-            zero = torch.zeros(len(batch), dtype=torch.float32, device=batch.tokens.device)
-            plan = plan_update(batch, Coefficient(zero, LossSettings.of(g).unclipped()), g)
-        return plan
-
-    def planned_update(
-        self, step: int, batch: Any, old_logp: Any, ref_logp: Any, metrics: dict[str, float]
-    ) -> tuple[UpdateResult, dict[str, float]]:
-        """Coefficient, plan and update of a method other than GRPO; the update result and
-        the truncated importance sampling's metrics."""
-        plan = self.plan(step, batch, old_logp, ref_logp, metrics)
-        metrics["update_skipped"] = float(plan is None)
-        if plan is None:
-            return UpdateResult(loss=0.0, grad_norm=0.0, metrics={}), {}
-        idx = plan.index
-        old = old_logp[idx]
-        adv, tis = token_advantages(
-            plan.advantages, old, batch.sampler_logp[idx], plan.batch.mask, self.cfg.grpo.tis_cap
-        )
-        return self.update(plan.batch, old, ref_logp[idx], adv, plan.config), tis
-
     def update(
         self,
         batch: Any,
@@ -529,8 +448,10 @@ class GRPORun:
         if cfg.algorithm.name == "grpo":
             adv_tok, tis = self.advantages(batch, old_logp, metrics)
             upd = self.update(batch, old_logp, ref_logp, adv_tok)
+        elif self.critic is not None:
+            upd, tis = ppo_update(self, step, batch, old_logp, ref_logp, metrics)
         else:
-            upd, tis = self.planned_update(step, batch, old_logp, ref_logp, metrics)
+            upd, tis = planned_update(self, step, batch, old_logp, ref_logp, metrics)
         metrics.update(refresh_metrics)
         t3 = time.perf_counter()
         sync_s = 0.0
@@ -542,7 +463,7 @@ class GRPORun:
         secs = time.perf_counter() - tic
         tokens = float((batch.tokens != self.codec.pad_id).sum() + batch.mask.sum())
 
-        metrics.update(_rollout_metrics(ro, g.group_size))
+        metrics.update(rollout_metrics(ro, g.group_size))
         metrics.update(tis)
         metrics.update(upd.metrics)
         metrics.update(
@@ -563,7 +484,7 @@ class GRPORun:
         if self.eval_set is not None and (done % cfg.eval.every == 0 or done == g.steps):
             with s.phase("eval"):
                 metrics["eval_accuracy"] = self.evaluate()
-        work = _step_work(batch, self.codec.pad_id, self.model_cfg, cfg, ctx.dp_size)
+        work = step_work(batch, self.codec.pad_id, self.model_cfg, cfg, ctx.dp_size)
         return StepResult(metrics, work)
 
 

@@ -1,8 +1,9 @@
 """A short GRPO run at pp=2 (one layer per stage) under ``torchrun --nproc_per_node 2``, gloo.
 
-``python pp_run_worker.py ROOT OUT.json``: ROOT holds the tokenizer and train prompts
-(``recipes.arithmetic.DemoPaths``). Runs 3 straight steps (run ``a``), then run ``b``: stopped
-after 2 steps and resumed (``resume=auto``) for the third. Rank 0 writes both histories.
+``python pp_run_worker.py ROOT OUT.json [ALGORITHM]``: ROOT holds the tokenizer and train
+prompts (``recipes.arithmetic.DemoPaths``). Runs 3 straight steps (run ``a``), then run ``b``:
+stopped after 2 steps and resumed (``resume=auto``) for the third. ALGORITHM: ``algorithm.name``
+(default grpo). Rank 0 writes both histories.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def tiny_pp2_config(paths, run_dir: Path, *, steps: int = 3, every: int = 1, **o
     return grpo_config(paths, paths.root / "none", run_dir=str(run_dir), **{**sections, **over})
 
 
-def main(root: Path, out: Path) -> None:
+def main(root: Path, out: Path, algorithm: str = "grpo") -> None:
     import torch.distributed as dist
     from _helpers import ParityReward
 
@@ -55,7 +56,8 @@ def main(root: Path, out: Path) -> None:
     paths = DemoPaths(root)
     register_reward_fn("parity", lambda **kw: ParityReward(str(paths.tokenizer), **kw))
 
-    straight = run_grpo(tiny_pp2_config(paths, root / "a"))
+    algo = {"algorithm": {"name": algorithm}}
+    straight = run_grpo(tiny_pp2_config(paths, root / "a", **algo))
     destroy_parallel(keep_process_group=True)
 
     def stop_after_two(step, _metrics):
@@ -63,16 +65,16 @@ def main(root: Path, out: Path) -> None:
             raise _Stop
 
     try:
-        run_grpo(tiny_pp2_config(paths, root / "b"), on_step_end=stop_after_two)
+        run_grpo(tiny_pp2_config(paths, root / "b", **algo), on_step_end=stop_after_two)
         raise AssertionError("run b did not stop after step 2")
     except _Stop:
         pass
     destroy_parallel(keep_process_group=True)
-    resumed = run_grpo(tiny_pp2_config(paths, root / "b", resume="auto"))
+    resumed = run_grpo(tiny_pp2_config(paths, root / "b", resume="auto", **algo))
     if dist.get_rank() == 0:
         out.write_text(json.dumps({"straight": straight, "resumed": resumed}))
     destroy_parallel()
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]), *sys.argv[3:])

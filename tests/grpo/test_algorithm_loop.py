@@ -184,7 +184,14 @@ def test_the_default_algorithm_is_grpo(paths, tmp_path):
 @pytest.mark.parametrize(
     ("algorithm", "over", "match"),
     [
-        ({"name": "ppo"}, {}, r"algorithm\.name=ppo: the value model is not wired"),
+        ({"name": "grpo"}, {"critic": {"lr": 1e-3}}, r"critic: .*algorithm\.name=ppo only"),
+        ({"name": "ppo"}, {"critic": {"lr": -1.0}}, r"critic\.lr must be"),
+        ({"name": "ppo", "gamma": 2.0}, {}, r"algorithm\.gamma must be in"),
+        (
+            {"name": "ppo"},
+            {"reward": {"supervision": "orm", "model_path": "rm"}},
+            r"reward\.supervision=orm: .*algorithm\.name=grpo only",
+        ),
         ({"name": "sft"}, {}, r"algorithm\.name=sft"),
         ({"name": "rft"}, {"grpo": {"mu": 2}}, r"grpo\.mu=2: algorithm\.name=rft"),
         ({"name": "dpo"}, {"grpo": {"mu": 2}}, r"grpo\.mu=2: algorithm\.name=dpo"),
@@ -248,3 +255,134 @@ def test_an_offline_run_resumes_sampling_from_the_initial_policy(paths, tmp_path
     assert straight[2]["update_skipped"] == 0.0
     for k in ("loss", "reward_mean", "kept", "grad_norm", "entropy", "kl_mean"):
         assert resumed[0][k] == straight[2][k], k
+
+
+def test_ppo_trains_the_policy_and_its_critic(paths, tmp_path, monkeypatch):
+    """ppo: the policy changes, the sampler follows
+    the policy, and each step logs a finite value loss, the critic's lr and its fit."""
+    cfg = _config(
+        paths, tmp_path / "r", {"name": "ppo", "gamma": 1.0, "lam": 0.9}, critic={"lr": 5e-3}
+    )
+    history, states, syncs = _run(monkeypatch, cfg)
+    _assert_finite_steps(history)
+    assert [kind for kind, _ in syncs] == ["policy"] * (1 + STEPS)
+    assert _same(states["sampler"], states["policy"])
+    assert not _same(states["policy"], states["reference"])  # the policy learned
+    for row in history:
+        assert math.isfinite(row["value_loss"]) and row["value_loss"] > 0
+        # its own peak learning rate under the run's schedule (the policy's peak is 1e-2)
+        assert row["critic_lr"] == pytest.approx(row["lr"] / 2)
+        assert math.isfinite(row["critic_grad_norm"]) and row["critic_grad_norm"] > 0
+        assert math.isfinite(row["value_mean"]) and "explained_variance" in row
+        assert "kl_reward" in row
+
+
+def test_ppo_critic_weights_change_and_start_from_the_policy(paths, tmp_path):
+    """The critic's backbone starts equal to the policy's initial weights (the reference) and
+    the value-loss updates change it."""
+    import dsm_engine.grpo.ppo as ppo
+    from dsm_engine.grpo.trainer import run_grpo
+    from dsm_engine.models.parallel import destroy_parallel
+
+    seen = {}
+    start = ppo.Critic.start
+
+    def spy_start(self, policy):
+        start(self, policy)
+        seen["initial"] = {n: p.detach().clone() for n, p in self.model.named_parameters()}
+        seen["policy"] = {n: p.detach().clone() for n, p in policy.named_parameters()}
+        seen["critic"] = self
+
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(ppo.Critic, "start", spy_start)
+            run_grpo(_config(paths, tmp_path / "r", {"name": "ppo"}))
+    finally:
+        destroy_parallel()
+    initial, policy = seen["initial"], seen["policy"]
+    backbone = [n for n in initial if not n.startswith("score_head")]
+    assert backbone and all(torch.equal(initial[n], policy[n]) for n in backbone)
+    final = dict(seen["critic"].model.named_parameters())
+    assert any(not torch.equal(final[n].detach(), initial[n]) for n in backbone)
+    assert not torch.equal(final["score_head.weight"].detach(), initial["score_head.weight"])
+
+
+def test_a_ppo_run_resumes_exactly_with_its_critic(paths, tmp_path):
+    """3 straight ppo steps equal 2 steps, a crash and ``resume=auto`` for the third: the
+    critic and its optimizer come back from the checkpoint, so the policy's and the value
+    losses are the same (they differ if the critic restarts from the policy or its Adam
+    state is lost)."""
+    from dsm_engine.grpo.trainer import run_grpo
+    from dsm_engine.models.parallel import destroy_parallel
+
+    def config(run_dir, **over):
+        return _config(
+            paths,
+            run_dir,
+            {"name": "ppo"},
+            grpo={"steps": 3},
+            checkpoint={"load": None, "every": 1},
+            critic={"lr": 5e-3},
+            **over,
+        )
+
+    def crash_after_two(step, _metrics):
+        if step == 2:
+            raise _Crash
+
+    try:
+        straight = run_grpo(config(tmp_path / "a"))
+        destroy_parallel()
+        with pytest.raises(_Crash):
+            run_grpo(config(tmp_path / "b"), on_step_end=crash_after_two)
+        destroy_parallel()
+        resumed = run_grpo(config(tmp_path / "b", resume="auto"))
+    finally:
+        destroy_parallel()
+    assert len(resumed) == 1
+    assert (tmp_path / "b" / "critic").is_dir()
+    keys = ("loss", "grad_norm", "reward_mean", "value_loss", "value_mean", "critic_grad_norm",
+            "explained_variance", "kl_reward")  # fmt: skip
+    for k in keys:
+        assert resumed[0][k] == straight[2][k], k
+
+
+def test_ppo_critic_starts_from_a_reward_model_checkpoint(paths, tmp_path):
+    """critic.load: the critic starts with that checkpoint's weights, score head included (here
+    the critic a first ppo run saved: a reward model of the policy's architecture)."""
+    import dsm_engine.grpo.ppo as ppo
+    from dsm_engine.grpo.trainer import run_grpo
+    from dsm_engine.models.parallel import destroy_parallel
+
+    seen: dict = {}
+    start = ppo.Critic.start
+
+    def spy_start(self, policy):
+        start(self, policy)
+        seen.setdefault("critics", []).append(self)
+        seen.setdefault("initial", []).append(
+            {n: p.detach().clone() for n, p in self.model.named_parameters()}
+        )
+
+    one_step = {"steps": 1}
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(ppo.Critic, "start", spy_start)
+            run_grpo(_config(paths, tmp_path / "a", {"name": "ppo"}, grpo=one_step))
+            destroy_parallel()
+            trained = {
+                n: p.detach().clone() for n, p in seen["critics"][0].model.named_parameters()
+            }
+            cfg = _config(
+                paths,
+                tmp_path / "b",
+                {"name": "ppo"},
+                grpo=one_step,
+                critic={"load": str(tmp_path / "a" / "critic")},
+            )
+            run_grpo(cfg)
+    finally:
+        destroy_parallel()
+    first, loaded = seen["initial"]
+    assert not torch.equal(first["score_head.weight"], trained["score_head.weight"])
+    assert all(torch.equal(loaded[n], trained[n]) for n in trained)

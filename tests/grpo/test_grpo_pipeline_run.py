@@ -14,9 +14,9 @@ import pytest
 HERE = Path(__file__).resolve().parent
 
 
-def _run_worker(torchrun, root: Path) -> dict:
+def _run_worker(torchrun, root: Path, algorithm: str = "grpo") -> dict:
     out = root / "histories.json"
-    torchrun(HERE / "pp_run_worker.py", root, out)
+    torchrun(HERE / "pp_run_worker.py", root, out, algorithm)
     return json.loads(out.read_text())
 
 
@@ -51,6 +51,32 @@ def test_pp2_grpo_run_trains_checkpoints_and_resumes(tmp_path, torchrun):
         json.loads(x)["step"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     ]
     assert steps == [1, 2, 3]
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_pp2_ppo_run_trains_its_critic_checkpoints_and_resumes(tmp_path, torchrun):
+    """ppo at pp=2: the critic's values and value-loss updates run through the pipeline (both
+    stages checkpoint it), and a stopped run resumes into the same third step (policy and
+    value losses bit for bit on CPU)."""
+    from dsm_engine.models.checkpoint import latest_checkpoint
+    from dsm_engine.recipes.arithmetic import DemoPaths
+    from dsm_engine.tasks import arithmetic as ar
+
+    paths = DemoPaths(tmp_path)
+    ar.build_tokenizer(ar.pretraining_texts(500), paths.tokenizer)
+    ar.write_jsonl(ar.make_problems("train", 50), paths.train)
+    hist = _run_worker(torchrun, tmp_path, "ppo")
+    straight, resumed = hist["straight"], hist["resumed"]
+    assert len(straight) == 3 and len(resumed) == 1
+    for row in straight:
+        for k in ("loss", "grad_norm", "value_loss", "critic_grad_norm", "value_mean"):
+            assert math.isfinite(row[k]), k
+        assert row["value_loss"] > 0 and row["critic_grad_norm"] > 0
+    last = latest_checkpoint(tmp_path / "b" / "critic")
+    assert last is not None and last.name == "step_0000003"
+    for k in ("loss", "grad_norm", "reward_mean", "value_loss", "value_mean", "critic_grad_norm"):
+        assert resumed[0][k] == straight[2][k], k
 
 
 def test_virtual_pipeline_layout_is_refused_by_name(tmp_path):
