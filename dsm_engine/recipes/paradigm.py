@@ -104,10 +104,13 @@ def method_config(
     raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
 
 
-def budget(cfg) -> int:
-    """Sampled responses of a run: steps x prompts per step x group size."""
-    g = cfg.grpo
-    return g.steps * g.prompts_per_step * g.group_size
+def run_budget(run_dir: str | Path) -> int:
+    """Sampled responses of the run at ``run_dir`` (its saved ``config.yaml``): steps x
+    prompts per step x group size."""
+    import yaml
+
+    g = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())["grpo"]
+    return int(g["steps"]) * int(g["prompts_per_step"]) * int(g["group_size"])
 
 
 def read_curve(run_dir: str | Path) -> dict[int, float]:
@@ -174,14 +177,19 @@ def run_methods(
     from dsm_engine.grpo.trainer import run_grpo
     from dsm_engine.models.parallel import destroy_parallel
 
-    curves, budgets = {}, {}
     for method in methods:
-        run_dir = Path(root) / method
-        cfg = method_config(method, paths, init, options, run_dir, prms)
-        run_grpo(cfg)
+        run_grpo(method_config(method, paths, init, options, Path(root) / method, prms))
         destroy_parallel()
-        curves[method] = read_curve(run_dir)
-        budgets[method] = budget(cfg)
+    return collect(root, options, methods=methods)
+
+
+def collect(
+    root: str | Path, options: ParadigmOptions, *, methods: Sequence[str] = METHODS
+) -> ParadigmResult:
+    """The curves of runs already under ``root/<method>`` (e.g. trained by separate
+    processes), each budget read from the run's own ``config.yaml``."""
+    curves = {m: read_curve(Path(root) / m) for m in methods}
+    budgets = {m: run_budget(Path(root) / m) for m in methods}
     return ParadigmResult(curves, budgets, tail=options.tail)
 
 
