@@ -11,6 +11,7 @@ from dsm_engine.recipes.paradigm import (
     METHODS,
     ParadigmOptions,
     ParadigmResult,
+    collect,
     read_curve,
     write_report,
 )
@@ -64,6 +65,21 @@ def test_read_curve_takes_the_evaluated_steps_of_a_run(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     assert read_curve(tmp_path) == {0: 0.5, 2: 0.75}
+
+
+def test_collect_reads_each_runs_curve_and_budget_from_its_folder(tmp_path):
+    for method, steps in (("rft", 3), ("online_rft", 4)):
+        run = tmp_path / method
+        run.mkdir()
+        (run / "config.yaml").write_text(
+            f"grpo:\n  steps: {steps}\n  prompts_per_step: 2\n  group_size: 4\n"
+        )
+        (run / "metrics.jsonl").write_text('{"step": 0, "eval_accuracy": 0.25}\n')
+
+    result = collect(tmp_path, ParadigmOptions(), methods=("rft", "online_rft"))
+
+    assert result.budgets == {"rft": 24, "online_rft": 32}  # a budget mismatch shows
+    assert result.curves == {"rft": {0: 0.25}, "online_rft": {0: 0.25}}
 
 
 def test_options_reject_an_empty_budget():
