@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--progress", action="store_true", help="show progress bars")
     parser.add_argument("--methods", nargs="+", help="train only these, write no report")
     parser.add_argument("--report-only", action="store_true", help="collect runs, train none")
+    parser.add_argument("--note", action="append", default=[], help="a line for the report")
     args = parser.parse_args(argv)
 
     from dsm_engine.recipes.paradigm import METHODS, ParadigmOptions, collect, run_methods
@@ -107,7 +108,7 @@ def _write(result, options, args: argparse.Namespace, *, wall_s: float) -> None:
         "(`label_and_train_prm`), beta 1.0 (the recipe's setting, see `prm_grpo_config`: "
         "at 0.04 the tiny PRM's blind spot for operands collapses the policy). One seed.",
     ]
-    write_report(result, args.out, meta=meta, notes=notes)
+    write_report(result, args.out, meta=meta, notes=notes + args.note)
     for finding, _ in result.findings():
         print(finding)
 

@@ -105,12 +105,16 @@ def method_config(
 
 
 def run_budget(run_dir: str | Path) -> int:
-    """Sampled responses of the run at ``run_dir`` (its saved ``config.yaml``): steps x
-    prompts per step x group size."""
+    """Responses the run at ``run_dir`` sampled: the last step in its ``metrics.jsonl``
+    (every step is logged) x prompts per step x group size of its saved ``config.yaml``; a
+    run cut short shows a smaller budget."""
     import yaml
 
+    from dsm_engine.plotting import read_metrics
+
     g = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())["grpo"]
-    return int(g["steps"]) * int(g["prompts_per_step"]) * int(g["group_size"])
+    done = max((int(r["step"]) for r in read_metrics(run_dir)), default=0)
+    return done * int(g["prompts_per_step"]) * int(g["group_size"])
 
 
 def read_curve(run_dir: str | Path) -> dict[int, float]:

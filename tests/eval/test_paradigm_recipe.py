@@ -68,17 +68,19 @@ def test_read_curve_takes_the_evaluated_steps_of_a_run(tmp_path):
 
 
 def test_collect_reads_each_runs_curve_and_budget_from_its_folder(tmp_path):
-    for method, steps in (("rft", 3), ("online_rft", 4)):
+    for method, steps in (("rft", 3), ("online_rft", 5)):  # online_rft ran past its config
         run = tmp_path / method
         run.mkdir()
         (run / "config.yaml").write_text(
-            f"grpo:\n  steps: {steps}\n  prompts_per_step: 2\n  group_size: 4\n"
+            "grpo:\n  steps: 3\n  prompts_per_step: 2\n  group_size: 4\n"
         )
-        (run / "metrics.jsonl").write_text('{"step": 0, "eval_accuracy": 0.25}\n')
+        rows = [{"step": 0, "eval_accuracy": 0.25}] + [{"step": s + 1} for s in range(steps)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     result = collect(tmp_path, ParadigmOptions(), methods=("rft", "online_rft"))
 
-    assert result.budgets == {"rft": 24, "online_rft": 32}  # a budget mismatch shows
+    # the samples drawn (logged steps x prompts x group), not the configured steps
+    assert result.budgets == {"rft": 3 * 2 * 4, "online_rft": 5 * 2 * 4}
     assert result.curves == {"rft": {0: 0.25}, "online_rft": {0: 0.25}}
 
 
