@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from dsm_engine.recipes.paradigm import METHODS, ParadigmOptions, collect, run_methods
 
-    tic, wall = time.process_time(), time.time()
+    tic = time.process_time()
     work = Path(args.work)
     options = ParadigmOptions(steps=args.steps, progress=args.progress)
     methods = args.methods or list(METHODS)
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     result = collect(work / "runs", options)
     result.prm_metrics = json.loads((work / "prm_metrics.json").read_text())
-    _write(result, options, args, wall_s=time.time() - wall)
+    _write(result, options, args)
     print(f"wrote {args.out} ({time.process_time() - tic:.0f} CPU s)")
     return 0
 
@@ -86,7 +86,7 @@ def _prm(paths, init: Path, work: Path, args: argparse.Namespace) -> list[Path]:
     return prms
 
 
-def _write(result, options, args: argparse.Namespace, *, wall_s: float) -> None:
+def _write(result, options, args: argparse.Namespace) -> None:
     """The report files under ``args.out``, with the machine, versions and settings."""
     from dsm_engine.recipes.paradigm import options_record, write_report
 
@@ -95,7 +95,6 @@ def _write(result, options, args: argparse.Namespace, *, wall_s: float) -> None:
         pretrain_steps=str(args.pretrain_steps),
         corpus_seed=str(args.seed),
         **{k: str(v) for k, v in options_record(options).items() if k != "progress"},
-        report_wall_s=f"{wall_s:.0f}",
     )
     notes = [
         "Setup: every method starts from the same pretrained checkpoint and draws the same "
