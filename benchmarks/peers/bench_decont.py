@@ -17,7 +17,10 @@ in a row).
 A document counts as removed by ours when any of its lines is. Speed is documents per
 CPU-second (one thread each), the median of ``--repeats`` passes.
 
-    python -P benchmarks/peers/bench_decont.py [--docs 3000] [--repeats 3]
+    python -P benchmarks/peers/bench_decont.py [--docs 3000] [--repeats 3] [--texts N]
+
+``--texts N`` indexes a fixed random sample of N benchmark texts instead of all of them (smoke
+runs: building datatrove's index tokenises every text with spaCy, twice).
 
 Writes ``benchmarks/results/decont_peers.{json,md}``.
 """
@@ -25,6 +28,7 @@ Writes ``benchmarks/results/decont_peers.{json,md}``.
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import sys
 import tempfile
@@ -78,7 +82,9 @@ def _cpu_median(fn, repeats: int):
     return statistics.median(times), out
 
 
-def run(num_docs: int, repeats: int, out_dir: Path) -> Path:
+def run(num_docs: int, repeats: int, out_dir: Path, *, num_texts: int | None = None) -> Path:
+    """Both decontaminators on ``num_docs`` planted documents; ``num_texts``: index a seeded
+    sample of that many benchmark texts (``None``: every text)."""
     from datatrove.data import Document
 
     from dsm_engine.data_pipeline import decont_corpus as dc
@@ -87,6 +93,9 @@ def run(num_docs: int, repeats: int, out_dir: Path) -> Path:
 
     env = run_info(PACKAGES)
     texts = load_benchmark_texts(SHARED / "benchmarks")
+    if num_texts is not None and num_texts < len(texts):
+        keep = sorted(random.Random(0).sample(range(len(texts)), num_texts))
+        texts = [texts[i] for i in keep]
     background = dc.warc_lines(SHARED / "warc") + dc.gsm8k_train_lines(
         SHARED / "benchmarks" / "gsm8k" / "train.jsonl"
     )
@@ -153,11 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--docs", type=int, default=3000)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--texts", type=int, default=None, help="index a sample of N benchmark texts")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
-    if args.docs < 1 or args.repeats < 1:
-        p.error("--docs and --repeats must be positive")
-    run(args.docs, args.repeats, Path(args.out))
+    if args.docs < 1 or args.repeats < 1 or (args.texts is not None and args.texts < 1):
+        p.error("--docs, --repeats and --texts must be positive")
+    run(args.docs, args.repeats, Path(args.out), num_texts=args.texts)
     return 0
 
 

@@ -17,7 +17,7 @@ from dsm_engine.trainers.pretrain import main
 
 @pytest.mark.slow
 def test_sigkill_and_resume_auto_give_identical_losses(corpus, tmp_path):
-    common = ("train.steps=20", "checkpoint.every=10")
+    common = ("train.steps=8", "checkpoint.every=4")
     straight = tmp_path / "straight"
     assert main(pretrain_args(corpus, straight, *common)) == 0
 
@@ -29,7 +29,7 @@ def test_sigkill_and_resume_auto_give_identical_losses(corpus, tmp_path):
         # Own session: megatron's checkpoint writer starts a multiprocessing Manager that
         # outlives a SIGKILLed parent; its process group is cleaned up below.
         proc = subprocess.Popen(
-            [sys.executable, str(script), "13", *pretrain_args(corpus, crashed, *common)],
+            [sys.executable, str(script), "6", *pretrain_args(corpus, crashed, *common)],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -42,8 +42,8 @@ def test_sigkill_and_resume_auto_give_identical_losses(corpus, tmp_path):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
     assert returncode == -signal.SIGKILL, log.read_text()[-3000:]
-    assert (crashed / "checkpoints" / "latest").read_text().strip() == "step_0000010"
-    assert len(losses(crashed)) == 13  # steps 11-13 ran after the checkpoint, then the kill
+    assert (crashed / "checkpoints" / "latest").read_text().strip() == "step_0000004"
+    assert len(losses(crashed)) == 6  # steps 5-6 ran after the checkpoint, then the kill
 
     assert main(pretrain_args(corpus, crashed, *common, "resume=auto")) == 0
-    assert losses(crashed) == losses(straight)  # bit-identical, rows 11-13 replaced
+    assert losses(crashed) == losses(straight)  # bit-identical, rows 5-6 replaced
