@@ -286,7 +286,10 @@ def prm_grpo_config(paths: DemoPaths, init: Path, prms: Path | Sequence[Path], *
     off-by-one preference drifted the policy's arithmetic. Cosine: seed 1 0.81 / 0.815 /
     0.875 / 0.89, seed 2 0.805 / 0.83 / 0.905 / 0.89, seed 3 0.825 / 0.80 / 0.825 / 0.825.
     An ensemble of the three (same labels, training seeds 1-3; ``reward.ensemble``), cosine:
-    0.855 / 0.85 / 0.895 / 0.925 (constant rate: 0.81 / 0.84 / 0.685 / 0.58).
+    0.855 / 0.85 / 0.895 / 0.925 (constant rate: 0.81 / 0.84 / 0.685 / 0.58). A policy
+    pretrained by the same recipe after a change of floating-point rounding (start 0.655) shows
+    why one PRM is not enough: with its seed-1 PRM, cosine, 0.625 / 0.695 / 0.68 / 0.705; with
+    the ensemble (as in the test suite), 0.895 / 0.855 / 0.87 / 0.885.
     """
     prms = [prms] if isinstance(prms, (str, Path)) else list(prms)
     if not prms:

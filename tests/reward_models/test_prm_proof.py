@@ -9,7 +9,10 @@
   check arithmetic, so the run is anchored (β = 1.0: a weakly anchored one collapses held-out
   accuracy to 0.0-0.29) and its learning rate decays (at a constant rate the greedy policy
   swings by up to 20 points between evaluations); measured over PRM seeds in
-  ``recipes.arithmetic.prm_grpo_config``.
+  ``recipes.arithmetic.prm_grpo_config``. The reward is the mean of three PRMs trained on the
+  same labels (training seeds 1-3): one PRM's proxies decide where a run ends (one pretrained
+  policy gained 23 points with one seed-1 PRM, another only 5), the ensemble's gain held on both
+  (+27 and +23).
 """
 
 from __future__ import annotations
@@ -22,14 +25,15 @@ import pytest
 
 @pytest.fixture(scope="module")
 def arithmetic_prm(arithmetic_pretrained, tmp_path_factory):
-    """``(checkpoint roots, final metrics, CPU seconds)`` of the PRM trained on the policy."""
+    """``(checkpoint roots, final metrics, CPU seconds)`` of the three PRMs trained on the
+    policy's step labels."""
     from dsm_engine.models.parallel import destroy_parallel
     from dsm_engine.recipes.arithmetic import label_and_train_prm
 
     paths, _, policy = arithmetic_pretrained
     cpu0 = time.process_time()
     ckpts, final = label_and_train_prm(
-        paths, policy, tmp_path_factory.mktemp("prm"), seed=1, progress=False
+        paths, policy, tmp_path_factory.mktemp("prm"), ensemble=3, seed=1, progress=False
     )
     destroy_parallel()
     return ckpts, final, time.process_time() - cpu0
@@ -46,8 +50,8 @@ def test_prm_beats_chance_on_heldout_step_labels(arithmetic_prm):
     # Both classes are well represented, so the AUC is not an artefact of a degenerate split.
     assert 0.2 <= final["heldout_good_step_share"] <= 0.8
     assert final["heldout_step_labels"] >= 400
-    assert final["eval_auc"] >= 0.75
-    assert cpu < 600  # ~165 s on 2 idle cores; CPU time swells when the cores are shared
+    assert final["eval_auc"] >= 0.75 and final["member_auc_min"] >= 0.75
+    assert cpu < 900  # CPU time swells when the cores are shared
 
 
 @pytest.mark.slow
