@@ -39,6 +39,12 @@ def quickstart(out: Path, minutes: float, shared_data: Path, **popen) -> subproc
     )
 
 
+def default_sigint() -> None:
+    """Give the child Ctrl-C's default action, as a terminal does: a job started in the
+    background of a script inherits SIGINT ignored, and the interrupt would not arrive."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def finish(proc: subprocess.Popen, timeout: float = 900) -> str:
     out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, out[-4000:]
@@ -119,7 +125,7 @@ def test_pretraining_loss_falls_and_grpo_logs_every_step(short_run):
 @pytest.mark.slow
 def test_ctrl_c_mid_stage_leaves_a_run_that_resumes(tmp_path, shared_data):
     out = tmp_path / "run"
-    proc = quickstart(out, 1, shared_data, start_new_session=True)
+    proc = quickstart(out, 1, shared_data, start_new_session=True, preexec_fn=default_sigint)
     first_ckpt = out / "pretrain" / "checkpoints" / "latest"
     deadline = time.time() + 600
     while not first_ckpt.is_file() and proc.poll() is None and time.time() < deadline:
