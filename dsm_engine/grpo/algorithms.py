@@ -20,7 +20,7 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -70,6 +70,14 @@ class CoefficientInputs:
     ref_logp: Tensor | None = None
     values: Tensor | None = None
     pairs: Tensor | None = None
+
+    @classmethod
+    def of_batch(
+        cls, batch: Any, group_size: int, old_logp: Tensor, ref_logp: Tensor, **extra: Any
+    ) -> CoefficientInputs:
+        """The inputs of a rollout ``batch`` (its ``rewards`` and response ``mask``);
+        ``extra``: ``values`` or ``pairs``."""
+        return cls(batch.rewards, batch.mask, group_size, old_logp, ref_logp, **extra)
 
 
 @dataclass(frozen=True)

@@ -43,14 +43,7 @@ def coefficient_plan(
                 seq, sequence_logp(ref_logp, batch.mask), pairs, algo.dpo_beta
             )
             metrics.update(dpo_metrics, dpo_pairs=float(len(pairs)))
-        x = CoefficientInputs(
-            rewards=batch.rewards,
-            mask=batch.mask,
-            group_size=g.group_size,
-            old_logp=old_logp,
-            ref_logp=ref_logp,
-            pairs=pairs,
-        )
+        x = CoefficientInputs.of_batch(batch, g.group_size, old_logp, ref_logp, pairs=pairs)
         coef = coefficient(algo, x, LossSettings.of(g))
         metrics.update(coef.metrics)
         plan = plan_update(batch, coef, g)

@@ -143,8 +143,9 @@ class Critic:
         return {"value_loss": loss, "critic_grad_norm": grad_norm, "critic_lr": lr, **metrics}
 
 
-def ppo_update(run: Any, step: int, batch: GRPOBatch, old_logp: Tensor, ref_logp: Tensor,
-               metrics: dict[str, float]) -> tuple[Any, dict[str, float]]:  # fmt: skip
+def ppo_update(
+    run: Any, step: int, batch: GRPOBatch, old_logp: Tensor, ref_logp: Tensor, metrics: dict
+) -> tuple[Any, dict[str, float]]:
     """PPO's part of :meth:`GRPORun.step` (``run``): values, GAE advantages, the policy's
     updates, then the critic's. Returns the policy's update result and the truncated importance
     sampling's metrics; the advantages' and the critic's metrics go to ``metrics``."""
@@ -154,14 +155,7 @@ def ppo_update(run: Any, step: int, batch: GRPOBatch, old_logp: Tensor, ref_logp
     with phase("values"):
         values = critic.values(batch)
     with phase("advantages"):
-        x = CoefficientInputs(
-            rewards=batch.rewards,
-            mask=batch.mask,
-            group_size=g.group_size,
-            old_logp=old_logp,
-            ref_logp=ref_logp,
-            values=values,
-        )
+        x = CoefficientInputs.of_batch(batch, g.group_size, old_logp, ref_logp, values=values)
         coef = coefficient(run.cfg.algorithm, x, LossSettings.of(g))
         plan = plan_update(batch, coef, g)  # ppo keeps every row
         metrics.update(coef.metrics, update_skipped=0.0)

@@ -42,5 +42,6 @@ def step_work(batch: Any, pad_id: int, model_cfg: Any, cfg: GRPOConfig, dp_size:
         train += rows
         passes += 1
     step_flops = 3 * fwd * train + fwd * rows * passes + fwd * gen
-    return StepWork(train_tokens=train, train_flops=3 * fwd * train, step_flops=step_flops,
-                    gen_tokens=gen)  # fmt: skip
+    return StepWork(
+        train_tokens=train, train_flops=3 * fwd * train, step_flops=step_flops, gen_tokens=gen
+    )
