@@ -109,8 +109,31 @@ def tiny_hf_model(tmp_path_factory, neox_tokenizer_path):
     return out
 
 
+# Under pytest-xdist (the README's `-n 2`) every test file is one unit of work, so a module
+# fixture is built once; the files that start Slurm or Ray share one unit because two workers
+# must not start two clusters on the machine. Units are handed out in collection order
+# (`--no-loadscope-reorder`), and the files holding slow tests come first: the longest unit
+# starting last would leave one worker idle for its whole length.
+_CLUSTER_FIXTURES = {"slurm_partition", "ray_cluster"}
+
+
+def _workers() -> int:
+    return int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+
+
+if _workers() > 1:
+    # One torch thread pool per core in all, not per worker: oversubscribed OpenMP pools spin.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers())))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
     import torch
+
+    if _workers() > 1:
+        _group_by_file_slow_files_first(items)
+    if torch.cuda.is_available():
+        return
 
     if torch.cuda.is_available():
         return
@@ -118,6 +141,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+def _group_by_file_slow_files_first(items: list[pytest.Item]) -> None:
+    files = {item.path for item in items}
+    cluster = {i.path for i in items if _CLUSTER_FIXTURES & set(getattr(i, "fixturenames", ()))}
+    slow = {item.path for item in items if "slow" in item.keywords}
+    for item in items:
+        name = "cluster" if item.path in cluster else str(item.path.relative_to(REPO))
+        item.add_marker(pytest.mark.xdist_group(name))
+    order = {path: (path not in slow, path not in cluster) for path in files}
+    items.sort(key=lambda item: order[item.path])  # stable: a file's tests keep their order
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
