@@ -104,9 +104,15 @@ def _correct(x: CoefficientInputs, cfg: AlgorithmConfig) -> Tensor:
 
 
 def sft_coefficient(x: CoefficientInputs, cfg: AlgorithmConfig, loss: LossSettings) -> Coefficient:
-    """SFT: GC = 1 on every token of every (gold) response."""
+    """SFT: GC = 1 on every token of every (gold) response. Metric ``nll``: the mean token
+    negative log-likelihood of the responses under ``old_logp`` (the current policy), when
+    given: SFT's training loss, which the loop's loss (``-ratio``, always -1 here) is not."""
     ones = torch.ones(x.rewards.shape, dtype=torch.float32, device=x.rewards.device)
-    return Coefficient(ones, loss.unclipped(), single_update=True)
+    metrics = {}
+    if x.old_logp is not None:
+        mask = x.mask.bool()
+        metrics["nll"] = float(-(x.old_logp.float() * mask).sum() / mask.sum().clamp(min=1))
+    return Coefficient(ones, loss.unclipped(), single_update=True, metrics=metrics)
 
 
 def rft_coefficient(x: CoefficientInputs, cfg: AlgorithmConfig, loss: LossSettings) -> Coefficient:

@@ -55,6 +55,10 @@ def test_sft_is_one_without_kl_or_clipping():
     _close(c.advantages, [1.0] * 6)
     assert (c.loss.beta, c.loss.clip_eps_low, c.loss.clip_eps_high) == (0.0, math.inf, math.inf)
     assert c.rows is None and c.single_update
+    assert "nll" not in c.metrics  # no log-probs given
+    # 18 response tokens: log-probs -0.5 on rows 0-2, -2 on rows 3-5, masked tokens ignored
+    old = torch.tensor([[-9.0, -0.5, -0.5, -0.5]] * 3 + [[-9.0, -2.0, -2.0, -2.0]] * 3)
+    assert _coef("sft", old_logp=old).metrics["nll"] == pytest.approx((9 * 0.5 + 9 * 2) / 18)
 
 
 @pytest.mark.parametrize("name", ["rft", "online_rft"])
