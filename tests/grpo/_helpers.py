@@ -76,6 +76,16 @@ def planned_scenario(algorithm: str, rewards: list[list[float]], seed: int = 11)
     return scenario, whole
 
 
+def assert_same_adam_step(got: torch.Tensor, want: torch.Tensor, grad: torch.Tensor, msg: str):
+    """Parameters after one AdamW step equal where the step is well defined: its first step
+    is ``lr·g/(|g| + eps)`` per element, so where ``|g|`` is near 0 a rounding of the gradient
+    (a TP shard's, a DP rank's) flips it; elsewhere (and where no gradient reached: weight
+    decay alone) the parameters agree to 1e-6."""
+    sure = (grad.abs() > 1e-4) | (grad == 0)
+    assert (grad.abs() > 1e-4).any(), msg
+    torch.testing.assert_close(got[sure], want[sure], rtol=0, atol=1e-6, msg=msg)
+
+
 @torch.no_grad()
 def grads_as_hf(model, cfg) -> dict[str, torch.Tensor]:
     """The model's ``.grad`` tensors under Hugging Face names (gathered over TP)."""

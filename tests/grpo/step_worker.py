@@ -148,7 +148,9 @@ def planned_step_outputs(
 
     cfg = model_config(TINY)
     ctx = initialize_parallel(ParallelConfig(tp=tp, pp=pp), seed=1)
-    model = build_model(cfg, ctx, init_weights=False)
+    # built as the loop's policy is (initialised, then loaded): a model built for loading
+    # only has no tensor-parallel attributes, and the optimizer's grad norm needs them
+    model = build_model(cfg, ctx)
     load_hf_weights(model, hf_state.__getitem__, cfg)
     optim = OptimConfig(weight_decay=0.1, clip_grad=0.0)
     opt = TorchAdamW([model], optim)
@@ -183,7 +185,12 @@ def planned_step_outputs(
         p.grad = None
     result, _ = planned_update(run, 0, batch, old, ref, metrics)
     out = {
-        "metrics": {**metrics, "loss": result.loss, "grad_norm": result.grad_norm},
+        "metrics": {
+            **metrics,
+            **result.metrics,
+            "loss": result.loss,
+            "grad_norm": result.grad_norm,
+        },
         "grads": grads_as_hf(model, cfg),
         "params": {k: v.detach().clone() for k, v in export_hf_state_dict(model, cfg).items()},
     }
