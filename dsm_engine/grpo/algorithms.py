@@ -86,7 +86,11 @@ class Coefficient:
     or per token. loss: the loss settings to use. rows: ``(B,)`` bool, the rows the update
     needs (None: all; others have GC 0 and no KL term). returns: ``(B, T)`` value targets
     (``ppo``). single_update: the GC multiplies ``∇ log πθ`` with no importance ratio, so it
-    is exact only for one update on a batch whose ``old_logp`` is the current policy's."""
+    is exact only for one update on a batch whose ``old_logp`` is the current policy's.
+    weight: what the loss on this batch is a mean over (kept rows, or their tokens under
+    ``token-mean``; DPO's pairs). Data-parallel ranks keep different amounts, so each rank's
+    loss is weighted by its share (``dp_weighted``) and the update is the mean over all ranks'
+    rows as one process would take it; None: every rank weighs the same (GRPO's groups)."""
 
     advantages: Tensor
     loss: LossSettings
@@ -94,6 +98,15 @@ class Coefficient:
     returns: Tensor | None = None
     single_update: bool = False
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    weight: float | None = None
+
+    def dp_weighted(self, mean_weight: float) -> Coefficient:
+        """The coefficient scaled by ``weight / mean_weight`` (``mean_weight``: the mean of
+        ``weight`` over the data-parallel ranks, which average their gradients)."""
+        if self.weight is None or mean_weight <= 0:
+            return self
+        scale = self.weight / mean_weight
+        return dataclasses.replace(self, advantages=self.advantages * scale)
 
 
 CoefficientFn = Callable[[CoefficientInputs, AlgorithmConfig, LossSettings], Coefficient]
@@ -103,10 +116,25 @@ def _correct(x: CoefficientInputs, cfg: AlgorithmConfig) -> Tensor:
     return x.rewards >= cfg.correct_threshold
 
 
+def _kept_weight(x: CoefficientInputs, rows: Tensor, loss: LossSettings) -> float:
+    """What a mean over ``rows`` ``(B,)`` bool runs over: their tokens under ``token-mean``,
+    else their number."""
+    if loss.loss_agg == "token-mean":
+        return float(x.mask[rows.to(x.mask.device)].sum())
+    return float(rows.sum())
+
+
 def sft_coefficient(x: CoefficientInputs, cfg: AlgorithmConfig, loss: LossSettings) -> Coefficient:
-    """SFT: GC = 1 on every token of every (gold) response."""
+    """SFT: GC = 1 on every token of every (gold) response. Metric ``nll``: the mean token
+    negative log-likelihood of the responses under ``old_logp`` (the current policy), when
+    given: SFT's training loss, which the loop's loss (``-ratio``, always -1 here) is not."""
     ones = torch.ones(x.rewards.shape, dtype=torch.float32, device=x.rewards.device)
-    return Coefficient(ones, loss.unclipped(), single_update=True)
+    metrics = {}
+    if x.old_logp is not None:
+        mask = x.mask.bool()
+        metrics["nll"] = float(-(x.old_logp.float() * mask).sum() / mask.sum().clamp(min=1))
+    weight = _kept_weight(x, torch.ones_like(ones, dtype=torch.bool), loss)
+    return Coefficient(ones, loss.unclipped(), single_update=True, metrics=metrics, weight=weight)
 
 
 def rft_coefficient(x: CoefficientInputs, cfg: AlgorithmConfig, loss: LossSettings) -> Coefficient:
@@ -115,7 +143,12 @@ def rft_coefficient(x: CoefficientInputs, cfg: AlgorithmConfig, loss: LossSettin
     correct = _correct(x, cfg)
     acc = float(correct.float().mean()) if correct.numel() else 0.0
     return Coefficient(
-        correct.float(), loss.unclipped(), rows=correct, single_update=True, metrics={"kept": acc}
+        correct.float(),
+        loss.unclipped(),
+        rows=correct,
+        single_update=True,
+        metrics={"kept": acc},
+        weight=_kept_weight(x, correct, loss),
     )
 
 
@@ -186,7 +219,9 @@ def dpo_algorithm_coefficient(
     # seq-mean divides by the kept rows; the loss is a mean over pairs
     scale = float(rows.sum()) if len(x.pairs) else 0.0
     settings = dataclasses.replace(loss.unclipped(), loss_agg="seq-mean-token-sum")
-    return Coefficient(coef * scale, settings, rows=rows, single_update=True)
+    return Coefficient(
+        coef * scale, settings, rows=rows, single_update=True, weight=float(len(x.pairs))
+    )
 
 
 @dataclass(frozen=True)

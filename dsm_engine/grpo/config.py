@@ -32,11 +32,18 @@ YAML layout (every key optional; ``key=value`` overrides any of them)::
                 paper eq. 2), GAE (algorithm.gamma, lam) advantages for the clipped surrogate,
                 then a clipped value-loss update of the critic (algorithm.value_clip)
 
-``rft``, ``online_rft`` and ``dpo`` need grpo.mu=1 and grpo.old_logp=recompute (their gradient
-coefficient holds for one update on the current policy's log-probs); the offline methods need
-grpo.iterations=1 (the reference and the sampler stay π_sft), no grpo.tis_cap. Learned reward
-supervision (reward.supervision, rm_update) is GRPO's only. ``sft`` runs as ``dsm train sft``
-and is refused here.
+    sft         offline, no sampling and no reward: the gold solution of every prompt
+                (``data.solution_field`` of ``data.path``, tokenised after the prompt with the
+                same codec, then the end token) with GC = 1 on its tokens, the mean
+                log-likelihood of the solutions (grpo.loss_agg=token-mean: over all their
+                tokens, as ``dsm train sft``); logs ``nll``, the policy's mean token NLL on the
+                step's solutions before its update
+
+``sft``, ``rft``, ``online_rft`` and ``dpo`` need grpo.mu=1 and grpo.old_logp=recompute (their
+gradient coefficient holds for one update on the current policy's log-probs); the offline
+methods need grpo.iterations=1 (the reference and the sampler stay π_sft), no grpo.tis_cap;
+``sft`` needs grpo.group_size=1 (one gold solution per prompt). Learned reward supervision
+(reward.supervision, rm_update) is GRPO's only.
 """
 
 from __future__ import annotations
@@ -54,10 +61,13 @@ COT_TEMPLATE = (
 
 
 AlgorithmName = Literal["sft", "rft", "online_rft", "dpo", "ppo", "grpo", "rloo", "dr_grpo"]
-# The methods GRPORun runs; sft has a coefficient but runs as `dsm train sft`.
-LOOP_ALGORITHMS = ("grpo", "online_rft", "rloo", "dr_grpo", "rft", "dpo", "ppo")
+# The methods GRPORun runs (all of them).
+LOOP_ALGORITHMS = ("grpo", "online_rft", "rloo", "dr_grpo", "rft", "dpo", "ppo", "sft")
 # Offline methods sample from π_sft: the sampler keeps the initial weights.
 OFFLINE_ALGORITHMS = ("rft", "dpo")
+# Methods trained on the data's gold solutions: no sampling, no reward (the sampler and the
+# reward serve held-out evaluation only).
+GOLD_ALGORITHMS = ("sft",)
 # Methods whose gradient coefficient holds for one update on the current policy's log-probs.
 SINGLE_UPDATE_ALGORITHMS = ("sft", "rft", "online_rft", "dpo")
 
@@ -216,12 +226,15 @@ class RolloutConfig:
 class PromptDataConfig:
     """Prompts from JSON Lines. ``template`` is formatted with ``question=`` (the default is
     the paper's chain-of-thought instruction); ``answer_field`` holds the gold answer.
-    ``tokenizer``: a tokenizer.json file or a Hugging Face tokenizer folder."""
+    ``tokenizer``: a tokenizer.json file or a Hugging Face tokenizer folder.
+    ``solution_field`` holds a worked gold solution, read only by ``algorithm.name: sft``
+    (which trains on it; the MATH files and the arithmetic task's rows call it ``solution``)."""
 
     path: str = ""
     tokenizer: str = ""
     question_field: str = "question"
     answer_field: str = "answer"
+    solution_field: str = "solution"
     template: str = COT_TEMPLATE
     add_bos: bool = True
     max_prompt_tokens: int = 512
@@ -379,11 +392,17 @@ class GRPOConfig(RunConfig):
             raise ConfigError(
                 f"critic: a value model is trained with algorithm.name=ppo only (it is {name})"
             )
-        if name == "sft":
-            raise ConfigError(
-                "algorithm.name=sft: supervised fine-tuning on gold solutions runs as "
-                "`dsm train sft`, not in the RL loop"
-            )
+        if name in GOLD_ALGORITHMS:
+            if g.group_size != 1:
+                raise ConfigError(
+                    f"grpo.group_size={g.group_size}: algorithm.name={name} trains on the one "
+                    "gold solution of each prompt and needs grpo.group_size=1"
+                )
+            if g.tis_cap is not None:
+                raise ConfigError(
+                    f"grpo.tis_cap={g.tis_cap}: algorithm.name={name} samples nothing; truncated "
+                    "importance sampling corrects online sampling only"
+                )
         if name != "grpo" and self.reward.supervision != "verifier":
             raise ConfigError(
                 f"reward.supervision={self.reward.supervision}: learned (outcome or process) "

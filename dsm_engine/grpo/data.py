@@ -21,11 +21,13 @@ from dsm_engine.text_codec import TextCodec
 
 @dataclass
 class Prompt:
-    """One question: its text, gold answer and prompt token ids (template applied)."""
+    """One question: its text, gold answer and prompt token ids (template applied);
+    ``solution``: its gold worked solution (read for ``algorithm.name: sft`` only)."""
 
     text: str
     gold: str
     token_ids: list[int]
+    solution: str | None = None
 
 
 def read_jsonl(path: str | Path, fields: tuple[str, ...], where: str) -> list[dict[str, Any]]:
@@ -42,13 +44,26 @@ def read_jsonl(path: str | Path, fields: tuple[str, ...], where: str) -> list[di
 
 
 class PromptDataset:
-    """Questions of ``cfg.path`` rendered with ``cfg.template`` and tokenised by ``codec``."""
+    """Questions of ``cfg.path`` rendered with ``cfg.template`` and tokenised by ``codec``;
+    with ``solutions`` every row must hold ``cfg.solution_field`` too (ValueError naming the
+    field, the file and the line)."""
 
-    def __init__(self, cfg: PromptDataConfig, codec: TextCodec, *, path: str | None = None):
+    def __init__(
+        self,
+        cfg: PromptDataConfig,
+        codec: TextCodec,
+        *,
+        path: str | None = None,
+        solutions: bool = False,
+    ):
         self.cfg = cfg
         self.codec = codec
         where = "data.path" if path is None else "eval.path"
-        rows = read_jsonl(path or cfg.path, (cfg.question_field, cfg.answer_field), where)
+        fields = (cfg.question_field, cfg.answer_field)
+        if solutions:  # the error says who needs the field
+            where += " (algorithm.name=sft trains on data.solution_field)"
+            fields += (cfg.solution_field,)
+        rows = read_jsonl(path or cfg.path, fields, where)
         if "{question}" not in cfg.template:
             raise ConfigError(f"data.template must contain '{{question}}': {cfg.template!r}")
         self._orders: dict[int, list[int]] = {}
@@ -59,7 +74,8 @@ class PromptDataset:
             if cfg.add_bos and codec.bos_id is not None:
                 ids = [codec.bos_id, *ids]
             ids = ids[-cfg.max_prompt_tokens :]  # keep the end: the question's last words
-            self.prompts.append(Prompt(text, str(row[cfg.answer_field]), ids))
+            solution = str(row[cfg.solution_field]) if solutions else None
+            self.prompts.append(Prompt(text, str(row[cfg.answer_field]), ids, solution))
 
     def __len__(self) -> int:
         return len(self.prompts)

@@ -2,7 +2,12 @@
 §5.2): its gradient coefficient on the rollout batch (``dsm_engine.grpo.algorithms``), the
 rows it keeps (``plan_update``) and the policy's update on them through :class:`GRPORun`
 (``run``: its config, session, parallel context and ``update``). ``ppo``'s, which adds the
-critic, is ``dsm_engine.grpo.ppo``."""
+critic, is ``dsm_engine.grpo.ppo``.
+
+Under data parallelism the ranks keep different numbers of rows (RFT's correct samples, DPO's
+pairs), possibly none: every rank still runs the update (a zero coefficient where it keeps
+nothing) and weighs its gradient by its share of what was kept, so the averaged gradient is
+the one a single process would take over all the ranks' rows."""
 
 from __future__ import annotations
 
@@ -46,10 +51,14 @@ def coefficient_plan(
         x = CoefficientInputs.of_batch(batch, g.group_size, old_logp, ref_logp, pairs=pairs)
         coef = coefficient(algo, x, LossSettings.of(g))
         metrics.update(coef.metrics)
-        plan = plan_update(batch, coef, g)
-    # The update is collective over data parallelism: skip only when every rank would.
-    anyone = dp_mean({"planned": float(plan is not None)}, run.ctx.dp_group)["planned"]
-    if anyone == 0:
+        # The update is collective over data parallelism: skip only when every rank would.
+        # Ranks average their gradients, so each one's is weighted by its share of the kept
+        # rows (or pairs): the update is the mean over all of them, as one process's would be.
+        local = {"planned": float(coef.rows is None or bool(coef.rows.any()))}
+        local["weight"] = coef.weight or 0.0
+        mean = dp_mean(local, run.ctx.dp_group)
+        plan = plan_update(batch, coef.dp_weighted(mean["weight"]), g)
+    if mean["planned"] == 0:
         return None
     if plan is None:  # others update: take part with a zero coefficient
         zero = torch.zeros(len(batch), dtype=torch.float32, device=batch.tokens.device)

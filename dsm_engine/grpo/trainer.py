@@ -37,7 +37,9 @@ loaded once with the initial weights (the reference, which stays π_sft since of
 one iteration, so a resumed run samples from π_sft too) and never synced with the updated
 policy; held-out evaluation loads the policy into the sampler for its duration and π_sft
 back after. DPO's pairs are drawn per group from the verifier's labels (``select_pairs``) and
-its reference log-probs come from the frozen reference. A step whose coefficient keeps no row
+its reference log-probs come from the frozen reference. ``sft`` samples nothing: its rows are
+the prompts' gold solutions (``dsm_engine.grpo.gold``), the sampler gets the policy only for
+held-out evaluation and the reward only grades that. A step whose coefficient keeps no row
 (e.g. no correct sample under rft) skips the update and logs ``update_skipped=1``. ``ppo`` is
 online and adds a value model (``dsm_engine.grpo.ppo``): the critic's values, GAE advantages
 over the KL-penalised per-token rewards, the policy's update, then the critic's.
@@ -58,8 +60,14 @@ from typing import Any
 import torch
 
 from dsm_engine.config import ConfigError
-from dsm_engine.grpo.config import OFFLINE_ALGORITHMS, GRPOAlgoConfig, GRPOConfig
+from dsm_engine.grpo.config import (
+    GOLD_ALGORITHMS,
+    OFFLINE_ALGORITHMS,
+    GRPOAlgoConfig,
+    GRPOConfig,
+)
 from dsm_engine.grpo.data import PromptDataset
+from dsm_engine.grpo.gold import gold_rollout
 from dsm_engine.grpo.planned import planned_update
 from dsm_engine.grpo.ppo import Critic, ppo_update
 from dsm_engine.grpo.rm_refresh import RewardModelRefresher
@@ -76,7 +84,7 @@ from dsm_engine.grpo.step import (
     sequence_logprobs,
     token_advantages,
 )
-from dsm_engine.grpo.step_report import rollout_metrics, step_work
+from dsm_engine.grpo.step_report import response_metrics, rollout_metrics, step_work
 from dsm_engine.models.parallel import ParallelContext
 from dsm_engine.reward_models.grpo_rewards import compute_advantages
 from dsm_engine.reward_models.scorer import MeanScorer, TokenScorer, load_reward_fn
@@ -168,6 +176,8 @@ class GRPORun:
         self.tools: Any = None
         # rft / dpo sample from π_sft: the sampler keeps the initial weights
         self.offline = cfg.algorithm.name in OFFLINE_ALGORITHMS
+        # sft trains on the gold solutions: the sampler serves evaluation only
+        self.gold = cfg.algorithm.name in GOLD_ALGORITHMS
         self.critic = Critic(cfg) if cfg.algorithm.name == "ppo" else None
 
     # -- models and checkpoints ---------------------------------------------------------------
@@ -243,7 +253,7 @@ class GRPORun:
         from dsm_engine.rewards import build_reward_fn
 
         cfg, codec = self.cfg, self.codec
-        if is_sampler_rank():
+        if is_sampler_rank() and (not self.gold or self.eval_set is not None):
             self.tools = tool_options(cfg.rollout, codec)
             self.engine = build_rollout_engine(
                 cfg.rollout.backend,
@@ -259,7 +269,7 @@ class GRPORun:
         if self.offline:  # π_sft: the reference is the initial policy, restored on resume
             sync_weights(self.reference, self.engine, self.model_cfg)
         self.offload(self.reference, torch.device("cpu"))
-        if not self.offline:
+        if not (self.offline or self.gold):
             sync_weights(self.policy, self.engine, self.model_cfg)
 
     def _sampler_holds_sft(self) -> None:
@@ -270,9 +280,12 @@ class GRPORun:
 
     def evaluate(self) -> float:
         """Greedy accuracy of the policy on the first ``eval.num_prompts`` held-out prompts
-        (an offline method's sampler holds π_sft: it gets the policy for the evaluation)."""
+        (an offline method's sampler holds π_sft: it gets the policy for the evaluation; sft's
+        sampler gets it then only)."""
         assert self.eval_set is not None
-        if self.offline:
+        if self.gold:
+            sync_weights(self.policy, self.engine, self.model_cfg)
+        elif self.offline:
             sync_weights(self.policy, self.engine, self.model_cfg)
             try:
                 return self._evaluate()
@@ -317,11 +330,20 @@ class GRPORun:
         return metrics
 
     def rollout(self, step: int) -> tuple[Any, Any]:
-        """This rank's prompts of the step, ``group_size`` scored responses each: the rollout
-        and its batch on the device."""
+        """This rank's prompts of the step, ``group_size`` scored responses each (sft: the
+        gold solution of each): the rollout and its batch on the device."""
         cfg, g, ctx, prof = self.cfg, self.cfg.grpo, self.ctx, self.session.prof
         prompts = self.dataset.batch(self.position, g.prompts_per_step)
         mine = prompts[ctx.dp_rank * self.local_prompts : (ctx.dp_rank + 1) * self.local_prompts]
+        if self.gold:
+            with prof.phase("rollout"):
+                ro = gold_rollout(
+                    self.codec,
+                    mine,
+                    max_new_tokens=cfg.rollout.max_new_tokens,
+                    multiple_of=self.multiple_of,
+                )
+                return ro, ro.batch.to(ctx.device)
         params = SamplingParams(
             temperature=cfg.rollout.temperature,
             top_p=cfg.rollout.top_p,
@@ -375,7 +397,8 @@ class GRPORun:
                     return_entropy=True,
                     impl=g.impl,
                 )
-                metrics.update(mismatch_metrics(old_logp, batch.sampler_logp, batch.mask))
+                if not self.gold:  # gold rows have no sampler log-probs
+                    metrics.update(mismatch_metrics(old_logp, batch.sampler_logp, batch.mask))
                 metrics["entropy"] = float(ent[batch.mask].mean())
             else:
                 old_logp = batch.sampler_logp
@@ -455,7 +478,7 @@ class GRPORun:
         metrics.update(refresh_metrics)
         t3 = time.perf_counter()
         sync_s = 0.0
-        if not self.offline:  # offline methods keep sampling from π_sft
+        if not (self.offline or self.gold):  # offline methods keep sampling from π_sft
             with s.phase("weight_sync"):
                 sync_s = sync_weights(self.policy, self.engine, self.model_cfg)
         done = step + 1
@@ -463,7 +486,7 @@ class GRPORun:
         secs = time.perf_counter() - tic
         tokens = float((batch.tokens != self.codec.pad_id).sum() + batch.mask.sum())
 
-        metrics.update(rollout_metrics(ro, g.group_size))
+        metrics.update(response_metrics(batch) if self.gold else rollout_metrics(ro, g.group_size))
         metrics.update(tis)
         metrics.update(upd.metrics)
         metrics.update(
@@ -502,7 +525,7 @@ def run_grpo(cfg: GRPOConfig, *, on_step_end: StepHook | None = None) -> list[di
             f"model.vocab_size={model_cfg.vocab_size} is smaller than the tokenizer's "
             f"{codec.vocab_size} tokens ({cfg.data.tokenizer})"
         )
-    dataset = PromptDataset(cfg.data, codec)
+    dataset = PromptDataset(cfg.data, codec, solutions=cfg.algorithm.name in GOLD_ALGORITHMS)
     eval_set = PromptDataset(cfg.data, codec, path=cfg.eval.path) if cfg.eval.every else None
 
     opts = SessionOptions(

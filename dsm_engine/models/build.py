@@ -167,13 +167,17 @@ class DsmGPTModel(GPTModel):
 
 
 def _hidden_for_lm_head(hidden: Tensor, config: TransformerConfig) -> Tensor:
-    # Do what ColumnParallelLinear does with its input: gather the sequence under SP, or mark
-    # the region so the backward all-reduces the per-rank partial input gradients under TP.
+    # The fused lm_head kernels (dsm_engine.kernels) all-reduce their partial input gradient
+    # over TP themselves, so hidden's gradient arrives whole on every rank: under SP each rank
+    # keeps its own sequence slice of it; without SP it passes as is. (megatron's
+    # copy_to_tensor_model_parallel_region would all-reduce it a second time; its all-reduce
+    # only missed because it runs on a contiguous copy of a transposed gradient, except with
+    # one row per microbatch, where the gradient below the lm_head came out doubled.)
     if config.sequence_parallel:
         return tensor_parallel.gather_from_sequence_parallel_region(
-            hidden, tensor_parallel_output_grad=True
+            hidden, tensor_parallel_output_grad=False
         )
-    return tensor_parallel.copy_to_tensor_model_parallel_region(hidden)
+    return hidden
 
 
 def _parallel_config(parallel: ParallelContext | ParallelConfig | None) -> ParallelConfig:
@@ -285,9 +289,10 @@ def forward_hidden(
 ) -> Tensor:
     """Final-normed hidden states [s, b, h] for ``input_ids`` [b, s] (single pipeline stage).
 
-    The result's autograd all-reduces its gradient over TP (or reduce-scatters it under
-    sequence parallelism), so ``hidden @ lm_head_weight(model).T`` gives the vocab-parallel
-    logits [s, b, V / tp] with correct gradients, as the fused log-prob kernels expect.
+    ``hidden @ lm_head_weight(model).T`` gives the vocab-parallel logits [s, b, V / tp]. Its
+    gradient must arrive whole on every TP rank, as the fused log-prob kernels give it (they
+    all-reduce their partial input gradients); under sequence parallelism each rank keeps
+    its slice of it. A plain matmul consumer must all-reduce its input gradient itself.
     """
     m = _unwrap(model)
     if not (m.pre_process and m.post_process):

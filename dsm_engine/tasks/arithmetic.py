@@ -161,12 +161,14 @@ def pretraining_texts(
 
 
 def write_jsonl(problems: list[Problem], path: str | Path) -> Path:
-    """Write ``{"question", "answer"}`` rows (the GRPO prompt format) to ``path``."""
+    """Write ``{"question", "answer", "solution"}`` rows (the GRPO prompt format; the worked
+    solution is what ``algorithm.name: sft`` trains on) to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:
         for p in problems:
-            f.write(json.dumps({"question": p.question, "answer": str(p.answer)}) + "\n")
+            row = {"question": p.question, "answer": str(p.answer), "solution": p.solution()}
+            f.write(json.dumps(row) + "\n")
     return path
 
 

@@ -50,6 +50,42 @@ def random_batch(seed: int, groups: int, group_size: int, vocab: int = 64) -> GR
     return build_batch(prompts, responses, logps, rewards, finished, pad_id=0)
 
 
+def with_rewards(batch: GRPOBatch, rewards: list[float]) -> GRPOBatch:
+    """``batch`` with its rewards replaced (1: a correct sample, 0: a wrong one)."""
+    out = batch.rows(slice(None))
+    out.rewards = torch.tensor(rewards, dtype=torch.float32)
+    return out
+
+
+def planned_scenario(algorithm: str, rewards: list[list[float]], seed: int = 11) -> tuple:
+    """A step of ``algorithm`` (``step_worker.planned_step_outputs``) whose data-parallel rank
+    ``r`` holds the rows of ``rewards[r]`` (whole groups of 4, the same padded length on every
+    rank), and the same step as one process over all those rows: ``(scenario, whole)``."""
+    n = [len(r) for r in rewards]
+    batch = with_rewards(random_batch(seed, sum(n) // 4, 4), [x for r in rewards for x in r])
+    g = torch.Generator().manual_seed(seed)
+    shift = 0.3 * torch.randn(batch.mask.shape, generator=g)  # reference = policy + shift
+    bounds = [sum(n[:i]) for i in range(len(n) + 1)]
+    parts = [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+    scenario = {
+        "algorithm": algorithm,
+        "batches": [batch.rows(sl) for sl in parts],
+        "shifts": [shift[sl] for sl in parts],
+    }
+    whole = {"algorithm": algorithm, "batches": [batch], "shifts": [shift]}
+    return scenario, whole
+
+
+def assert_same_adam_step(got: torch.Tensor, want: torch.Tensor, grad: torch.Tensor, msg: str):
+    """Parameters after one AdamW step equal where the step is well defined: its first step
+    is ``lr·g/(|g| + eps)`` per element, so where ``|g|`` is near 0 a rounding of the gradient
+    (a TP shard's, a DP rank's) flips it; elsewhere (and where no gradient reached: weight
+    decay alone) the parameters agree to 1e-6."""
+    sure = (grad.abs() > 1e-4) | (grad == 0)
+    assert (grad.abs() > 1e-4).any(), msg
+    torch.testing.assert_close(got[sure], want[sure], rtol=0, atol=1e-6, msg=msg)
+
+
 @torch.no_grad()
 def grads_as_hf(model, cfg) -> dict[str, torch.Tensor]:
     """The model's ``.grad`` tensors under Hugging Face names (gathered over TP)."""

@@ -1,12 +1,17 @@
 """One GRPO loss/gradient evaluation (and μ optimizer updates) on a tiny policy, at a given
-tensor- or pipeline-parallel size.
+tensor- or pipeline-parallel size, and the loop's step of another method (``planned_update``:
+rft, dpo, ...) at a given tensor-, pipeline- or data-parallel size.
 
-Used in-process by test_step.py (TP=1, PP=1) and under ``torchrun --nproc_per_node 2``
-(TP=2 or PP=2): ``python step_worker.py IN.pt OUT.pt TP [PP]``; rank 0 writes the outputs.
+Used in-process by test_step.py (TP=1, PP=1) and under ``torchrun --nproc_per_node 2``:
+``python step_worker.py IN.pt OUT.pt TP [PP]``. TP=2 or PP=2: the GRPO step, then the planned
+steps of ``IN["planned"]`` (each ``{"algorithm", "batches": [batch], "shifts": [shift]}``);
+rank 0 writes the outputs. TP=PP=1 (data parallelism 2): the planned steps only, rank ``r``
+on ``batches[r]``; every rank writes its own outputs to ``OUT.rank<r>``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -120,6 +125,78 @@ def _two_updates(model, cfg, batch, old, ref, adv, algo, tp_group) -> dict:
     return {"loss": res.loss, "grad_norm": res.grad_norm, "metrics": res.metrics, "params": params}
 
 
+def planned_step_outputs(
+    hf_state, scenario: dict, tp: int = 1, pp: int = 1, micro_batch_size: int = 3
+) -> dict:
+    """One step of the loop's update for ``scenario["algorithm"]`` (``planned_update``, run by
+    ``GRPORun.update`` with AdamW at lr 1e-2 and no clipping). This rank takes
+    ``batches[dp_rank]``; old log-probs are the policy's, the reference's are them plus
+    ``shifts[dp_rank]`` ``(B, T)``. Returns the HF-named gradients the optimizer stepped with
+    (averaged over data parallelism), the HF-named parameters after the step and the step's
+    metrics. DPO takes every (correct, wrong) pair of a group, so the pairs do not depend on
+    the rank's seed."""
+    from types import SimpleNamespace
+
+    from dsm_engine.grpo.config import AlgorithmConfig, GRPOAlgoConfig
+    from dsm_engine.grpo.planned import planned_update
+    from dsm_engine.grpo.step import sequence_logprobs
+    from dsm_engine.grpo.trainer import GRPORun
+    from dsm_engine.models import ParallelConfig, build_model, initialize_parallel
+    from dsm_engine.models.config import model_config
+    from dsm_engine.models.convert import export_hf_state_dict, load_hf_weights
+    from dsm_engine.trainers.optim import OptimConfig, TorchAdamW
+
+    cfg = model_config(TINY)
+    ctx = initialize_parallel(ParallelConfig(tp=tp, pp=pp), seed=1)
+    # built as the loop's policy is (initialised, then loaded): a model built for loading
+    # only has no tensor-parallel attributes, and the optimizer's grad norm needs them
+    model = build_model(cfg, ctx)
+    load_hf_weights(model, hf_state.__getitem__, cfg)
+    optim = OptimConfig(weight_decay=0.1, clip_grad=0.0)
+    opt = TorchAdamW([model], optim)
+    for group in opt.param_groups:
+        group["lr"] = 1e-2
+    tp_group = ctx.tp_group if tp > 1 else None
+    run_cfg = SimpleNamespace(
+        grpo=GRPOAlgoConfig(group_size=GROUP, micro_batch_size=micro_batch_size, beta=BETA),
+        algorithm=AlgorithmConfig(name=scenario["algorithm"], dpo_beta=0.5, pairs_per_prompt=16),
+        train=SimpleNamespace(seed=0),
+        optim=optim,
+        rollout=SimpleNamespace(temperature=TEMP, max_new_tokens=16),
+    )
+    session = SimpleNamespace(
+        opt=opt, zero_grad=opt.zero_grad, phase=lambda _name: contextlib.nullcontext()
+    )
+    run = SimpleNamespace(cfg=run_cfg, ctx=ctx, session=session, policy=model, tp_group=tp_group)
+    run.update = lambda *args: GRPORun.update(run, *args)  # the loop's own update
+
+    batch = scenario["batches"][ctx.dp_rank]
+    old, _ = sequence_logprobs(
+        model,
+        batch.tokens,
+        batch.targets,
+        temperature=TEMP,
+        tp_group=tp_group,
+        micro_batch_size=micro_batch_size,
+    )
+    ref = torch.where(batch.mask, old + scenario["shifts"][ctx.dp_rank], 0.0)
+    metrics: dict[str, float] = {}
+    for p in model.parameters():
+        p.grad = None
+    result, _ = planned_update(run, 0, batch, old, ref, metrics)
+    out = {
+        "metrics": {
+            **metrics,
+            **result.metrics,
+            "loss": result.loss,
+            "grad_norm": result.grad_norm,
+        },
+        "grads": grads_as_hf(model, cfg),
+        "params": {k: v.detach().clone() for k, v in export_hf_state_dict(model, cfg).items()},
+    }
+    return out
+
+
 if __name__ == "__main__":
     import torch.distributed as dist
 
@@ -128,7 +205,19 @@ if __name__ == "__main__":
     src, dst, tp = sys.argv[1], sys.argv[2], int(sys.argv[3])
     pp = int(sys.argv[4]) if len(sys.argv) > 4 else 1
     data = torch.load(src, weights_only=False)
-    out = grpo_step_outputs(data["state"], data["batch"], tp, pp=pp, updates=pp > 1)
-    if dist.get_rank() == 0:
-        torch.save(out, dst)
+    planned = data.get("planned", {})
+    if tp == pp == 1:  # data parallelism 2
+        out = {}
+        for key, scenario in planned.items():
+            out[key] = planned_step_outputs(data["state"], scenario)
+            destroy_parallel(keep_process_group=True)
+        torch.save(out, f"{dst}.rank{dist.get_rank()}")
+    else:
+        out = grpo_step_outputs(data["state"], data["batch"], tp, pp=pp, updates=pp > 1)
+        out["planned"] = {}
+        for key, scenario in planned.items():
+            destroy_parallel(keep_process_group=True)
+            out["planned"][key] = planned_step_outputs(data["state"], scenario, tp=tp, pp=pp)
+        if dist.get_rank() == 0:
+            torch.save(out, dst)
     destroy_parallel()

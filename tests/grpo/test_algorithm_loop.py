@@ -1,9 +1,9 @@
 """The ``algorithm:`` switch of the GRPO loop: each wired method runs a few steps on a tiny
 policy with finite losses and its own metrics; online methods (rloo, dr_grpo, online_rft) load
 the updated policy into the sampler after every step, offline ones (rft, dpo) leave the
-sampler at π_sft (the initial weights) for the whole run, evaluation aside; a step whose
-coefficient keeps no row is skipped and logged; invalid combinations are ConfigErrors naming
-their fields."""
+sampler at π_sft (the initial weights) for the whole run, evaluation aside; sft samples nothing
+and lowers the NLL of the gold solutions; a step whose coefficient keeps no row is skipped and
+logged; invalid combinations are ConfigErrors naming their fields."""
 
 from __future__ import annotations
 
@@ -192,7 +192,13 @@ def test_the_default_algorithm_is_grpo(paths, tmp_path):
             {"reward": {"supervision": "orm", "model_path": "rm"}},
             r"reward\.supervision=orm: .*algorithm\.name=grpo only",
         ),
-        ({"name": "sft"}, {}, r"algorithm\.name=sft"),
+        ({"name": "sft"}, {}, r"grpo\.group_size=4: algorithm\.name=sft .*group_size=1"),
+        (
+            {"name": "sft"},
+            {"grpo": {"group_size": 1, "tis_cap": 2.0}},
+            r"grpo\.tis_cap=2\.0: algorithm\.name=sft samples nothing",
+        ),
+        ({"name": "sft"}, {"grpo": {"group_size": 1, "mu": 2}}, r"grpo\.mu=2: algorithm\.name=sft"),
         ({"name": "rft"}, {"grpo": {"mu": 2}}, r"grpo\.mu=2: algorithm\.name=rft"),
         ({"name": "dpo"}, {"grpo": {"mu": 2}}, r"grpo\.mu=2: algorithm\.name=dpo"),
         ({"name": "online_rft"}, {"grpo": {"mu": 2}}, r"grpo\.mu=2: algorithm\.name=online_rft"),
@@ -216,6 +222,51 @@ def test_invalid_combinations_name_their_fields(paths, tmp_path, algorithm, over
     grpo = over.pop("grpo", None)
     with pytest.raises(ConfigError, match=match):
         _config(paths, tmp_path / "r", algorithm, grpo=grpo, **over)
+
+
+def test_sft_trains_on_the_gold_solutions_without_sampling(paths, tmp_path, monkeypatch):
+    """sft: no rollout (the sampler gets the policy for held-out evaluation only) and the
+    policy's NLL of the step's gold solutions falls over 5 steps of 4 prompts."""
+    import dsm_engine.grpo.trainer as trainer
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sft sampled")
+
+    monkeypatch.setattr(trainer, "rollout_and_score", no_sampling)
+    cfg = _config(
+        paths,
+        tmp_path / "r",
+        {"name": "sft"},
+        grpo={"group_size": 1, "prompts_per_step": 4, "steps": 5},
+        rollout={"max_new_tokens": 24},  # the solutions are 18-20 tokens with the end token
+        eval={"path": str(paths.heldout), "every": 5, "num_prompts": 2, "max_new_tokens": 4},
+    )
+    history, states, syncs = _run(monkeypatch, cfg)
+    assert len(history) == 5
+    assert [kind for kind, _ in syncs] == ["policy", "policy"]  # the two evaluations
+    assert _same(states["sampler"], states["policy"])
+    for row in history:
+        assert row["update_skipped"] == 0.0 and row["truncated_frac"] == 0.0
+        assert math.isfinite(row["grad_norm"]) and row["grad_norm"] > 0
+        assert "reward_mean" not in row and "mismatch_abs" not in row  # nothing was sampled
+    nll = [row["nll"] for row in history]
+    assert nll[0] > 5.0 and nll[-1] < nll[0] - 0.5, nll
+
+
+def test_sft_names_the_missing_solution_field_and_file(paths, tmp_path):
+    from dsm_engine.grpo.trainer import run_grpo
+
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text('{"question": "1 + 1?", "answer": "2"}\n')
+    cfg = _config(
+        paths,
+        tmp_path / "r",
+        {"name": "sft"},
+        grpo={"group_size": 1},
+        data={"path": str(bare), "tokenizer": str(paths.tokenizer)},
+    )
+    with pytest.raises(ValueError, match=rf"algorithm\.name=sft.*{bare}:1 has no field 'solution'"):
+        run_grpo(cfg)
 
 
 class _Crash(Exception):

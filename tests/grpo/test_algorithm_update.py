@@ -2,7 +2,7 @@
 ``grpo_updates`` runs per step) on a tiny megatron-core policy gives the method's gradient,
 written out in float64 on a Hugging Face copy of the policy: RFT's is SFT's on the correct
 samples only (the gradient of their mean per-token log-likelihood), SFT's the same over every
-sample, DPO's the DPO loss's over its pairs."""
+sample (and over the loop's gold-solution rows), DPO's the DPO loss's over its pairs."""
 
 from __future__ import annotations
 
@@ -37,12 +37,12 @@ def grads_fp64(hf_state, cfg, batch, loss_of):
     return {k: p.grad.detach().clone() for k, p in model.named_parameters()}
 
 
-def _policy(state):
+def _policy(state, arch=TINY):
     from dsm_engine.models import ParallelConfig, build_model, initialize_parallel
     from dsm_engine.models.config import model_config
     from dsm_engine.models.convert import load_hf_weights
 
-    cfg = model_config(TINY)
+    cfg = model_config(arch)
     ctx = initialize_parallel(ParallelConfig(), seed=1)
     model = build_model(cfg, ctx, init_weights=False)
     load_hf_weights(model, state.__getitem__, cfg)
@@ -101,6 +101,69 @@ def test_update_is_sft_on_the_kept_samples(name, parallel_teardown):
         return -((lp[kept] * m).sum(1) / m.sum(1)).mean()
 
     _assert_same_grads(grads_as_hf(model, cfg), grads_fp64(state, cfg, batch, mean_loglik))
+
+
+@pytest.mark.parametrize("loss_agg", ["seq-mean-token-mean", "token-mean"])
+def test_sft_update_on_gold_solutions_is_the_mean_nll_gradient(
+    loss_agg, parallel_teardown, tmp_path
+):
+    """The loop's sft rows (``gold_rollout``: prompt, then the solution and the end token
+    under the same codec) mask exactly the solution tokens, and the update is the gradient
+    of their mean NLL: per solution, then over solutions (``seq-mean-token-mean``, the
+    paper's 1/|o|), or over all their tokens (``token-mean``, as ``dsm train sft``)."""
+    from dsm_engine.grpo.algorithms import (
+        AlgorithmConfig,
+        CoefficientInputs,
+        LossSettings,
+        coefficient,
+        plan_update,
+    )
+    from dsm_engine.grpo.config import GRPOAlgoConfig
+    from dsm_engine.grpo.data import Prompt
+    from dsm_engine.grpo.gold import gold_rollout
+    from dsm_engine.grpo.step import accumulate_grads, sequence_logprobs
+    from dsm_engine.tasks import arithmetic as ar
+    from dsm_engine.text_codec import TextCodec
+
+    codec = TextCodec(ar.build_tokenizer(ar.pretraining_texts(300), tmp_path / "tok.json"))
+    problems = ar.make_problems("train", 3)
+    prompts = [
+        Prompt(p.prompt(), str(p.answer), codec.encode(p.prompt()), p.solution()) for p in problems
+    ]
+    batch = gold_rollout(codec, prompts, max_new_tokens=64).batch
+    for j, p in enumerate(prompts):
+        want = [*codec.encode(p.solution), codec.eos_id]
+        assert batch.targets[j][batch.mask[j]].tolist() == want
+        assert batch.tokens[j, : len(p.token_ids)].tolist() == p.token_ids
+
+    from transformers import LlamaForCausalLM
+
+    from dsm_engine.models.config import model_config
+    from dsm_engine.models.convert import hf_config
+
+    arch = {**TINY, "vocab_size": codec.vocab_size}
+    torch.manual_seed(4)
+    state = LlamaForCausalLM(hf_config(model_config(arch))).state_dict()
+    model, cfg = _policy(state, arch)
+    run = GRPOAlgoConfig(group_size=1, micro_batch_size=2, beta=0.04, loss_agg=loss_agg)
+    logp, _ = sequence_logprobs(
+        model, batch.tokens, batch.targets, temperature=TEMP, micro_batch_size=2
+    )
+    x = CoefficientInputs.of_batch(batch, 1, logp, logp)
+    coef = coefficient(AlgorithmConfig(name="sft"), x, LossSettings.of(run))
+    plan = plan_update(batch, coef, run)
+    model.zero_grad()
+    accumulate_grads(model, plan.batch, logp, logp, plan.advantages, plan.config, temperature=TEMP)
+
+    m = batch.mask.double()
+    assert coef.metrics["nll"] == pytest.approx(float(-(logp.double() * m).sum() / m.sum()))
+
+    def mean_nll(lp):
+        if loss_agg == "token-mean":
+            return -(lp * m).sum() / m.sum()
+        return -((lp * m).sum(1) / m.sum(1)).mean()
+
+    _assert_same_grads(grads_as_hf(model, cfg), grads_fp64(state, cfg, batch, mean_nll))
 
 
 def test_dpo_update_is_the_dpo_loss_gradient(parallel_teardown):

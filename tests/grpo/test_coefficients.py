@@ -55,6 +55,10 @@ def test_sft_is_one_without_kl_or_clipping():
     _close(c.advantages, [1.0] * 6)
     assert (c.loss.beta, c.loss.clip_eps_low, c.loss.clip_eps_high) == (0.0, math.inf, math.inf)
     assert c.rows is None and c.single_update
+    assert "nll" not in c.metrics  # no log-probs given
+    # 18 response tokens: log-probs -0.5 on rows 0-2, -2 on rows 3-5, masked tokens ignored
+    old = torch.tensor([[-9.0, -0.5, -0.5, -0.5]] * 3 + [[-9.0, -2.0, -2.0, -2.0]] * 3)
+    assert _coef("sft", old_logp=old).metrics["nll"] == pytest.approx((9 * 0.5 + 9 * 2) / 18)
 
 
 @pytest.mark.parametrize("name", ["rft", "online_rft"])
@@ -63,6 +67,16 @@ def test_rft_is_the_indicator_of_a_correct_answer(name):
     _close(c.advantages, [1.0, 0.0, 1.0, 1.0, 1.0, 1.0])
     assert c.rows.tolist() == [True, False, True, True, True, True]
     assert (c.loss.beta, c.loss.clip_eps_low) == (0.0, math.inf) and c.single_update
+    # data-parallel ranks weigh their update by what it is a mean over: 5 kept rows, or
+    # under token-mean their 15 tokens
+    assert c.weight == 5.0
+    per_token = LossSettings(0.04, 0.2, 0.2, "token-mean")
+    x = CoefficientInputs(rewards=REWARDS, mask=MASK, group_size=3)
+    assert coefficient(AlgorithmConfig(name=name), x, per_token).weight == 15.0
+    # a rank with 5 of the 8 kept rows of two ranks (mean 4) scales its GC by 5/4
+    _close(c.dp_weighted(4.0).advantages, [1.25, 0.0, 1.25, 1.25, 1.25, 1.25])
+    grpo = _coef("grpo")
+    assert grpo.weight is None and grpo.dp_weighted(4.0) is grpo  # GRPO's ranks weigh the same
 
 
 def test_grpo_rloo_dr_grpo_baselines():

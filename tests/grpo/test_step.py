@@ -1,5 +1,6 @@
 """One GRPO step on a tiny megatron-core policy equals the paper's formula written out in
-float64, and TP=2 and PP=2 equal TP=1, PP=1."""
+float64, and TP=2 and PP=2 equal TP=1, PP=1; so do the loop's RFT and DPO steps (their
+coefficient, kept rows and update: ``planned_update``)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,25 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _helpers import TINY, paper_objective_fp64, random_batch  # noqa: E402
-from step_worker import BETA, EPS, GROUP, TEMP, grpo_step_outputs, initial_state  # noqa: E402
+from _helpers import (  # noqa: E402
+    TINY,
+    assert_same_adam_step,
+    paper_objective_fp64,
+    planned_scenario,
+    random_batch,
+)
+from step_worker import (  # noqa: E402
+    BETA,
+    EPS,
+    GROUP,
+    TEMP,
+    grpo_step_outputs,
+    initial_state,
+    planned_step_outputs,
+)
+
+# one rank's rows: two groups of 4, 4 correct samples (RFT keeps them), 3 + 3 DPO pairs
+PLANNED = {name: planned_scenario(name, [[1, 0, 1, 1, 0, 1, 0, 0]])[0] for name in ("rft", "dpo")}
 
 
 @pytest.fixture()
@@ -52,7 +70,7 @@ def test_grpo_step_equals_paper_formula_fp64(parallel_teardown):
 
 def _torchrun_worker(torchrun, tmp_path: Path, state, batch, tp: int, pp: int) -> dict:
     """Run step_worker.py under ``torchrun --nproc_per_node 2`` (gloo, fp32); rank 0's outputs."""
-    torch.save({"state": state, "batch": batch}, tmp_path / "in.pt")
+    torch.save({"state": state, "batch": batch, "planned": PLANNED}, tmp_path / "in.pt")
     out = tmp_path / f"tp{tp}pp{pp}.pt"
     torchrun(HERE / "step_worker.py", tmp_path / "in.pt", out, tp, pp, timeout=600)
     return torch.load(out, weights_only=False)
@@ -71,12 +89,35 @@ def _assert_same_step(got: dict, want: dict, state: dict) -> None:
         torch.testing.assert_close(got["grads"][name], g, rtol=1e-5, atol=1e-6, msg=name)
 
 
+def _assert_same_planned_steps(got: dict, state: dict) -> None:
+    """The RFT and DPO steps of a parallel layout (``got["planned"]``) equal TP=1, PP=1's."""
+    from dsm_engine.models.parallel import destroy_parallel
+
+    assert set(got["planned"]) == set(PLANNED)
+    for key, scenario in PLANNED.items():
+        want = planned_step_outputs(state, scenario)
+        destroy_parallel()
+        mine = got["planned"][key]
+        assert mine["metrics"]["update_skipped"] == 0.0 and want["metrics"]["grad_norm"] > 0
+        for k in ("loss", "grad_norm", "kl_mean"):
+            assert abs(mine["metrics"][k] - want["metrics"][k]) <= 1e-5 * max(
+                1.0, abs(want["metrics"][k])
+            ), (key, k)
+        for name, g in want["grads"].items():
+            msg = f"{key}: {name}"
+            torch.testing.assert_close(mine["grads"][name], g, rtol=1e-5, atol=5e-6, msg=msg)
+            assert_same_adam_step(mine["params"][name], want["params"][name], g, msg)
+
+
 @pytest.mark.dist
 def test_tp2_grpo_step_equals_tp1(tmp_path, parallel_teardown, torchrun):
     state = initial_state(1)
     batch = random_batch(seed=5, groups=2, group_size=GROUP)
     tp2 = _torchrun_worker(torchrun, tmp_path, state, batch, tp=2, pp=1)
     _assert_same_step(tp2, grpo_step_outputs(state, batch, tp=1), state)
+    # RFT's 4 kept rows run in microbatches of 3 + 1: with one row per microbatch the
+    # gradient below the lm_head came out doubled under TP (all-reduced twice)
+    _assert_same_planned_steps(tp2, state)
 
 
 @pytest.mark.dist
@@ -84,7 +125,8 @@ def test_tp2_grpo_step_equals_tp1(tmp_path, parallel_teardown, torchrun):
 def test_pp2_grpo_step_equals_pp1(tmp_path, parallel_teardown, torchrun):
     """Each stage holds one of the two layers; 8 rows in microbatches of 5 + 3 run through the
     1F1B schedule. Log-probs, entropy, loss and every gradient match PP=1, and so do the loss,
-    grad norm and parameters after two clipped AdamW updates (μ = 2)."""
+    grad norm and parameters after two clipped AdamW updates (μ = 2). The RFT and DPO steps
+    (4 kept rows in microbatches of 3 + 1; all 8 for DPO) equal PP=1's too."""
     state = initial_state(2)
     batch = random_batch(seed=6, groups=2, group_size=GROUP)
     pp2 = _torchrun_worker(torchrun, tmp_path, state, batch, tp=1, pp=2)
@@ -102,3 +144,4 @@ def test_pp2_grpo_step_equals_pp1(tmp_path, parallel_teardown, torchrun):
         torch.testing.assert_close(got["params"][name], w, rtol=1e-5, atol=1e-6, msg=name)
         moved += int(not torch.equal(w, state[name]))
     assert moved == len(state)  # every tensor took the two steps
+    _assert_same_planned_steps(pp2, state)
