@@ -15,6 +15,10 @@ Two backends, chosen by ``optim.backend``:
   ``shared=True`` on the last stage's). As megatron's ``finalize_model_grads`` does, the two
   copies' gradients are summed over the embedding group (first and last stage) so both take
   the pp=1 step, and like megatron's grad norm the ``shared`` copy is left out of the norm.
+  Under sequence parallelism each TP rank runs the norms on its own slice of the tokens, so
+  the norm weights (marked ``sequence_parallel`` by megatron-core) hold partial gradients;
+  they are summed over the TP group before the norm and the step, as megatron's
+  ``finalize_model_grads`` does, or the replicas drift apart.
 
 Checked against megatron-core 0.16.1. Its ``get_megatron_optimizer`` marks norm/bias
 parameters with ``wd_mult=0`` but builds the torch/TE Adam with one ``weight_decay`` for every
@@ -95,6 +99,7 @@ class TorchAdamW:
         self.dp_group = parallel_state.get_data_parallel_group()
         self.mp_group = parallel_state.get_model_parallel_group()
         self.embd_group, self.tied_embedding = _tied_embedding_copy(self.params)
+        self.tp_group = parallel_state.get_tensor_model_parallel_group()
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
@@ -138,12 +143,13 @@ class TorchAdamW:
         return float(sq.sqrt())
 
     def step(self) -> tuple[bool, float, None]:
-        """Average grads over DP, sum a tied embedding's over its stages, clip to
-        ``clip_grad``, take an AdamW step."""
+        """Average grads over DP, sum sequence-parallel norms' over TP and a tied
+        embedding's over its stages, clip to ``clip_grad``, take an AdamW step."""
         for p in self.params:
             if p.grad is None:  # a shard that took no part in the loss still steps in lockstep
                 p.grad = torch.zeros_like(p)
         self._average_over_dp()
+        allreduce_sequence_parallel_grads(self.params, self.tp_group)
         self._sum_tied_embedding_grads()
         norm = self.grad_norm()
         if self.cfg.clip_grad > 0 and norm > self.cfg.clip_grad:
@@ -192,6 +198,27 @@ class TorchAdamW:
             for s in state["state"].values():
                 s["step"] = torch.tensor(float(step))
         self.optimizer.load_state_dict(state)
+
+
+def allreduce_sequence_parallel_grads(
+    params: list[torch.nn.Parameter], tp_group: dist.ProcessGroup
+) -> None:
+    """Sum over ``tp_group`` the gradients of the parameters marked ``sequence_parallel``
+    (megatron-core's ``_allreduce_non_tensor_model_parallel_grads``): replicated on every TP
+    rank, but each rank's gradient comes from its slice of the sequence only. megatron-core
+    sets the mark to ``config.sequence_parallel``, so without sequence parallelism nothing
+    is reduced."""
+    if dist.get_world_size(tp_group) == 1:
+        return
+    grads = [
+        p.grad for p in params if getattr(p, "sequence_parallel", False) and p.grad is not None
+    ]
+    if not grads:
+        return
+    flat = torch._utils._flatten_dense_tensors(grads)
+    dist.all_reduce(flat, group=tp_group)
+    for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+        g.copy_(synced)
 
 
 def _tied_embedding_copy(

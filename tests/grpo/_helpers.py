@@ -34,8 +34,11 @@ class ParityReward:
         return out
 
 
-def random_batch(seed: int, groups: int, group_size: int, vocab: int = 64) -> GRPOBatch:
-    """Rows of random prompts and responses of varied lengths; one group has equal rewards."""
+def random_batch(
+    seed: int, groups: int, group_size: int, vocab: int = 64, multiple_of: int = 1
+) -> GRPOBatch:
+    """Rows of random prompts and responses of varied lengths, padded to a multiple of
+    ``multiple_of``; one group has equal rewards."""
     g = torch.Generator().manual_seed(seed)
     prompts, responses, logps, rewards, finished = [], [], [], [], []
     for i in range(groups):
@@ -47,7 +50,9 @@ def random_batch(seed: int, groups: int, group_size: int, vocab: int = 64) -> GR
             logps.append([0.0] * n)
             rewards.append(1.0 if i == 0 else float(torch.randint(0, 2, (1,), generator=g)))
             finished.append(True)
-    return build_batch(prompts, responses, logps, rewards, finished, pad_id=0)
+    return build_batch(
+        prompts, responses, logps, rewards, finished, pad_id=0, multiple_of=multiple_of
+    )
 
 
 def with_rewards(batch: GRPOBatch, rewards: list[float]) -> GRPOBatch:
@@ -57,12 +62,15 @@ def with_rewards(batch: GRPOBatch, rewards: list[float]) -> GRPOBatch:
     return out
 
 
-def planned_scenario(algorithm: str, rewards: list[list[float]], seed: int = 11) -> tuple:
+def planned_scenario(
+    algorithm: str, rewards: list[list[float]], seed: int = 11, multiple_of: int = 1
+) -> tuple:
     """A step of ``algorithm`` (``step_worker.planned_step_outputs``) whose data-parallel rank
     ``r`` holds the rows of ``rewards[r]`` (whole groups of 4, the same padded length on every
     rank), and the same step as one process over all those rows: ``(scenario, whole)``."""
     n = [len(r) for r in rewards]
-    batch = with_rewards(random_batch(seed, sum(n) // 4, 4), [x for r in rewards for x in r])
+    rows = random_batch(seed, sum(n) // 4, 4, multiple_of=multiple_of)
+    batch = with_rewards(rows, [x for r in rewards for x in r])
     g = torch.Generator().manual_seed(seed)
     shift = 0.3 * torch.randn(batch.mask.shape, generator=g)  # reference = policy + shift
     bounds = [sum(n[:i]) for i in range(len(n) + 1)]

@@ -4,8 +4,8 @@ rft, dpo, ...) at a given tensor-, pipeline- or data-parallel size.
 
 Used in-process by test_step.py (TP=1, PP=1) and under ``torchrun --nproc_per_node 2``:
 ``python step_worker.py IN.pt OUT.pt TP [PP]``. TP=2 or PP=2: the GRPO step, then the planned
-steps of ``IN["planned"]`` (each ``{"algorithm", "batches": [batch], "shifts": [shift]}``);
-rank 0 writes the outputs. TP=PP=1 (data parallelism 2): the planned steps only, rank ``r``
+steps of ``IN["planned"]`` (each ``{"algorithm", "batches": [batch], "shifts": [shift]}``) and
+those of ``IN["planned_sp"]`` with sequence parallelism; rank 0 writes the outputs. TP=PP=1 (data parallelism 2): the planned steps only, rank ``r``
 on ``batches[r]``; every rank writes its own outputs to ``OUT.rank<r>``.
 """
 
@@ -126,7 +126,12 @@ def _two_updates(model, cfg, batch, old, ref, adv, algo, tp_group) -> dict:
 
 
 def planned_step_outputs(
-    hf_state, scenario: dict, tp: int = 1, pp: int = 1, micro_batch_size: int = 3
+    hf_state,
+    scenario: dict,
+    tp: int = 1,
+    pp: int = 1,
+    micro_batch_size: int = 3,
+    sequence_parallel: bool = False,
 ) -> dict:
     """One step of the loop's update for ``scenario["algorithm"]`` (``planned_update``, run by
     ``GRPORun.update`` with AdamW at lr 1e-2 and no clipping). This rank takes
@@ -134,7 +139,8 @@ def planned_step_outputs(
     ``shifts[dp_rank]`` ``(B, T)``. Returns the HF-named gradients the optimizer stepped with
     (averaged over data parallelism), the HF-named parameters after the step and the step's
     metrics. DPO takes every (correct, wrong) pair of a group, so the pairs do not depend on
-    the rank's seed."""
+    the rank's seed. With TP > 1 also ``tp_replica_spread``: the largest difference between
+    the TP ranks' copies of the replicated (norm) weights after the step."""
     from types import SimpleNamespace
 
     from dsm_engine.grpo.config import AlgorithmConfig, GRPOAlgoConfig
@@ -147,7 +153,9 @@ def planned_step_outputs(
     from dsm_engine.trainers.optim import OptimConfig, TorchAdamW
 
     cfg = model_config(TINY)
-    ctx = initialize_parallel(ParallelConfig(tp=tp, pp=pp), seed=1)
+    ctx = initialize_parallel(
+        ParallelConfig(tp=tp, pp=pp, sequence_parallel=sequence_parallel), seed=1
+    )
     # built as the loop's policy is (initialised, then loaded): a model built for loading
     # only has no tensor-parallel attributes, and the optimizer's grad norm needs them
     model = build_model(cfg, ctx)
@@ -194,7 +202,27 @@ def planned_step_outputs(
         "grads": grads_as_hf(model, cfg),
         "params": {k: v.detach().clone() for k, v in export_hf_state_dict(model, cfg).items()},
     }
+    if tp > 1:
+        out["tp_replica_spread"] = _tp_replica_spread(model, tp_group)
     return out
+
+
+@torch.no_grad()
+def _tp_replica_spread(model, tp_group) -> float:
+    """Largest difference between the TP ranks' copies of the weights TP replicates (the
+    norms: the parameters megatron-core does not mark ``tensor_model_parallel``)."""
+    import torch.distributed as dist
+
+    flat = torch.cat(
+        [
+            p.detach().flatten()
+            for p in model.parameters()
+            if not getattr(p, "tensor_model_parallel", False)
+        ]
+    )
+    copies = [torch.empty_like(flat) for _ in range(dist.get_world_size(tp_group))]
+    dist.all_gather(copies, flat, group=tp_group)
+    return max(float((c - copies[0]).abs().max()) for c in copies)
 
 
 if __name__ == "__main__":
@@ -218,6 +246,12 @@ if __name__ == "__main__":
         for key, scenario in planned.items():
             destroy_parallel(keep_process_group=True)
             out["planned"][key] = planned_step_outputs(data["state"], scenario, tp=tp, pp=pp)
+        out["planned_sp"] = {}
+        for key, scenario in data.get("planned_sp", {}).items():
+            destroy_parallel(keep_process_group=True)
+            out["planned_sp"][key] = planned_step_outputs(
+                data["state"], scenario, tp=tp, pp=pp, sequence_parallel=True
+            )
         if dist.get_rank() == 0:
             torch.save(out, dst)
     destroy_parallel()

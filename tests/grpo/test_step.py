@@ -32,6 +32,8 @@ from step_worker import (  # noqa: E402
 
 # one rank's rows: two groups of 4, 4 correct samples (RFT keeps them), 3 + 3 DPO pairs
 PLANNED = {name: planned_scenario(name, [[1, 0, 1, 1, 0, 1, 0, 0]])[0] for name in ("rft", "dpo")}
+# the RFT step with sequence parallelism at TP=2 (rows padded to a multiple of 16, as the loop does)
+PLANNED_SP = {"rft": planned_scenario("rft", [[1, 0, 1, 1, 0, 1, 0, 0]], multiple_of=16)[0]}
 
 
 @pytest.fixture()
@@ -68,9 +70,12 @@ def test_grpo_step_equals_paper_formula_fp64(parallel_teardown):
         torch.testing.assert_close(out["grads"][name].double(), g, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def _torchrun_worker(torchrun, tmp_path: Path, state, batch, tp: int, pp: int) -> dict:
+def _torchrun_worker(
+    torchrun, tmp_path: Path, state, batch, tp: int, pp: int, planned_sp: dict | None = None
+) -> dict:
     """Run step_worker.py under ``torchrun --nproc_per_node 2`` (gloo, fp32); rank 0's outputs."""
-    torch.save({"state": state, "batch": batch, "planned": PLANNED}, tmp_path / "in.pt")
+    data = {"state": state, "batch": batch, "planned": PLANNED, "planned_sp": planned_sp or {}}
+    torch.save(data, tmp_path / "in.pt")
     out = tmp_path / f"tp{tp}pp{pp}.pt"
     torchrun(HERE / "step_worker.py", tmp_path / "in.pt", out, tp, pp, timeout=600)
     return torch.load(out, weights_only=False)
@@ -89,15 +94,17 @@ def _assert_same_step(got: dict, want: dict, state: dict) -> None:
         torch.testing.assert_close(got["grads"][name], g, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def _assert_same_planned_steps(got: dict, state: dict) -> None:
-    """The RFT and DPO steps of a parallel layout (``got["planned"]``) equal TP=1, PP=1's."""
+def _assert_same_planned_steps(got: dict, state: dict, planned: dict = PLANNED) -> None:
+    """The steps of ``planned`` (RFT and DPO) in a parallel layout (``got``) equal TP=1,
+    PP=1's, and the TP ranks' copies of the norm weights are still equal."""
     from dsm_engine.models.parallel import destroy_parallel
 
-    assert set(got["planned"]) == set(PLANNED)
-    for key, scenario in PLANNED.items():
+    assert set(got) == set(planned)
+    for key, scenario in planned.items():
         want = planned_step_outputs(state, scenario)
         destroy_parallel()
-        mine = got["planned"][key]
+        mine = got[key]
+        assert mine.get("tp_replica_spread", 0.0) == 0.0, key
         assert mine["metrics"]["update_skipped"] == 0.0 and want["metrics"]["grad_norm"] > 0
         for k in ("loss", "grad_norm", "kl_mean"):
             assert abs(mine["metrics"][k] - want["metrics"][k]) <= 1e-5 * max(
@@ -113,11 +120,14 @@ def _assert_same_planned_steps(got: dict, state: dict) -> None:
 def test_tp2_grpo_step_equals_tp1(tmp_path, parallel_teardown, torchrun):
     state = initial_state(1)
     batch = random_batch(seed=5, groups=2, group_size=GROUP)
-    tp2 = _torchrun_worker(torchrun, tmp_path, state, batch, tp=2, pp=1)
+    tp2 = _torchrun_worker(torchrun, tmp_path, state, batch, tp=2, pp=1, planned_sp=PLANNED_SP)
     _assert_same_step(tp2, grpo_step_outputs(state, batch, tp=1), state)
     # RFT's 4 kept rows run in microbatches of 3 + 1: with one row per microbatch the
     # gradient below the lm_head came out doubled under TP (all-reduced twice)
-    _assert_same_planned_steps(tp2, state)
+    _assert_same_planned_steps(tp2["planned"], state)
+    # with sequence parallelism each TP rank's norm weights see half the tokens: the
+    # optimizer sums their gradients over TP, or the step differs and the replicas drift
+    _assert_same_planned_steps(tp2["planned_sp"], state, PLANNED_SP)
 
 
 @pytest.mark.dist
@@ -144,4 +154,4 @@ def test_pp2_grpo_step_equals_pp1(tmp_path, parallel_teardown, torchrun):
         torch.testing.assert_close(got["params"][name], w, rtol=1e-5, atol=1e-6, msg=name)
         moved += int(not torch.equal(w, state[name]))
     assert moved == len(state)  # every tensor took the two steps
-    _assert_same_planned_steps(pp2, state)
+    _assert_same_planned_steps(pp2["planned"], state)

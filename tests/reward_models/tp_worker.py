@@ -23,28 +23,24 @@ def batch():
     return ids, pos, lab, mask
 
 
-def _allreduce_sequence_parallel_grads(model):
-    """What megatron's finalize_model_grads does under sequence parallelism: each TP rank saw
-    only its tokens, so replicated weights marked ``sequence_parallel`` hold partial grads."""
-    import torch.distributed as dist
+def measure(model):
     from megatron.core import parallel_state as ps
 
-    for p in model.parameters():
-        if getattr(p, "sequence_parallel", False) and p.grad is not None:
-            dist.all_reduce(p.grad, group=ps.get_tensor_model_parallel_group())
-
-
-def measure(model):
     from dsm_engine.models.convert import gather_canonical
     from dsm_engine.reward_models.losses import prm_loss
     from dsm_engine.reward_models.model import reward_scores
+    from dsm_engine.trainers.optim import allreduce_sequence_parallel_grads
 
     ids, pos, lab, mask = batch()
     model.zero_grad(set_to_none=True)
     scores = reward_scores(model, ids)
     loss_sum, count = prm_loss(scores, pos, lab, mask)
     (loss_sum / count).backward()
-    _allreduce_sequence_parallel_grads(model)
+    # the gradients the optimizer steps with: under sequence parallelism each TP rank saw only
+    # its tokens, and the optimizer sums the norm weights' partial gradients over TP first
+    allreduce_sequence_parallel_grads(
+        list(model.parameters()), ps.get_tensor_model_parallel_group()
+    )
     grads = gather_canonical(model, grads=True)
     return scores.detach(), float((loss_sum / count).detach()), grads
 
