@@ -1,11 +1,13 @@
 """One GRPO loss/gradient evaluation (and μ optimizer updates) on a tiny policy, at a given
-tensor- or pipeline-parallel size, and the loop's step of another method (``planned_update``:
-rft, dpo, ...) at a given tensor-, pipeline- or data-parallel size.
+tensor- or pipeline-parallel size, the loop's step of another method (``planned_update``:
+rft, dpo, ...) at a given tensor-, pipeline- or data-parallel size, and PPO's step (policy
+and critic) at a given tensor-parallel size.
 
 Used in-process by test_step.py (TP=1, PP=1) and under ``torchrun --nproc_per_node 2``:
 ``python step_worker.py IN.pt OUT.pt TP [PP]``. TP=2 or PP=2: the GRPO step, then the planned
-steps of ``IN["planned"]`` (each ``{"algorithm", "batches": [batch], "shifts": [shift]}``) and
-those of ``IN["planned_sp"]`` with sequence parallelism; rank 0 writes the outputs. TP=PP=1 (data parallelism 2): the planned steps only, rank ``r``
+steps of ``IN["planned"]`` (each ``{"algorithm", "batches": [batch], "shifts": [shift]}``),
+those of ``IN["planned_sp"]`` with sequence parallelism and PPO's on ``IN["ppo"]`` with it;
+rank 0 writes the outputs. TP=PP=1 (data parallelism 2): the planned steps only, rank ``r``
 on ``batches[r]``; every rank writes its own outputs to ``OUT.rank<r>``.
 """
 
@@ -207,6 +209,91 @@ def planned_step_outputs(
     return out
 
 
+def ppo_step_outputs(
+    hf_state,
+    scenario: dict,
+    tp: int = 1,
+    micro_batch_size: int = 3,
+    sequence_parallel: bool = False,
+) -> dict:
+    """The loop's PPO step (``ppo_update``: values, GAE, the policy's update, the critic's)
+    on ``scenario["batches"][0]``, policy and critic (initialised from the policy, a fixed
+    score head) both stepped by AdamW at lr 1e-2 without clipping. Returns the metrics, the
+    policy's HF-named gradients and parameters, the critic's canonical gradients and
+    parameters after the step, and with TP > 1 the spread of both models' TP replicas."""
+    from types import SimpleNamespace
+
+    from dsm_engine.grpo.config import AlgorithmConfig, CriticConfig, GRPOAlgoConfig
+    from dsm_engine.grpo.ppo import Critic, ppo_update
+    from dsm_engine.grpo.step import sequence_logprobs
+    from dsm_engine.grpo.trainer import GRPORun
+    from dsm_engine.models import ParallelConfig, build_model, initialize_parallel
+    from dsm_engine.models.config import model_config
+    from dsm_engine.models.convert import export_hf_state_dict, gather_canonical, load_hf_weights
+    from dsm_engine.trainers.optim import OptimConfig, TorchAdamW
+    from dsm_engine.trainers.schedules import ScheduleConfig
+
+    cfg = model_config(TINY)
+    ctx = initialize_parallel(ParallelConfig(tp=tp, sequence_parallel=sequence_parallel), seed=1)
+    model = build_model(cfg, ctx)
+    load_hf_weights(model, hf_state.__getitem__, cfg)
+    optim = OptimConfig(weight_decay=0.1, clip_grad=0.0)
+    opt = TorchAdamW([model], optim)
+    for group in opt.param_groups:
+        group["lr"] = 1e-2
+    tp_group = ctx.tp_group if tp > 1 else None
+    run_cfg = SimpleNamespace(
+        grpo=GRPOAlgoConfig(group_size=GROUP, micro_batch_size=micro_batch_size, beta=BETA),
+        algorithm=AlgorithmConfig(name="ppo"),
+        critic=CriticConfig(lr=1e-2),
+        schedule=ScheduleConfig(name="constant", lr=1e-2, warmup_steps=0),
+        train=SimpleNamespace(seed=0),
+        optim=optim,
+        rollout=SimpleNamespace(temperature=TEMP, max_new_tokens=16),
+        model_config=lambda: cfg,
+    )
+    critic = Critic(run_cfg)
+    critic.build(ctx)
+    with torch.no_grad():
+        critic.model.score_head.weight.copy_(torch.linspace(-1, 1, cfg.hidden_size)[None])
+        critic.model.score_head.bias.fill_(0.2)
+    critic.start(model)
+    session = SimpleNamespace(
+        opt=opt, zero_grad=opt.zero_grad, phase=lambda _name: contextlib.nullcontext()
+    )
+    run = SimpleNamespace(
+        cfg=run_cfg, ctx=ctx, session=session, policy=model, tp_group=tp_group, critic=critic
+    )
+    run.update = lambda *args: GRPORun.update(run, *args)  # the loop's own update
+
+    batch = scenario["batches"][0]
+    old, _ = sequence_logprobs(
+        model,
+        batch.tokens,
+        batch.targets,
+        temperature=TEMP,
+        tp_group=tp_group,
+        micro_batch_size=micro_batch_size,
+    )
+    ref = torch.where(batch.mask, old + scenario["shifts"][0], 0.0)
+    metrics: dict[str, float] = {}
+    for p in model.parameters():
+        p.grad = None
+    result, _ = ppo_update(run, 0, batch, old, ref, metrics)
+    out = {
+        "metrics": {**metrics, **result.metrics, "loss": result.loss},
+        "grads": grads_as_hf(model, cfg),
+        "params": {k: v.detach().clone() for k, v in export_hf_state_dict(model, cfg).items()},
+        "critic_grads": gather_canonical(critic.model, grads=True),
+        "critic_params": gather_canonical(critic.model),
+    }
+    if tp > 1:
+        out["tp_replica_spread"] = max(
+            _tp_replica_spread(model, tp_group), _tp_replica_spread(critic.model, tp_group)
+        )
+    return out
+
+
 @torch.no_grad()
 def _tp_replica_spread(model, tp_group) -> float:
     """Largest difference between the TP ranks' copies of the weights TP replicates (the
@@ -246,6 +333,9 @@ if __name__ == "__main__":
         for key, scenario in planned.items():
             destroy_parallel(keep_process_group=True)
             out["planned"][key] = planned_step_outputs(data["state"], scenario, tp=tp, pp=pp)
+        if "ppo" in data:
+            destroy_parallel(keep_process_group=True)
+            out["ppo_sp"] = ppo_step_outputs(data["state"], data["ppo"], tp, sequence_parallel=True)
         out["planned_sp"] = {}
         for key, scenario in data.get("planned_sp", {}).items():
             destroy_parallel(keep_process_group=True)

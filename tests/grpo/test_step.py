@@ -1,6 +1,7 @@
 """One GRPO step on a tiny megatron-core policy equals the paper's formula written out in
 float64, and TP=2 and PP=2 equal TP=1, PP=1; so do the loop's RFT and DPO steps (their
-coefficient, kept rows and update: ``planned_update``)."""
+coefficient, kept rows and update: ``planned_update``), and with sequence parallelism at TP=2
+the RFT step and PPO's (policy and critic) equal TP=1's."""
 
 from __future__ import annotations
 
@@ -28,12 +29,14 @@ from step_worker import (  # noqa: E402
     grpo_step_outputs,
     initial_state,
     planned_step_outputs,
+    ppo_step_outputs,
 )
 
 # one rank's rows: two groups of 4, 4 correct samples (RFT keeps them), 3 + 3 DPO pairs
 PLANNED = {name: planned_scenario(name, [[1, 0, 1, 1, 0, 1, 0, 0]])[0] for name in ("rft", "dpo")}
 # the RFT step with sequence parallelism at TP=2 (rows padded to a multiple of 16, as the loop does)
 PLANNED_SP = {"rft": planned_scenario("rft", [[1, 0, 1, 1, 0, 1, 0, 0]], multiple_of=16)[0]}
+PPO_SP = planned_scenario("ppo", [[1, 0, 1, 1, 0, 1, 0, 0]], multiple_of=16)[0]
 
 
 @pytest.fixture()
@@ -71,10 +74,11 @@ def test_grpo_step_equals_paper_formula_fp64(parallel_teardown):
 
 
 def _torchrun_worker(
-    torchrun, tmp_path: Path, state, batch, tp: int, pp: int, planned_sp: dict | None = None
+    torchrun, tmp_path: Path, state, batch, tp: int, pp: int, **sequence_parallel: dict
 ) -> dict:
-    """Run step_worker.py under ``torchrun --nproc_per_node 2`` (gloo, fp32); rank 0's outputs."""
-    data = {"state": state, "batch": batch, "planned": PLANNED, "planned_sp": planned_sp or {}}
+    """Run step_worker.py under ``torchrun --nproc_per_node 2`` (gloo, fp32); rank 0's outputs.
+    ``sequence_parallel``: ``planned_sp`` and ``ppo`` scenarios to step with it."""
+    data = {"state": state, "batch": batch, "planned": PLANNED, **sequence_parallel}
     torch.save(data, tmp_path / "in.pt")
     out = tmp_path / f"tp{tp}pp{pp}.pt"
     torchrun(HERE / "step_worker.py", tmp_path / "in.pt", out, tp, pp, timeout=600)
@@ -116,11 +120,36 @@ def _assert_same_planned_steps(got: dict, state: dict, planned: dict = PLANNED) 
             assert_same_adam_step(mine["params"][name], want["params"][name], g, msg)
 
 
+def _assert_same_ppo_step(got: dict, state: dict) -> None:
+    """PPO's step at TP=2 with sequence parallelism (``got``) equals TP=1's: the policy's and
+    the critic's gradients and parameters after their AdamW steps, and both models' TP
+    replicas are still equal."""
+    from dsm_engine.models.parallel import destroy_parallel
+
+    want = ppo_step_outputs(state, PPO_SP)
+    destroy_parallel()
+    assert got["tp_replica_spread"] == 0.0
+    for k in ("loss", "value_loss", "critic_grad_norm", "kl_mean", "explained_variance"):
+        w = want["metrics"][k]
+        assert abs(got["metrics"][k] - w) <= 1e-5 * max(1.0, abs(w)), k
+    for kind in ("", "critic_"):
+        assert set(got[f"{kind}grads"]) == set(want[f"{kind}grads"])
+        for name, g in want[f"{kind}grads"].items():
+            msg = f"{kind}{name}"
+            scale = max(1.0, float(g.abs().max()))
+            torch.testing.assert_close(
+                got[f"{kind}grads"][name], g, rtol=1e-5, atol=5e-6 * scale, msg=msg
+            )
+            assert_same_adam_step(got[f"{kind}params"][name], want[f"{kind}params"][name], g, msg)
+
+
 @pytest.mark.dist
 def test_tp2_grpo_step_equals_tp1(tmp_path, parallel_teardown, torchrun):
     state = initial_state(1)
     batch = random_batch(seed=5, groups=2, group_size=GROUP)
-    tp2 = _torchrun_worker(torchrun, tmp_path, state, batch, tp=2, pp=1, planned_sp=PLANNED_SP)
+    tp2 = _torchrun_worker(
+        torchrun, tmp_path, state, batch, tp=2, pp=1, planned_sp=PLANNED_SP, ppo=PPO_SP
+    )
     _assert_same_step(tp2, grpo_step_outputs(state, batch, tp=1), state)
     # RFT's 4 kept rows run in microbatches of 3 + 1: with one row per microbatch the
     # gradient below the lm_head came out doubled under TP (all-reduced twice)
@@ -128,6 +157,8 @@ def test_tp2_grpo_step_equals_tp1(tmp_path, parallel_teardown, torchrun):
     # with sequence parallelism each TP rank's norm weights see half the tokens: the
     # optimizer sums their gradients over TP, or the step differs and the replicas drift
     _assert_same_planned_steps(tp2["planned_sp"], state, PLANNED_SP)
+    # PPO's step (policy and critic, each with its own optimizer) likewise
+    _assert_same_ppo_step(tp2["ppo_sp"], state)
 
 
 @pytest.mark.dist
