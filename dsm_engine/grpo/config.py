@@ -368,6 +368,11 @@ class GRPOConfig(RunConfig):
 
     def __post_init__(self) -> None:
         self._check_algorithm()
+        if self.parallel.virtual_pp:
+            raise ConfigError(
+                "parallel.virtual_pp: the GRPO loop runs the plain 1F1B pipeline schedule "
+                "(set parallel.pp alone)"
+            )
         if self.rm_update.steps:
             if self.reward.supervision == "verifier":
                 raise ConfigError(
@@ -429,3 +434,9 @@ class GRPOConfig(RunConfig):
                     f"grpo.tis_cap={g.tis_cap}: algorithm.name={name} is offline; truncated "
                     "importance sampling corrects online sampling only"
                 )
+
+
+def iteration_of(step: int, cfg: GRPOConfig) -> int:
+    """The outer iteration that GRPO step ``step`` (0-based) belongs to."""
+    per = cfg.grpo.steps // cfg.grpo.iterations
+    return min(step // per, cfg.grpo.iterations - 1)

@@ -31,6 +31,7 @@ from dsm_engine.grpo.batch import GRPOBatch
 from dsm_engine.grpo.config import GRPOConfig
 from dsm_engine.grpo.critic import build_critic, init_critic_from_policy, token_values, value_step
 from dsm_engine.models.parallel import ParallelContext
+from dsm_engine.trainers.optim import grad_finalizer
 from dsm_engine.trainers.schedules import apply_lr, lr_at
 
 CRITIC_DIR = "critic"
@@ -124,11 +125,6 @@ class Critic:
         """One optimizer step of the clipped value loss towards ``returns``; its metrics."""
         lr = self.lr(step)
         apply_lr(self.opt, lr)
-        finalize = None
-        if self.cfg.optim.backend == "megatron":
-            from megatron.core.distributed import finalize_model_grads
-
-            finalize = lambda: finalize_model_grads([self.model])  # noqa: E731
         loss, grad_norm, metrics = value_step(
             self.model,
             self.opt,
@@ -138,7 +134,7 @@ class Critic:
             returns,
             clip=self.cfg.algorithm.value_clip,
             micro_batch_size=self.cfg.grpo.micro_batch_size,
-            finalize_grads=finalize,
+            finalize_grads=grad_finalizer(self.cfg.optim, [self.model]),
         )
         return {"value_loss": loss, "critic_grad_norm": grad_norm, "critic_lr": lr, **metrics}
 

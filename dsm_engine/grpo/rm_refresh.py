@@ -35,6 +35,8 @@ import torch.distributed as dist
 from dsm_engine.config import ConfigError
 from dsm_engine.grpo.config import GRPOConfig
 from dsm_engine.grpo.data import PromptDataset
+from dsm_engine.models.parallel import ParallelContext
+from dsm_engine.reward_models.scorer import MeanScorer, TokenScorer, load_reward_fn
 from dsm_engine.rollout.base import RolloutEngine, SamplingParams
 from dsm_engine.text_codec import TextCodec
 
@@ -291,3 +293,27 @@ class RewardModelRefresher:
                 "eval": {"every": 0, "micro_batch_size": u.micro_batch_size},
             },
         )
+
+
+def reward_model_scorer(
+    cfg: GRPOConfig, model_path: str, ctx: ParallelContext
+) -> TokenScorer | None:
+    """The learned reward model's scorer (None under verifier supervision; the mean of the
+    members with ``reward.ensemble``), in the policy's TP/PP layout: scoring is collective over
+    the model-parallel group, whose ranks hold the same rollout rows; each data-parallel rank
+    scores its own rows."""
+    if cfg.reward.supervision == "verifier":
+        return None
+    kind = "orm" if cfg.reward.supervision == "orm" else "prm"
+    scorers = [
+        load_reward_fn(
+            kind,
+            path,
+            cfg.data.tokenizer,
+            ctx=ctx,
+            delimiter=cfg.reward.delimiter,
+            micro_batch_size=cfg.grpo.micro_batch_size,
+        ).scorer
+        for path in [model_path, *cfg.reward.ensemble]
+    ]
+    return scorers[0] if len(scorers) == 1 else MeanScorer(scorers)

@@ -28,21 +28,14 @@ Checkpoints hold the policy + optimizer (``checkpoints/``), the reference (``ref
 under ``ppo`` the critic + its optimizer (``critic/``), the step, the data position, the iteration, the current reward-model checkpoint (whose own
 checkpoint holds the replay buffer) and every rank's RNG states.
 
-Other methods (``algorithm.name``, DeepSeekMath §5.2, ``dsm_engine.grpo.algorithms``) replace the
-advantages and the update by their gradient coefficient (``coefficient`` + ``plan_update``, run
-by ``dsm_engine.grpo.planned``):
-``rloo``, ``dr_grpo`` and ``online_rft`` are online (the sampler is synced after every update,
-as in GRPO); ``rft`` and ``dpo`` are offline, their data are π_sft's samples: the sampler is
-loaded once with the initial weights (the reference, which stays π_sft since offline runs have
-one iteration, so a resumed run samples from π_sft too) and never synced with the updated
-policy; held-out evaluation loads the policy into the sampler for its duration and π_sft
-back after. DPO's pairs are drawn per group from the verifier's labels (``select_pairs``) and
-its reference log-probs come from the frozen reference. ``sft`` samples nothing: its rows are
-the prompts' gold solutions (``dsm_engine.grpo.gold``), the sampler gets the policy only for
-held-out evaluation and the reward only grades that. A step whose coefficient keeps no row
-(e.g. no correct sample under rft) skips the update and logs ``update_skipped=1``. ``ppo`` is
-online and adds a value model (``dsm_engine.grpo.ppo``): the critic's values, GAE advantages
-over the KL-penalised per-token rewards, the policy's update, then the critic's.
+Other methods (``algorithm.name``, DeepSeekMath §5.2; each one's data source, reward and update
+are listed in ``dsm_engine.grpo.config``) replace the advantages and the update by their
+gradient coefficient (``dsm_engine.grpo.algorithms``, run by ``dsm_engine.grpo.planned``). What
+the loop does differently for them: the offline ``rft`` and ``dpo`` load the sampler once with
+π_sft (the reference) and never sync it, held-out evaluation lends it the policy; ``sft``
+samples nothing (its rows are gold solutions, ``dsm_engine.grpo.gold``); ``ppo`` adds the
+critic (``dsm_engine.grpo.ppo``). A step whose coefficient keeps no row skips the update and
+logs ``update_skipped=1``.
 
 The shell (parallel setup, run folder, resume, checkpoint cadence, logging, profiling) is the
 :class:`~dsm_engine.trainers.session.TrainingSession`'s; :class:`GRPORun` adds the reference,
@@ -65,12 +58,13 @@ from dsm_engine.grpo.config import (
     OFFLINE_ALGORITHMS,
     GRPOAlgoConfig,
     GRPOConfig,
+    iteration_of,
 )
 from dsm_engine.grpo.data import PromptDataset
 from dsm_engine.grpo.gold import gold_rollout
 from dsm_engine.grpo.planned import planned_update
 from dsm_engine.grpo.ppo import Critic, ppo_update
-from dsm_engine.grpo.rm_refresh import RewardModelRefresher
+from dsm_engine.grpo.rm_refresh import RewardModelRefresher, reward_model_scorer
 from dsm_engine.grpo.sampling import (
     evaluate_greedy,
     is_sampler_rank,
@@ -85,12 +79,11 @@ from dsm_engine.grpo.step import (
     token_advantages,
 )
 from dsm_engine.grpo.step_report import response_metrics, rollout_metrics, step_work
-from dsm_engine.models.parallel import ParallelContext
 from dsm_engine.reward_models.grpo_rewards import compute_advantages
-from dsm_engine.reward_models.scorer import MeanScorer, TokenScorer, load_reward_fn
 from dsm_engine.rollout.base import SamplingParams
 from dsm_engine.rollout.factory import build_rollout_engine
 from dsm_engine.text_codec import TextCodec
+from dsm_engine.trainers.optim import grad_finalizer
 from dsm_engine.trainers.schedules import apply_lr, lr_at
 from dsm_engine.trainers.session import (
     CheckpointHooks,
@@ -102,47 +95,6 @@ from dsm_engine.trainers.session import (
 )
 
 REFERENCE_DIR = "reference"
-
-
-def iteration_of(step: int, cfg: GRPOConfig) -> int:
-    """The outer iteration that GRPO step ``step`` (0-based) belongs to."""
-    per = cfg.grpo.steps // cfg.grpo.iterations
-    return min(step // per, cfg.grpo.iterations - 1)
-
-
-@torch.no_grad()
-def copy_weights(dst: torch.nn.Module, src: torch.nn.Module) -> None:
-    """π_ref ← π_θ: copy every parameter of ``src`` into ``dst`` (same layout)."""
-    from dsm_engine.models.build import _unwrap
-
-    d, s = _unwrap(dst).state_dict(), _unwrap(src).state_dict()
-    for k, v in s.items():
-        if torch.is_tensor(v) and k in d and torch.is_tensor(d[k]):
-            d[k].copy_(v)
-
-
-def _reward_model_scorer(
-    cfg: GRPOConfig, model_path: str, ctx: ParallelContext
-) -> TokenScorer | None:
-    """The learned reward model's scorer (None under verifier supervision; the mean of the
-    members with ``reward.ensemble``), in the policy's TP/PP layout: scoring is collective over
-    the model-parallel group, whose ranks hold the same rollout rows; each data-parallel rank
-    scores its own rows."""
-    if cfg.reward.supervision == "verifier":
-        return None
-    kind = "orm" if cfg.reward.supervision == "orm" else "prm"
-    scorers = [
-        load_reward_fn(
-            kind,
-            path,
-            cfg.data.tokenizer,
-            ctx=ctx,
-            delimiter=cfg.reward.delimiter,
-            micro_batch_size=cfg.grpo.micro_batch_size,
-        ).scorer
-        for path in [model_path, *cfg.reward.ensemble]
-    ]
-    return scorers[0] if len(scorers) == 1 else MeanScorer(scorers)
 
 
 class GRPORun:
@@ -223,6 +175,7 @@ class GRPORun:
         self.rm_refresh.load_state(extra)
 
     def _fresh(self) -> None:
+        from dsm_engine.models.build import copy_weights
         from dsm_engine.models.checkpoint import load_checkpoint
 
         if self.cfg.checkpoint.load:
@@ -265,7 +218,7 @@ class GRPORun:
         self.reward_fn = build_reward_fn(
             cfg.reward.name, kind=cfg.reward.kind, timeout_s=cfg.reward.timeout_s
         )
-        self.rm_scorer = _reward_model_scorer(cfg, self.rm_refresh.path, self.ctx)
+        self.rm_scorer = reward_model_scorer(cfg, self.rm_refresh.path, self.ctx)
         if self.offline:  # π_sft: the reference is the initial policy, restored on resume
             sync_weights(self.reference, self.engine, self.model_cfg)
         self.offload(self.reference, torch.device("cpu"))
@@ -309,6 +262,8 @@ class GRPORun:
     def new_iteration(self, step: int) -> dict[str, float]:
         """At an iteration boundary: π_ref ← π_θ, and under iterative RL the reward model is
         continued and the scorer switched to it. Returns the refresher's metrics."""
+        from dsm_engine.models.build import copy_weights
+
         phase = self.session.phase
         if step == 0 or iteration_of(step, self.cfg) == iteration_of(step - 1, self.cfg):
             return {}
@@ -326,7 +281,7 @@ class GRPORun:
                 dp_rank=self.ctx.dp_rank,
                 dp_size=self.ctx.dp_size,
             )
-            self.rm_scorer = _reward_model_scorer(self.cfg, self.rm_refresh.path, self.ctx)
+            self.rm_scorer = reward_model_scorer(self.cfg, self.rm_refresh.path, self.ctx)
         return metrics
 
     def rollout(self, step: int) -> tuple[Any, Any]:
@@ -436,11 +391,6 @@ class GRPORun:
         """μ updates of the clipped, KL-penalised objective (times its own phases);
         ``config``: the loss settings (default ``grpo``'s)."""
         s = self.session
-        finalize = None
-        if self.cfg.optim.backend == "megatron":
-            from megatron.core.distributed import finalize_model_grads
-
-            finalize = lambda: finalize_model_grads(s.chunks)  # noqa: E731
         return grpo_updates(
             self.policy,
             s.opt,
@@ -453,7 +403,7 @@ class GRPORun:
             temperature=self.cfg.rollout.temperature,
             max_len=self.cfg.rollout.max_new_tokens,
             tp_group=self.tp_group,
-            finalize_grads=finalize,
+            finalize_grads=grad_finalizer(self.cfg.optim, s.chunks),
             phase=s.phase,
         )
 
@@ -485,7 +435,6 @@ class GRPORun:
         self.position += g.prompts_per_step
         secs = time.perf_counter() - tic
         tokens = float((batch.tokens != self.codec.pad_id).sum() + batch.mask.sum())
-
         metrics.update(response_metrics(batch) if self.gold else rollout_metrics(ro, g.group_size))
         metrics.update(tis)
         metrics.update(upd.metrics)
@@ -514,11 +463,6 @@ class GRPORun:
 def run_grpo(cfg: GRPOConfig, *, on_step_end: StepHook | None = None) -> list[dict[str, float]]:
     """Train (or resume) per ``cfg``; returns the metrics of every step this call ran."""
     g, model_cfg = cfg.grpo, cfg.model_config()
-    if cfg.parallel.virtual_pp:
-        raise ConfigError(
-            "parallel.virtual_pp: the GRPO trainer runs the plain 1F1B pipeline schedule "
-            "(set parallel.pp alone)"
-        )
     codec = TextCodec(cfg.data.tokenizer)
     if codec.vocab_size > model_cfg.vocab_size:
         raise ConfigError(

@@ -26,6 +26,7 @@ _EXPORTS = {
     "cpu_bridge": "cuda_bridge",
     "build_model": "build",
     "build_model_chunks": "build",
+    "copy_weights": "build",
     "forward_hidden": "build",
     "lm_head_weight": "build",
     "model_logits": "build",

@@ -317,3 +317,12 @@ def model_logits(
     logits = model(input_ids, position_ids, attention_mask)  # [b, s, V/tp]
     logits = tensor_parallel.gather_from_tensor_model_parallel_region(logits)
     return logits.float()
+
+
+@torch.no_grad()
+def copy_weights(dst: torch.nn.Module, src: torch.nn.Module) -> None:
+    """π_ref ← π_θ: copy every parameter of ``src`` into ``dst`` (same layout)."""
+    d, s = _unwrap(dst).state_dict(), _unwrap(src).state_dict()
+    for k, v in s.items():
+        if torch.is_tensor(v) and k in d and torch.is_tensor(d[k]):
+            d[k].copy_(v)

@@ -307,3 +307,15 @@ def wrap_and_build_optimizer(
         opt.zero_grad()
 
     return wrapped, opt, zero_grad
+
+
+def grad_finalizer(cfg: OptimConfig, chunks: list[torch.nn.Module]) -> Callable[[], None] | None:
+    """What a loop that runs its own backward passes (outside megatron's schedule, which
+    finalizes by itself) calls before the optimizer step: megatron's ``finalize_model_grads``
+    of ``chunks`` under ``optim.backend: megatron``; None under ``torch``, whose optimizer
+    reduces the gradients in its ``step``."""
+    if cfg.backend != "megatron":
+        return None
+    from megatron.core.distributed import finalize_model_grads
+
+    return lambda: finalize_model_grads(chunks)

@@ -83,9 +83,7 @@ def test_virtual_pipeline_layout_is_refused_by_name(tmp_path):
     # (tied embeddings at pp > 1 are no longer refused: both optimizer backends sum the two
     # stages' copies, tests/trainers/test_tied_embedding_pp.py)
     from dsm_engine.config import ConfigError
-    from dsm_engine.grpo.trainer import run_grpo
     from dsm_engine.recipes.arithmetic import DemoPaths, grpo_config
 
-    cfg = grpo_config(DemoPaths(tmp_path), tmp_path / "none", parallel={"pp": 2, "virtual_pp": 2})
     with pytest.raises(ConfigError, match=r"parallel\.virtual_pp"):
-        run_grpo(cfg)
+        grpo_config(DemoPaths(tmp_path), tmp_path / "none", parallel={"pp": 2, "virtual_pp": 2})

@@ -121,7 +121,7 @@ def _spied_run(cfg, on_step_end=None):
     from dsm_engine.models.parallel import destroy_parallel
 
     seen = {"steps": [], "paths": []}
-    advantages, load = trainer.compute_advantages, trainer._reward_model_scorer
+    advantages, load = trainer.compute_advantages, trainer.reward_model_scorer
 
     def spy_adv(kind, batch, group_size, **kw):
         adv, m = advantages(kind, batch, group_size, **kw)
@@ -134,7 +134,7 @@ def _spied_run(cfg, on_step_end=None):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(trainer, "compute_advantages", spy_adv)
-        mp.setattr(trainer, "_reward_model_scorer", spy_load)
+        mp.setattr(trainer, "reward_model_scorer", spy_load)
         try:
             seen["history"] = trainer.run_grpo(cfg, on_step_end=on_step_end)
         finally:
