@@ -1,21 +1,22 @@
 """The CPU proof that GRPO with tool-integrated rollouts learns to call the tool.
 
 The task: sums and products of operands too large for a ~0.4M-parameter model to work out
-in its head (``48213 + 7730``, ``4821 * 73``). The pretraining text answers such questions
+in its head (``4821 + 3730``, ``482 * 73``; every answer of an operation has the same number
+of digits, see ``SUM_OPERANDS``). The pretraining text answers such questions
 in two ways, in the tool-integrated (tir) format of ``dsm_engine.sandbox.tir_format``::
 
-    Question: What is 4821 * 73?
+    Question: What is 482 * 73?
     Answer:
     ```python
-    print(4821 * 73)
+    print(482 * 73)
     ```
     ```output
-    351933
+    35186
     ```
-    The answer is \\boxed{351933}.
+    The answer is \\boxed{35186}.
 
-or directly (``Answer: The answer is \\boxed{351933}.``), the more common way
-(``tool_fraction`` of the documents use the tool). Both are correct text, but only the tool
+or directly (``Answer: The answer is \\boxed{35186}.``); ``tool_fraction`` of the documents
+use the tool. Both are correct text, but only the tool
 path is one the tiny model can follow: copying the operands into ``print`` and the printed
 value into the box is easy, computing the value is not. So the pretrained policy mostly
 answers directly and wrongly, and sometimes calls the tool.
@@ -99,15 +100,28 @@ def split_of(p: Problem) -> str:
     return "heldout" if bucket < 10 else "train" if bucket < 45 else "pretrain"
 
 
+# Operand ranges (a, b) of the sums and of the products, chosen so that every answer has the
+# same number of digits (4 for sums, 5 for products): then each copy (question -> ``print``,
+# output -> box) is at a fixed distance per operation, which a tiny model learns fast.
+SUM_OPERANDS = ((1000, 4999), (1000, 4999))
+PRODUCT_OPERANDS = ((300, 999), (34, 99))
+
+
+def _operand(rng: random.Random, lo: int, hi: int) -> int:
+    """A number in ``[lo, hi]`` without a trailing zero (a zero would make a product easy)."""
+    while (n := rng.randint(lo, hi)) % 10 == 0:
+        pass
+    return n
+
+
 def make_problems(split: str, n: int, seed: int) -> list[Problem]:
-    """``n`` problems of ``split``: 5-digit + 4-digit sums, 4-digit * 2-digit products."""
+    """``n`` problems of ``split``: half sums of ``SUM_OPERANDS``, half products of
+    ``PRODUCT_OPERANDS``."""
     rng = random.Random(f"tool-arith:{split}:{seed}")
     out: list[Problem] = []
     while len(out) < n:
-        if rng.random() < 0.5:
-            p = Problem("+", rng.randint(10_000, 99_999), rng.randint(1000, 9999))
-        else:
-            p = Problem("*", rng.randint(1000, 9999), rng.randint(11, 99))
+        op, (ra, rb) = ("+", SUM_OPERANDS) if rng.random() < 0.5 else ("*", PRODUCT_OPERANDS)
+        p = Problem(op, _operand(rng, *ra), _operand(rng, *rb))
         if split_of(p) == split:
             out.append(p)
     return out
@@ -145,10 +159,12 @@ def prepare(
     return paths, eos
 
 
-def pretrain(paths: DemoPaths, eos: int, *, steps: int = 800, progress: bool = True) -> Path:
+def pretrain(
+    paths: DemoPaths, eos: int, *, steps: int = 300, progress: bool = True, **overrides: Any
+) -> Path:
     """Pretrain the tool task's model (longer sequences than the arithmetic recipe's) on the
-    corpus; returns the checkpoint root."""
-    return arithmetic_pretrain(paths, eos, steps=steps, progress=progress, model=MODEL)
+    corpus (``overrides``: config sections, merged); returns the checkpoint root."""
+    return arithmetic_pretrain(paths, eos, steps=steps, progress=progress, model=MODEL, **overrides)
 
 
 def grpo_config(paths: DemoPaths, init: Path, *, tools: bool, **overrides: Any):
