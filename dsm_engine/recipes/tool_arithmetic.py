@@ -18,8 +18,9 @@ in two ways, in the tool-integrated (tir) format of ``dsm_engine.sandbox.tir_for
 or directly (``Answer: The answer is \\boxed{35186}.``); ``tool_fraction`` of the documents
 use the tool. Both are correct text, but only the tool
 path is one the tiny model can follow: copying the operands into ``print`` and the printed
-value into the box is easy, computing the value is not. So the pretrained policy mostly
-answers directly and wrongly, and sometimes calls the tool.
+value into the box is easy, computing the value is not. So the pretrained policy answers
+directly (and wrongly) about as often as ``1 - tool_fraction``, leaving the tool-call rate
+room to rise.
 
 Then GRPO twice from the same checkpoint: with ``rollout.tools: python`` (the sandbox runs
 the blocks; the printed values are masked from the loss) and with tools off (a ``python``
@@ -28,24 +29,26 @@ samples that used the tool, so the tool run learns to call it and its held-out a
 (greedy, evaluated the way it was trained: with the tool) rises; the no-tool run has nothing
 to learn from.
 
-Measured (2 shared CPU cores; seed 0; held-out greedy exact match on 100 problems):
+Measured on this task (2 CPU cores shared with other jobs, load 2-14 during the runs; corpus
+seed 0, 4000 documents, ``tool_fraction`` 0.5; batch 32 x 96 tokens at 3e-3; held-out greedy
+exact match on 50 problems; ``benchmarks/paper/tool_grpo.py``, pretraining resumed in
+sittings of 300 steps, which the fixed data order makes the same run):
 
-* Copying is what pretraining must reach. After 400 pretraining steps the model's ``print``
-  arguments are random digits (no tool-using sample right, GRPO reward 0 everywhere); after
-  400 more (from that checkpoint, data seed 2, no warm-up; loss 0.95 -> 0.74) it copies the
-  operands and the output often but not always. ``pretrain`` defaults to 800 steps for that
-  reason (one run of 800 is not yet measured).
-* GRPO with ``rollout.tools: python`` from that checkpoint, 20 steps of ``grpo_config``:
-  tool-call rate of the samples 0.20 (step 1) -> 0.69 (step 7) -> 0.95 (steps 9-20); held-out
-  accuracy 0.00 -> 0.42 (step 10) -> 0.44 (step 20); 240 s of CPU for the 20 steps.
-  The pretrained model's failed tool answers are copying slips (a digit of an operand, or
-  of the output into the box); the post-GRPO failures were not inspected.
-* The same 20 steps with tools off: sampled accuracy 0.00 at every step (no reward, so
-  nothing to learn), held-out accuracy 0.00 at steps 0, 10 and 20; 174 s of CPU.
+* Pretraining must reach copying, and it is slow to: the loss sits at ~0.85 from step ~100 to
+  ~300, then falls slowly (0.82 at 300, 0.745 at 600, 0.67 at 900, 0.62 at 1000). From the
+  600-step checkpoint no tool-using sample of 12 GRPO steps was right (tool-call rate 0.45 ->
+  0.45, held-out 0.00 in both runs); from the 900-step one, 2 of 768 samples were (rate 0.42
+  -> 0.53 over the last three of 12 steps, held-out 0.00 -> 0.02; no-tool run 0.00).
+  The step costs 0.44 s unloaded and ~2.3 s at load 11, so pretraining alone takes longer
+  than a slow test may.
+* The earlier task (5-digit + 4-digit sums, 4-digit * 2-digit products, ``tool_fraction``
+  0.3, answers of varying length), by hand: 400 + 400 pretraining steps (the second 400 from
+  the first's checkpoint, data seed 2, no warm-up; loss 0.95 -> 0.74), then 20 GRPO steps
+  with the tool: tool-call rate 0.20 (step 1) -> 0.95 (steps 9-20), held-out accuracy (100
+  problems) 0.00 -> 0.44; with tools off 0.00 throughout.
 
-Still to do: a slow test (pretrain once, both GRPO runs, assert the tool run's rate rises and
-it beats the no-tool run) within a test's CPU budget; the pretraining (~800 steps at batch
-32 x 96 tokens) is most of that cost.
+Still to do: a slow test needs the whole proof within ~4 CPU minutes; with the copying
+reached only after ~1000 pretraining steps (~7 minutes unloaded) no setting tried fits.
 """
 
 from __future__ import annotations
@@ -147,7 +150,7 @@ def _write_jsonl(problems: list[Problem], path: Path) -> Path:
 
 
 def prepare(
-    root: str | Path, *, num_docs: int = 20_000, tool_fraction: float = 0.3, seed: int = 0
+    root: str | Path, *, num_docs: int = 4000, tool_fraction: float = 0.5, seed: int = 0
 ) -> tuple[DemoPaths, int]:
     """Tokenizer, pretraining corpus and the train / held-out prompts under ``root``."""
     paths = DemoPaths(Path(root))
