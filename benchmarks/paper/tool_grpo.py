@@ -2,7 +2,7 @@
 the Python tool and beats GRPO without it on the held-out split, both from the same pretrained
 policy (``dsm_engine.recipes.tool_proof``).
 
-    python -P benchmarks/paper/tool_grpo.py [--work runs/tool_grpo] [--steps 20] [--seed 0]
+    python -P benchmarks/paper/tool_grpo.py [--work runs/tool_grpo] [--steps 16] [--seed 0]
 
 Prepares the tool-arithmetic data, pretrains, runs GRPO with ``rollout.tools: python`` and
 with tools off, then writes ``benchmarks/results/tool_grpo/{report.md,tool_grpo.json,
@@ -30,9 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="runs/tool_grpo", help="folder of the runs")
     parser.add_argument("--out", default=str(RESULTS / "tool_grpo"))
     parser.add_argument("--pretrain-steps", type=int, default=defaults.pretrain_steps)
-    parser.add_argument("--steps", type=int, default=20, help="GRPO steps of each run")
-    parser.add_argument("--eval-every", type=int, default=4)
-    parser.add_argument("--eval-prompts", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=defaults.steps, help="GRPO steps of each run")
+    parser.add_argument("--eval-every", type=int, default=defaults.eval_every)
+    parser.add_argument("--eval-prompts", type=int, default=defaults.eval_prompts)
     parser.add_argument("--seed", type=int, default=0, help="corpus and split seed")
     parser.add_argument("--progress", action="store_true", help="show progress bars")
     parser.add_argument(

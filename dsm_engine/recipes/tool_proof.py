@@ -30,8 +30,8 @@ class ToolProofOptions:
     num_docs: int = 4000
     tool_fraction: float = 0.5
     seed: int = 0
-    pretrain_steps: int = 600
-    steps: int = 12
+    pretrain_steps: int = 1200
+    steps: int = 16
     prompts_per_step: int = 8
     group_size: int = 8
     max_new_tokens: int = 64
