@@ -85,28 +85,27 @@ def pretrain(
     steps: int = 300,
     progress: bool = True,
     model: dict[str, Any] | None = None,
+    **overrides: Any,
 ) -> Path:
-    """Pretrain the tiny model (``model``: its sections, default ``TINY_MODEL``) on the corpus;
-    returns the checkpoint root."""
+    """Pretrain the tiny model (``model``: its sections, default ``TINY_MODEL``) on the corpus
+    (``overrides``: top-level config sections, merged); returns the checkpoint root."""
     from dsm_engine.config import from_dict
     from dsm_engine.trainers.config import PretrainConfig
     from dsm_engine.trainers.pretrain import run_pretrain
 
-    cfg = from_dict(
-        PretrainConfig,
-        {
-            "run_dir": str(paths.pretrain_run),
-            "overwrite": True,
-            "model": dict(model or TINY_MODEL),
-            "optim": {"weight_decay": 0.0, "clip_grad": 1.0},
-            "schedule": {"name": "constant", "lr": 3e-3, "warmup_steps": 30},
-            "data": {"paths": [str(paths.corpus)], "eod_token_id": eos, "seed": 1},
-            "train": {"steps": steps, "micro_batch_size": 32, "global_batch_size": 32},
-            "checkpoint": {"every": steps},
-            "logging": {"tensorboard": False, "progress": progress},
-        },
-    )
-    run_pretrain(cfg)
+    sections: dict[str, Any] = {
+        "run_dir": str(paths.pretrain_run),
+        "overwrite": True,
+        "model": dict(model or TINY_MODEL),
+        "optim": {"weight_decay": 0.0, "clip_grad": 1.0},
+        "schedule": {"name": "constant", "lr": 3e-3, "warmup_steps": 30},
+        "data": {"paths": [str(paths.corpus)], "eod_token_id": eos, "seed": 1},
+        "train": {"steps": steps, "micro_batch_size": 32, "global_batch_size": 32},
+        "checkpoint": {"every": steps},
+        "logging": {"tensorboard": False, "progress": progress},
+    }
+    _merge(sections, overrides)
+    run_pretrain(from_dict(PretrainConfig, sections))
     return paths.pretrain_run / "checkpoints"
 
 

@@ -1,24 +1,26 @@
 """The CPU proof that GRPO with tool-integrated rollouts learns to call the tool.
 
 The task: sums and products of operands too large for a ~0.4M-parameter model to work out
-in its head (``48213 + 7730``, ``4821 * 73``). The pretraining text answers such questions
+in its head (``4821 + 3730``, ``482 * 73``; every answer of an operation has the same number
+of digits, see ``SUM_OPERANDS``). The pretraining text answers such questions
 in two ways, in the tool-integrated (tir) format of ``dsm_engine.sandbox.tir_format``::
 
-    Question: What is 4821 * 73?
+    Question: What is 482 * 73?
     Answer:
     ```python
-    print(4821 * 73)
+    print(482 * 73)
     ```
     ```output
-    351933
+    35186
     ```
-    The answer is \\boxed{351933}.
+    The answer is \\boxed{35186}.
 
-or directly (``Answer: The answer is \\boxed{351933}.``), the more common way
-(``tool_fraction`` of the documents use the tool). Both are correct text, but only the tool
+or directly (``Answer: The answer is \\boxed{35186}.``); ``tool_fraction`` of the documents
+use the tool. Both are correct text, but only the tool
 path is one the tiny model can follow: copying the operands into ``print`` and the printed
-value into the box is easy, computing the value is not. So the pretrained policy mostly
-answers directly and wrongly, and sometimes calls the tool.
+value into the box is easy, computing the value is not. So the pretrained policy answers
+directly (and wrongly) about as often as ``1 - tool_fraction``, leaving the tool-call rate
+room to rise.
 
 Then GRPO twice from the same checkpoint: with ``rollout.tools: python`` (the sandbox runs
 the blocks; the printed values are masked from the loss) and with tools off (a ``python``
@@ -27,24 +29,32 @@ samples that used the tool, so the tool run learns to call it and its held-out a
 (greedy, evaluated the way it was trained: with the tool) rises; the no-tool run has nothing
 to learn from.
 
-Measured (2 shared CPU cores; seed 0; held-out greedy exact match on 100 problems):
+Measured on this task (2 CPU cores shared with other jobs, load 2-14 during the runs; corpus
+seed 0, 4000 documents, ``tool_fraction`` 0.5; batch 32 x 96 tokens at 3e-3; held-out greedy
+exact match on 50 problems; ``benchmarks/paper/tool_grpo.py``, pretraining resumed in
+sittings of 300 steps, which the fixed data order makes the same run):
 
-* Copying is what pretraining must reach. After 400 pretraining steps the model's ``print``
-  arguments are random digits (no tool-using sample right, GRPO reward 0 everywhere); after
-  400 more (from that checkpoint, data seed 2, no warm-up; loss 0.95 -> 0.74) it copies the
-  operands and the output often but not always. ``pretrain`` defaults to 800 steps for that
-  reason (one run of 800 is not yet measured).
-* GRPO with ``rollout.tools: python`` from that checkpoint, 20 steps of ``grpo_config``:
-  tool-call rate of the samples 0.20 (step 1) -> 0.69 (step 7) -> 0.95 (steps 9-20); held-out
-  accuracy 0.00 -> 0.42 (step 10) -> 0.44 (step 20); 240 s of CPU for the 20 steps.
-  The pretrained model's failed tool answers are copying slips (a digit of an operand, or
-  of the output into the box); the post-GRPO failures were not inspected.
-* The same 20 steps with tools off: sampled accuracy 0.00 at every step (no reward, so
-  nothing to learn), held-out accuracy 0.00 at steps 0, 10 and 20; 174 s of CPU.
+* Pretraining must reach copying, and it is slow to: the loss sits at ~0.85 from step ~100 to
+  ~300, then falls slowly (0.82 at 300, 0.745 at 600, 0.67 at 900, 0.62 at 1000). From the
+  600-step checkpoint no tool-using sample of 12 GRPO steps was right (tool-call rate 0.45 ->
+  0.45, held-out 0.00 in both runs); from the 900-step one, 2 of 768 samples were (rate 0.42
+  -> 0.53 over the last three of 12 steps, held-out 0.00 -> 0.02; no-tool run 0.00).
+* From the 1200-step checkpoint (loss ~0.60; the defaults; the committed
+  ``benchmarks/results/tool_grpo``), 16 GRPO steps with the tool: tool-call rate of the
+  samples 0.50 (step 1) -> 0.69 (step 4) -> 0.98 (mean of steps 14-16), sampled accuracy
+  0.22 -> 0.80 (step 8), held-out accuracy 0.06 (step 0) -> 0.62 / 0.68 / 0.58 / 0.58
+  (steps 4 / 8 / 12 / 16). With tools off: held-out 0.00 at every evaluation. One seed.
+  The step costs 0.44 s unloaded and ~2.3 s at load 11, so pretraining alone takes longer
+  than a slow test may.
+* The earlier task (5-digit + 4-digit sums, 4-digit * 2-digit products, ``tool_fraction``
+  0.3, answers of varying length), by hand: 400 + 400 pretraining steps (the second 400 from
+  the first's checkpoint, data seed 2, no warm-up; loss 0.95 -> 0.74), then 20 GRPO steps
+  with the tool: tool-call rate 0.20 (step 1) -> 0.95 (steps 9-20), held-out accuracy (100
+  problems) 0.00 -> 0.44; with tools off 0.00 throughout.
 
-Still to do: a slow test (pretrain once, both GRPO runs, assert the tool run's rate rises and
-it beats the no-tool run) within a test's CPU budget; the pretraining (~800 steps at batch
-32 x 96 tokens) is most of that cost.
+Still to do: a slow test needs the whole proof within ~4 CPU minutes; with the copying
+reached only after ~1000-1200 pretraining steps (~8 minutes unloaded) no setting tried fits
+(smaller batches or sequences, other learning rates and a second seed are not measured).
 """
 
 from __future__ import annotations
@@ -99,15 +109,28 @@ def split_of(p: Problem) -> str:
     return "heldout" if bucket < 10 else "train" if bucket < 45 else "pretrain"
 
 
+# Operand ranges (a, b) of the sums and of the products, chosen so that every answer has the
+# same number of digits (4 for sums, 5 for products): then each copy (question -> ``print``,
+# output -> box) is at a fixed distance per operation, which a tiny model learns fast.
+SUM_OPERANDS = ((1000, 4999), (1000, 4999))
+PRODUCT_OPERANDS = ((300, 999), (34, 99))
+
+
+def _operand(rng: random.Random, lo: int, hi: int) -> int:
+    """A number in ``[lo, hi]`` without a trailing zero (a zero would make a product easy)."""
+    while (n := rng.randint(lo, hi)) % 10 == 0:
+        pass
+    return n
+
+
 def make_problems(split: str, n: int, seed: int) -> list[Problem]:
-    """``n`` problems of ``split``: 5-digit + 4-digit sums, 4-digit * 2-digit products."""
+    """``n`` problems of ``split``: half sums of ``SUM_OPERANDS``, half products of
+    ``PRODUCT_OPERANDS``."""
     rng = random.Random(f"tool-arith:{split}:{seed}")
     out: list[Problem] = []
     while len(out) < n:
-        if rng.random() < 0.5:
-            p = Problem("+", rng.randint(10_000, 99_999), rng.randint(1000, 9999))
-        else:
-            p = Problem("*", rng.randint(1000, 9999), rng.randint(11, 99))
+        op, (ra, rb) = ("+", SUM_OPERANDS) if rng.random() < 0.5 else ("*", PRODUCT_OPERANDS)
+        p = Problem(op, _operand(rng, *ra), _operand(rng, *rb))
         if split_of(p) == split:
             out.append(p)
     return out
@@ -133,7 +156,7 @@ def _write_jsonl(problems: list[Problem], path: Path) -> Path:
 
 
 def prepare(
-    root: str | Path, *, num_docs: int = 20_000, tool_fraction: float = 0.3, seed: int = 0
+    root: str | Path, *, num_docs: int = 4000, tool_fraction: float = 0.5, seed: int = 0
 ) -> tuple[DemoPaths, int]:
     """Tokenizer, pretraining corpus and the train / held-out prompts under ``root``."""
     paths = DemoPaths(Path(root))
@@ -145,10 +168,12 @@ def prepare(
     return paths, eos
 
 
-def pretrain(paths: DemoPaths, eos: int, *, steps: int = 800, progress: bool = True) -> Path:
+def pretrain(
+    paths: DemoPaths, eos: int, *, steps: int = 1200, progress: bool = True, **overrides: Any
+) -> Path:
     """Pretrain the tool task's model (longer sequences than the arithmetic recipe's) on the
-    corpus; returns the checkpoint root."""
-    return arithmetic_pretrain(paths, eos, steps=steps, progress=progress, model=MODEL)
+    corpus (``overrides``: config sections, merged); returns the checkpoint root."""
+    return arithmetic_pretrain(paths, eos, steps=steps, progress=progress, model=MODEL, **overrides)
 
 
 def grpo_config(paths: DemoPaths, init: Path, *, tools: bool, **overrides: Any):
