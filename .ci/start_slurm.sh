@@ -51,7 +51,8 @@ if [ -f "$CONF" ] && ! head -n 1 "$CONF" | grep -qF "$HEADER"; then
   exit 1
 fi
 mkdir -p /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
-CPUS=$(nproc)
+# nproc honours OMP_NUM_THREADS, which a test worker may have lowered: count the CPUs
+CPUS=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
 MEM_MB=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
 cat >"$CONF.new" <<CONF
 $HEADER: one node, no cgroups, no accounting
