@@ -80,6 +80,19 @@ def grad_weight_mode(mode: str, weight: torch.Tensor, n: int, token_chunk: int) 
     return "fp32" if resolve_grad_weight_accum(mode, weight.dtype, n, token_chunk) else "param"
 
 
+def _fp32_row_temporaries(mode: str, weight: torch.Tensor) -> bool:
+    """Whether the chunk loops hold fp32 ``(token_chunk, H)`` temporaries that row blocks may
+    bound: low-precision inputs (the hidden gradient's fp32 sum over vocabulary slices, the
+    fp32 copy of ``hidden`` for the weight gradient) whose weight gradient is summed in fp32
+    (``main_grad`` or the ``"fp32"`` buffer), so that splitting the tokens costs it nothing.
+    ``"param"`` and ``"auto"`` without ``main_grad`` keep one token chunk (one rounding)."""
+    if weight.dtype == torch.float32 or mode not in GRAD_WEIGHT_ACCUM:
+        return False
+    main_grad = getattr(weight, "main_grad", None)
+    fp32_main_grad = isinstance(main_grad, torch.Tensor) and main_grad.dtype == torch.float32
+    return mode == "fp32" or (mode in ("auto", "main_grad") and fp32_main_grad)
+
+
 def resolve_head(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -118,7 +131,13 @@ def resolve_head(
     check_targets(targets.reshape(n), n, v_global, name="targets")
     on_cpu = path == "torch" and hidden.device.type == "cpu"
     tc, vc = resolve_chunk_sizes(
-        n, h, v_local, options.token_chunk, options.vocab_chunk, cpu=on_cpu
+        n,
+        h,
+        v_local,
+        options.token_chunk,
+        options.vocab_chunk,
+        cpu=on_cpu,
+        fp32_rows=_fp32_row_temporaries(options.grad_weight_accum, weight),
     )
     return Head(
         backend=library.get_backend(path),

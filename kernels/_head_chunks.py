@@ -35,6 +35,16 @@ than a few: narrower matmuls run slower on CPU
 N=512, H=1024, V=32,000). The chunk buffers are allocated once per pass and reused
 (``ChunkBuffers``).
 
+Low-precision inputs on CPU add fp32 temporaries of their own: the hidden gradient's fp32 sum
+over slices ``(token_chunk, H)``, and the fp32 copies that the fp32 products take (no CPU
+matmul writes fp32 from bf16). The copies are made in column blocks of ``H`` no larger than
+the logits block (``_upcast_grads``), and when the weight gradient is summed in fp32 (the
+engine's training path: megatron's fp32 ``main_grad``; or ``"fp32"``) the tokens are split
+into equal row blocks with ``token_chunk·H`` within the block too (``cpu_chunk_sizes``'
+``row_width``), each meeting wider vocabulary slices: at most ~4.5 blocks (~7% of the fp32
+logits) are live in all. ``"param"`` and ``"auto"`` without ``main_grad`` keep one token chunk
+(one rounding of the weight gradient) and the ``(N, H)`` fp32 sum (``H/V`` of the logits).
+
 Chunk rule on GPU (``default_chunk_sizes``; also the Triton interpreter): the logits buffer of
 one (token chunk, vocabulary chunk) pair is bounded by ``budget = max(N·H, MIN_BUDGET)`` elements: no larger than ``hidden``, but
 never forced below ``MIN_BUDGET`` (16 Mi elements: 32 MiB of bf16 logits, small beside any
@@ -142,12 +152,20 @@ def default_chunk_sizes(
     return max(1, min(c0, budget // vocab)), vocab
 
 
-def cpu_chunk_sizes(n: int, v_local: int) -> tuple[int, int]:
-    """``(token_chunk, vocab_chunk)`` of the CPU rule: all ``N`` tokens at once, the
-    vocabulary in ``CPU_VOCAB_CHUNKS`` slices of ``ceil(V_local / CPU_VOCAB_CHUNKS)`` rows (at
-    least ``min(V_local, VOCAB_ALIGN)``); see the module docstring."""
-    vocab = max(-(-v_local // CPU_VOCAB_CHUNKS), min(v_local, VOCAB_ALIGN))
-    return max(1, n), vocab
+def cpu_chunk_sizes(n: int, v_local: int, *, row_width: int = 0) -> tuple[int, int]:
+    """``(token_chunk, vocab_chunk)`` of the CPU rule: a block of at most
+    ``ceil(N·V_local / CPU_VOCAB_CHUNKS)`` logits. Without ``row_width``, all ``N`` tokens at
+    once and the vocabulary in slices of ``ceil(V_local / CPU_VOCAB_CHUNKS)`` rows (at least
+    ``min(V_local, VOCAB_ALIGN)``). ``row_width`` (H, when the op holds fp32 ``(token_chunk,
+    H)`` temporaries: low-precision inputs whose weight gradient is summed in fp32) also
+    bounds ``token_chunk·row_width`` by the block: the tokens split into equal row blocks and
+    each block meets wider vocabulary slices. See the module docstring."""
+    budget = -(-n * v_local // CPU_VOCAB_CHUNKS)
+    rows = n if row_width <= 0 else max(1, min(n, budget // row_width))
+    if rows >= n:
+        return max(1, n), max(-(-v_local // CPU_VOCAB_CHUNKS), min(v_local, VOCAB_ALIGN))
+    rows = -(-n // -(-n // rows))  # equal row blocks, none larger than the bound
+    return rows, _vocab_chunk_for(budget, rows, v_local)
 
 
 def resolve_chunk_sizes(
@@ -158,13 +176,17 @@ def resolve_chunk_sizes(
     vocab_chunk: int | None,
     *,
     cpu: bool = False,
+    fp32_rows: bool = False,
 ) -> tuple[int, int]:
     """User chunk sizes (positive ints or None, as ``HeadOptions`` validated them), a missing
     one filled from the default budget (``default_chunk_sizes``); with neither given and
-    ``cpu`` (the PyTorch primitives on a CPU tensor), the CPU rule (``cpu_chunk_sizes``).
+    ``cpu`` (the PyTorch primitives on a CPU tensor), the CPU rule (``cpu_chunk_sizes``, its
+    rows bounded too when ``fp32_rows``: fp32 ``(token_chunk, H)`` temporaries exist).
     Returns ``(token_chunk, vocab_chunk <= v_local)``."""
     if token_chunk is None and vocab_chunk is None:
-        return cpu_chunk_sizes(n, v_local) if cpu else default_chunk_sizes(n, h, v_local)
+        if cpu:
+            return cpu_chunk_sizes(n, v_local, row_width=h if fp32_rows else 0)
+        return default_chunk_sizes(n, h, v_local)
     budget = max(n * h, MIN_BUDGET)
     if vocab_chunk is None:
         assert token_chunk is not None
@@ -212,6 +234,34 @@ def _chunk_logits(
         return hidden @ w.T
     out = buffers.logits[: hidden.shape[0] * w.shape[0]].view(hidden.shape[0], w.shape[0])
     return torch.matmul(hidden, w.T, out=out)
+
+
+def _fp32_copy(x: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """``x`` upcast to fp32 in the flat buffer ``scratch`` (exact; no new allocation)."""
+    return scratch[: x.numel()].view(x.shape).copy_(x)
+
+
+def _upcast_grads(
+    d32: torch.Tensor,
+    w: torch.Tensor,
+    hidden: torch.Tensor,
+    acc: torch.Tensor | None,
+    grad_weight: torch.Tensor | None,
+) -> None:
+    """``acc += d32 @ w`` and ``grad_weight += d32.T @ hidden`` in fp32 for fp32 ``d32 (C, Vc)``
+    and low-precision ``w (Vc, H)``, ``hidden (C, H)`` (either target may be None).
+
+    The operands are upcast in column blocks of ``H`` of ``min(C, Vc)`` columns, so no fp32
+    copy is larger than the ``(C, Vc)`` block; the output columns are independent, so the
+    sums are those of one full-width product.
+    """
+    width = max(1, min(d32.shape))
+    for h0 in range(0, w.shape[1], width):
+        cols = slice(h0, h0 + width)
+        if acc is not None:
+            acc[:, cols].addmm_(d32, w[:, cols].float())
+        if grad_weight is not None:
+            grad_weight[:, cols].addmm_(d32.T, hidden[:, cols].float())
 
 
 def chunk_stats(
@@ -292,6 +342,11 @@ def chunk_grads(
     acc = None
     if grad_hidden is not None and len(starts) > 1 and hidden.dtype != torch.float32:
         acc = torch.zeros(grad_hidden.shape, dtype=torch.float32, device=grad_hidden.device)
+    work = None if buffers is None else buffers.work
+    # The PyTorch primitives on CPU with low-precision inputs: the fp32 products take fp32
+    # copies of their operands (no CPU matmul writes fp32 from bf16), never one larger than
+    # a chunk block (_upcast_grads), so the CPU rule's budget holds.
+    upcast = work is not None and not hidden.is_cuda and hidden.dtype != torch.float32
     for i, v0 in enumerate(starts):
         w = weight[v0 : v0 + vocab_chunk]
         if kept is not None:
@@ -299,20 +354,26 @@ def chunk_grads(
         else:
             logits = _chunk_logits(hidden, w, buffers)
         start = head.vocab_start + v0
-        work = None if buffers is None else buffers.work
         dlogits = head.backend.grad(
             logits, targets, lse, px, grad_logp, grad_ent, None, start, head.inv_temp, True, work
         )
         logits = None
-        if grad_hidden is not None:
+        rows = None if grad_weight is None else grad_weight[v0 : v0 + vocab_chunk]
+        fp32_rows = rows is not None and rows.dtype == torch.float32
+        d32 = None
+        if upcast and (acc is not None or fp32_rows):
+            assert work is not None  # the gradient primitive is done with work[1]
+            d32 = _fp32_copy(dlogits, work[1])
+            _upcast_grads(d32, w, hidden, acc, rows if fp32_rows else None)
+        if grad_hidden is not None and (acc is None or d32 is None):
             if acc is not None:
                 addmm_fp32_(acc, dlogits, w)
             elif i == 0:
                 torch.matmul(dlogits, w, out=grad_hidden)
             else:
                 grad_hidden.addmm_(dlogits, w)
-        if grad_weight is not None:
-            addmm_fp32_(grad_weight[v0 : v0 + vocab_chunk], dlogits.T, hidden)
-        dlogits = None
+        if rows is not None and (d32 is None or not fp32_rows):
+            addmm_fp32_(rows, dlogits.T, hidden)
+        dlogits = d32 = None
     if acc is not None:
         grad_hidden.copy_(acc)

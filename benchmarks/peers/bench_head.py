@@ -15,6 +15,10 @@ old/reference log-probs, mask and per-sequence advantages, then backpropagates i
 * ``ours-logprobs gw=M``: ``fused_linear_logprobs``, ``grpo_loss`` on top;
   ``ours-grpo gw=M``: ``fused_linear_grpo_loss``; ``impl="torch"`` on CPU, Triton on CUDA;
   ``M`` each ``grad_weight_accum`` mode (one row in fp32, where the modes coincide).
+  ``gw=main_grad`` is the engine's own training path: the weight carries an fp32
+  ``main_grad`` (megatron-core's DDP gives every parameter one; it is allocated with the
+  inputs, before the baseline) and ``"auto"`` resolves to it there; the weight's gradient goes
+  straight into it, so only the hidden gradient counts as a new gradient in that row.
 
 Each variant runs in its own process: every library is imported and the inputs built, one
 warm-up step runs (torch.compile, autotuning), then the peak memory of one step is measured
@@ -78,12 +82,12 @@ SHAPES = {
     + _grid([4096], [32_000], [512], ["fp32", "bf16"]),
     "gpu": _grid([4096], [102_400], [4096, 8192, 16384], ["bf16"]),
 }
-GW_MODES = ("auto", "fp32", "param")
+GW_MODES = ("auto", "fp32", "param", "main_grad")
 
 
 def variant_names(dtype: str) -> list[str]:
-    """Variants measured at one dtype (the ``grad_weight_accum`` modes coincide in fp32)."""
-    modes = GW_MODES if dtype != "fp32" else ("auto",)
+    """Variants measured at one dtype (in fp32 the modes without ``main_grad`` coincide)."""
+    modes = GW_MODES if dtype != "fp32" else ("auto", "main_grad")
     ours = [f"ours-{op} gw={m}" for op in ("logprobs", "grpo") for m in modes]
     return ["materialised", "torch-chunked", "liger", "liger-compiled", *ours]
 
@@ -178,6 +182,8 @@ def measure(spec: dict) -> dict:
         import liger_kernel.chunked_loss  # noqa: F401
     device = spec["device"]
     p = Problem(spec["n"], spec["h"], spec["v"], DTYPES[spec["dtype"]], device)
+    if spec["variant"].endswith("gw=main_grad"):
+        p.weight.main_grad = torch.zeros(p.weight.shape, dtype=torch.float32, device=device)
     loss_fn = make_variant(spec["variant"], p, "triton" if device == "cuda" else "torch")
 
     def step() -> torch.Tensor:
@@ -219,7 +225,9 @@ def _row(spec: dict, got: dict, baseline: float | None) -> dict:
     if "error" in got:
         return {**row, "error": got["error"]}
     logits = n * v * 4
-    grads = (n * h + v * h) * DTYPES[spec["dtype"]].itemsize
+    # A main_grad row's weight gradient lands in main_grad, allocated with the inputs.
+    new_grads = n * h + (0 if spec["variant"].endswith("gw=main_grad") else v * h)
+    grads = new_grads * DTYPES[spec["dtype"]].itemsize
     compared = got["cpu_seconds"] or got["seconds"]
     row["s"] = round(got["seconds"], 4)
     if got["cpu_seconds"] is not None:
@@ -248,7 +256,11 @@ def run(args: argparse.Namespace) -> Path:
         "s = median wall seconds per step; on CPU 'cpu s' = median CPU-seconds of the process "
         "per step (all its threads), which a loaded shared machine disturbs less, and "
         "'x materialised' compares those.",
-        "fp32 rows: the grad_weight_accum modes coincide (no fp32 buffer is needed), one row.",
+        "fp32 rows: the grad_weight_accum modes without main_grad coincide (no fp32 buffer "
+        "is needed), one row.",
+        "gw=main_grad: the weight carries an fp32 main_grad (megatron's DDP; the engine's "
+        "training path), allocated before the baseline; its rows subtract only the hidden "
+        "gradient N·H.",
     ]
     for n, h, v, dtype in shapes:
         baseline = None

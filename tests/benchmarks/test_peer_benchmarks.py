@@ -55,13 +55,16 @@ def test_head_problem_has_ragged_masks_and_rejects_partial_sequences():
         mod.Problem(300, 8, 100, torch.float32, "cpu")
 
 
-def test_head_fp32_lists_one_grad_weight_mode_and_bf16_all():
+def test_head_fp32_lists_auto_and_main_grad_and_bf16_all_modes():
     names = _load("bench_head").variant_names
     assert [n for n in names("fp32") if n.startswith("ours")] == [
         "ours-logprobs gw=auto",
+        "ours-logprobs gw=main_grad",
         "ours-grpo gw=auto",
+        "ours-grpo gw=main_grad",
     ]
-    assert sum(n.startswith("ours") for n in names("bf16")) == 6
+    assert sum(n.startswith("ours") for n in names("bf16")) == 8
+    assert "ours-grpo gw=main_grad" in names("bf16")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")

@@ -364,6 +364,18 @@ def test_cpu_chunk_rule_bounds_a_chunk_to_a_64th_of_the_logits():
     assert cpu_chunk_sizes(4, 100) == (4, 100)
 
 
+def test_cpu_rule_with_fp32_row_temporaries_bounds_rows_by_the_block_too():
+    from dsm_engine.kernels._head_chunks import cpu_chunk_sizes
+
+    for n, h, v in [(512, 1024, 32000), (2048, 4096, 32000), (512, 4096, 102400)]:
+        budget = -(-n * v // 64)
+        tc, vc = cpu_chunk_sizes(n, v, row_width=h)
+        # Equal row blocks whose fp32 (rows, H) copies and logits block each fit the budget.
+        assert tc < n and tc * h <= budget and tc * vc <= budget and vc % 128 == 0
+        assert -(-n // tc) * tc - n < -(-n // tc)
+    assert cpu_chunk_sizes(512, 32000, row_width=256) == (512, 500)  # H small: no row blocks
+
+
 def test_cpu_rule_applies_to_the_torch_primitives_on_cpu_unless_chunks_are_given():
     from dsm_engine.kernels._head_chunks import resolve_chunk_sizes
 

@@ -231,3 +231,37 @@ def test_grad_weight_accumulator_size_per_mode(mode):
     else:
         assert grads + accumulator <= rec.peak <= grads + accumulator + slack, rec.peak
     assert weight.grad.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("op", ["logprobs", "grpo"])
+def test_cpu_training_path_holds_under_a_tenth_of_the_logits_beyond_the_gradients(op):
+    """The engine's training path: a bf16 weight carrying megatron's fp32 ``main_grad``, the
+    default ``grad_weight_accum`` ("auto" resolves to "main_grad"), the PyTorch primitives on
+    CPU. Live bytes beyond the hidden gradient (the weight's goes into ``main_grad``, which
+    exists before the call) stay within 10% of the fp32 logits N·V·4, with H/V large enough
+    that fp32 ``(N, H)`` or ``(V/64, H)`` copies alone would break it (each ~6%)."""
+    b, t, h, v = 2, 16, 512, 8192  # N = 32; N·V·4 = 1 MiB
+    gen = torch.Generator().manual_seed(2)
+    hidden = torch.randn(b, t, h, generator=gen).bfloat16().requires_grad_()
+    weight = (torch.randn(v, h, generator=gen) / h**0.5).bfloat16().requires_grad_()
+    weight.main_grad = torch.zeros(v, h)
+    targets = torch.randint(0, v, (b, t), generator=gen)
+    old = torch.randn(b, t, generator=gen) * 0.1 - 9
+    ref = old + 0.01
+    mask = torch.ones(b, t, dtype=torch.bool)
+    adv = torch.tensor([1.0, -1.0])
+    n = b * t
+    inputs = (hidden, weight, weight.main_grad, targets, old, ref, mask, adv)
+    with PeakLiveElements(in_bytes=True, inputs=inputs) as rec:
+        if op == "grpo":
+            loss, _ = fused_linear_grpo_loss(
+                hidden, weight, targets, old, ref, mask, advantages=adv, impl="torch"
+            )
+        else:
+            loss = fused_linear_logprobs(
+                hidden.reshape(n, h), weight, targets.view(-1), impl="torch"
+            ).sum()
+        loss.backward()
+    hidden_grad = n * h * 2
+    assert rec.peak - hidden_grad <= 0.1 * n * v * 4, (rec.peak, hidden_grad)
+    assert weight.grad is None and weight.main_grad.abs().sum() > 0
