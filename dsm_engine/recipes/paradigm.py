@@ -21,13 +21,13 @@ GRPO > Online RFT, process supervision >= outcome supervision.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dsm_engine.recipes.arithmetic import DemoPaths, grpo_config, prm_grpo_config
+from dsm_engine.recipes.report_files import write_report_files
 
 METHODS: tuple[str, ...] = ("rft", "online_rft", "grpo_outcome", "grpo_process")
 LABELS: dict[str, str] = {
@@ -207,21 +207,21 @@ def write_report(
     """Write ``paradigm.json`` (curves, budgets, findings, ``meta``), ``report.md`` (``meta``
     on its first line, then the table, findings and ``notes``) and ``paradigm.png`` under
     ``out_dir``; returns ``out_dir``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     record = {
-        "meta": meta or {},
         "budgets": result.budgets,
         "tail": result.tail,
         "prm_metrics": result.prm_metrics,
         "curves": {m: {str(s): a for s, a in c.items()} for m, c in result.curves.items()},
         "findings": [{"finding": f, "held": held} for f, held in result.findings()],
     }
-    (out / "paradigm.json").write_text(json.dumps(record, indent=1) + "\n")
-    header = " | ".join(f"{k}: {v}" for k, v in (meta or {}).items())
-    body = render_markdown(result) + "".join(f"\n{n}\n" for n in notes)
-    title = "# Figure 5: RFT, Online RFT, GRPO+OS and GRPO+PS on the arithmetic task"
-    (out / "report.md").write_text(f"{title}\n\n{header}\n\n{body}")
+    out = write_report_files(
+        out_dir,
+        json_name="paradigm.json",
+        record=record,
+        title="Figure 5: RFT, Online RFT, GRPO+OS and GRPO+PS on the arithmetic task",
+        body=render_markdown(result) + "".join(f"\n{n}\n" for n in notes),
+        meta=meta,
+    )
     plot(result, out / "paradigm.png")
     return out
 

@@ -12,13 +12,13 @@ answers the model could not find before. ``compare``'s report says whether each 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dsm_engine.eval.k_curves import SampledQuestion, k_curves
 from dsm_engine.grpo.data import Prompt
+from dsm_engine.recipes.report_files import write_report_files
 from dsm_engine.text_codec import TextCodec
 
 
@@ -137,19 +137,20 @@ def compare(
         sampled = sample_questions(path, prompts, codec, options)
         curves[label] = k_curves(sampled, options.ks, draws=options.draws, seed=options.seed)
     result = SharpeningResult(curves, options, len(prompts))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     record = {
-        "meta": meta or {},
         "options": asdict(options),
         "questions": len(prompts),
         "checkpoints": {k: str(v) for k, v in checkpoints.items()},
         "curves": curves,
     }
-    (out / "sharpening.json").write_text(json.dumps(record, indent=1) + "\n")
-    header = " | ".join(f"{k}: {v}" for k, v in (meta or {}).items())
-    (out / "sharpening.md").write_text(
-        f"# Pass@K and Maj@K before and after RL\n\n{header}\n\n" + render_markdown(result)
+    out = write_report_files(
+        out_dir,
+        json_name="sharpening.json",
+        record=record,
+        title="Pass@K and Maj@K before and after RL",
+        body=render_markdown(result),
+        meta=meta,
+        md_name="sharpening.md",
     )
     plot(result, out / "sharpening.png")
     return result

@@ -11,11 +11,12 @@ run's held-out accuracy after GRPO beats the no-tool run's, the no-tool run stay
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from dsm_engine.recipes.report_files import write_report_files
 
 RUNS: tuple[str, ...] = ("tools", "no_tools")
 LABELS: dict[str, str] = {"tools": "GRPO, tool on", "no_tools": "GRPO, tool off"}
@@ -191,21 +192,21 @@ def write_report(
 ) -> Path:
     """Write ``tool_grpo.json`` (curves, findings, ``meta``), ``report.md`` (``meta`` on its
     first line, the tables, findings and ``notes``) and ``tool_grpo.png`` under ``out_dir``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     record = {
-        "meta": meta or {},
         "runs": {
             name: {key: {str(s): v for s, v in curve.items()} for key, curve in asdict(c).items()}
             for name, c in result.runs.items()
         },
         "findings": [{"finding": f, "held": held} for f, held in result.findings()],
     }
-    (out / "tool_grpo.json").write_text(json.dumps(record, indent=1) + "\n")
-    header = " | ".join(f"{k}: {v}" for k, v in (meta or {}).items())
-    body = render_markdown(result) + "".join(f"\n{n}\n" for n in notes)
-    title = "# GRPO with tool-integrated rollouts learns to call the tool (tool arithmetic)"
-    (out / "report.md").write_text(f"{title}\n\n{header}\n\n{body}")
+    out = write_report_files(
+        out_dir,
+        json_name="tool_grpo.json",
+        record=record,
+        title="GRPO with tool-integrated rollouts learns to call the tool (tool arithmetic)",
+        body=render_markdown(result) + "".join(f"\n{n}\n" for n in notes),
+        meta=meta,
+    )
     plot(result, out / "tool_grpo.png")
     return out
 
