@@ -403,7 +403,7 @@ class GRPORun:
             temperature=self.cfg.rollout.temperature,
             max_len=self.cfg.rollout.max_new_tokens,
             tp_group=self.tp_group,
-            finalize_grads=grad_finalizer(self.cfg.optim, s.chunks),
+            finalize_grads=grad_finalizer(self.cfg.optim, [self.policy]),
             phase=s.phase,
         )
 
