@@ -14,22 +14,23 @@ Measured (2026-12-07, 2-core CPU under a load average of 5-15, one thread) on a 
 pretrained by the fixture's recipe, start 0.60 on the first 100 held-out problems:
 
 =========== ================================================ ====================== =======
-method      run                                              train.seed 1 / 2 (/ 3) CPU s
+method      run                                              train.seed 1 / 2 / 3   CPU s
 =========== ================================================ ====================== =======
 sft         16 steps x 16 gold solutions, lr 5e-4            accuracy 0.60 -> 0.69  6-9
             (data.seed 1234 / 7 / 99: nothing is sampled)    / 0.75 / 0.72
 rft         24 steps x 16 prompts x 8, lr 3e-4               0.71 / 0.75 / 0.75     31-40
             (seed 3 with data.seed 7)
-dpo         24 steps, lr 2e-4, dpo_beta 0.3, 2 pairs/prompt  0.70 / 0.70            30-35
-online_rft  16 steps x 16 prompts x 8, lr 5e-4               reward +0.235 / +0.257 25
-ppo         same, critic lr 1e-3                             +0.226 / +0.159        39-44
-grpo        same                                             +0.214 / +0.208        30-31
-rloo        same                                             +0.228 / +0.171        28-30
-dr_grpo     same                                             +0.206 / +0.175        30-33
+dpo         24 steps, lr 2e-4, dpo_beta 0.3, 2 pairs/prompt  0.70 / 0.70 / 0.71     30-35
+online_rft  16 steps x 16 prompts x 8, lr 5e-4               reward +0.235 / +0.257 25-26
+                                                             / +0.293
+ppo         same, critic lr 1e-3                             +0.226 / +0.159 / .189 39-44
+grpo        same                                             +0.214 / +0.208 / .217 26-31
+rloo        same                                             +0.228 / +0.171 / .208 27-30
+dr_grpo     same                                             +0.206 / +0.175 / .217 28-33
 =========== ================================================ ====================== =======
 
 (reward: mean of the last 5 steps minus the first 5; the online methods' held-out accuracy
-rose too, 0.60 -> 0.66-0.75, but by as little as 0.06.) The sampled reward of a frozen sampler
+went 0.60 -> 0.61-0.75 in these runs, a rise too small to judge on at this length.) The sampled reward of a frozen sampler
 (rft's, same prompts) moved by +0.061 (16 steps, seed 1) and +0.078 / -0.037 / +0.028 (24
 steps, seeds 1-3): the prompts of the first and last steps differ in difficulty. Hence the
 reward margin 0.10, above that drift and 0.06 below the least rise measured; the accuracy
