@@ -127,6 +127,61 @@ def _two_updates(model, cfg, batch, old, ref, adv, algo, tp_group) -> dict:
     return {"loss": res.loss, "grad_norm": res.grad_norm, "metrics": res.metrics, "params": params}
 
 
+def _stepped_policy(hf_state, parallel):
+    """The policy as the loop builds it (initialised, then loaded: a model built for loading
+    only has no tensor-parallel attributes, and the optimizer's grad norm needs them) with
+    AdamW at lr 1e-2 and no clipping: ``(cfg, ctx, model, opt, optim, tp_group)``."""
+    from dsm_engine.models import build_model, initialize_parallel
+    from dsm_engine.models.config import model_config
+    from dsm_engine.models.convert import load_hf_weights
+    from dsm_engine.trainers.optim import OptimConfig, TorchAdamW
+
+    cfg = model_config(TINY)
+    ctx = initialize_parallel(parallel, seed=1)
+    model = build_model(cfg, ctx)
+    load_hf_weights(model, hf_state.__getitem__, cfg)
+    optim = OptimConfig(weight_decay=0.1, clip_grad=0.0)
+    opt = TorchAdamW([model], optim)
+    for group in opt.param_groups:
+        group["lr"] = 1e-2
+    return cfg, ctx, model, opt, optim, ctx.tp_group if parallel.tp > 1 else None
+
+
+def _stand_in_run(run_cfg, ctx, model, opt, tp_group, **more):
+    """What ``planned_update`` / ``ppo_update`` read of a ``GRPORun``, with the loop's own
+    ``update``."""
+    from types import SimpleNamespace
+
+    from dsm_engine.grpo.trainer import GRPORun
+
+    session = SimpleNamespace(
+        opt=opt, zero_grad=opt.zero_grad, phase=lambda _name: contextlib.nullcontext()
+    )
+    run = SimpleNamespace(
+        cfg=run_cfg, ctx=ctx, session=session, policy=model, tp_group=tp_group, **more
+    )
+    run.update = lambda *args: GRPORun.update(run, *args)
+    return run
+
+
+def _old_and_reference_logprobs(model, batch, shift, tp_group, micro_batch_size):
+    """The policy's log-probs of ``batch`` and the reference's (them plus ``shift`` on the
+    response tokens); the policy's gradients are cleared for the step."""
+    from dsm_engine.grpo.step import sequence_logprobs
+
+    old, _ = sequence_logprobs(
+        model,
+        batch.tokens,
+        batch.targets,
+        temperature=TEMP,
+        tp_group=tp_group,
+        micro_batch_size=micro_batch_size,
+    )
+    for p in model.parameters():
+        p.grad = None
+    return old, torch.where(batch.mask, old + shift, 0.0)
+
+
 def planned_step_outputs(
     hf_state,
     scenario: dict,
@@ -147,26 +202,11 @@ def planned_step_outputs(
 
     from dsm_engine.grpo.config import AlgorithmConfig, GRPOAlgoConfig
     from dsm_engine.grpo.planned import planned_update
-    from dsm_engine.grpo.step import sequence_logprobs
-    from dsm_engine.grpo.trainer import GRPORun
-    from dsm_engine.models import ParallelConfig, build_model, initialize_parallel
-    from dsm_engine.models.config import model_config
-    from dsm_engine.models.convert import export_hf_state_dict, load_hf_weights
-    from dsm_engine.trainers.optim import OptimConfig, TorchAdamW
+    from dsm_engine.models import ParallelConfig
+    from dsm_engine.models.convert import export_hf_state_dict
 
-    cfg = model_config(TINY)
-    ctx = initialize_parallel(
-        ParallelConfig(tp=tp, pp=pp, sequence_parallel=sequence_parallel), seed=1
-    )
-    # built as the loop's policy is (initialised, then loaded): a model built for loading
-    # only has no tensor-parallel attributes, and the optimizer's grad norm needs them
-    model = build_model(cfg, ctx)
-    load_hf_weights(model, hf_state.__getitem__, cfg)
-    optim = OptimConfig(weight_decay=0.1, clip_grad=0.0)
-    opt = TorchAdamW([model], optim)
-    for group in opt.param_groups:
-        group["lr"] = 1e-2
-    tp_group = ctx.tp_group if tp > 1 else None
+    parallel = ParallelConfig(tp=tp, pp=pp, sequence_parallel=sequence_parallel)
+    cfg, ctx, model, opt, optim, tp_group = _stepped_policy(hf_state, parallel)
     run_cfg = SimpleNamespace(
         grpo=GRPOAlgoConfig(group_size=GROUP, micro_batch_size=micro_batch_size, beta=BETA),
         algorithm=AlgorithmConfig(name=scenario["algorithm"], dpo_beta=0.5, pairs_per_prompt=16),
@@ -174,25 +214,12 @@ def planned_step_outputs(
         optim=optim,
         rollout=SimpleNamespace(temperature=TEMP, max_new_tokens=16),
     )
-    session = SimpleNamespace(
-        opt=opt, zero_grad=opt.zero_grad, phase=lambda _name: contextlib.nullcontext()
-    )
-    run = SimpleNamespace(cfg=run_cfg, ctx=ctx, session=session, policy=model, tp_group=tp_group)
-    run.update = lambda *args: GRPORun.update(run, *args)  # the loop's own update
-
+    run = _stand_in_run(run_cfg, ctx, model, opt, tp_group)
     batch = scenario["batches"][ctx.dp_rank]
-    old, _ = sequence_logprobs(
-        model,
-        batch.tokens,
-        batch.targets,
-        temperature=TEMP,
-        tp_group=tp_group,
-        micro_batch_size=micro_batch_size,
+    old, ref = _old_and_reference_logprobs(
+        model, batch, scenario["shifts"][ctx.dp_rank], tp_group, micro_batch_size
     )
-    ref = torch.where(batch.mask, old + scenario["shifts"][ctx.dp_rank], 0.0)
     metrics: dict[str, float] = {}
-    for p in model.parameters():
-        p.grad = None
     result, _ = planned_update(run, 0, batch, old, ref, metrics)
     out = {
         "metrics": {
@@ -225,23 +252,12 @@ def ppo_step_outputs(
 
     from dsm_engine.grpo.config import AlgorithmConfig, CriticConfig, GRPOAlgoConfig
     from dsm_engine.grpo.ppo import Critic, ppo_update
-    from dsm_engine.grpo.step import sequence_logprobs
-    from dsm_engine.grpo.trainer import GRPORun
-    from dsm_engine.models import ParallelConfig, build_model, initialize_parallel
-    from dsm_engine.models.config import model_config
-    from dsm_engine.models.convert import export_hf_state_dict, gather_canonical, load_hf_weights
-    from dsm_engine.trainers.optim import OptimConfig, TorchAdamW
+    from dsm_engine.models import ParallelConfig
+    from dsm_engine.models.convert import export_hf_state_dict, gather_canonical
     from dsm_engine.trainers.schedules import ScheduleConfig
 
-    cfg = model_config(TINY)
-    ctx = initialize_parallel(ParallelConfig(tp=tp, sequence_parallel=sequence_parallel), seed=1)
-    model = build_model(cfg, ctx)
-    load_hf_weights(model, hf_state.__getitem__, cfg)
-    optim = OptimConfig(weight_decay=0.1, clip_grad=0.0)
-    opt = TorchAdamW([model], optim)
-    for group in opt.param_groups:
-        group["lr"] = 1e-2
-    tp_group = ctx.tp_group if tp > 1 else None
+    parallel = ParallelConfig(tp=tp, sequence_parallel=sequence_parallel)
+    cfg, ctx, model, opt, optim, tp_group = _stepped_policy(hf_state, parallel)
     run_cfg = SimpleNamespace(
         grpo=GRPOAlgoConfig(group_size=GROUP, micro_batch_size=micro_batch_size, beta=BETA),
         algorithm=AlgorithmConfig(name="ppo"),
@@ -258,27 +274,12 @@ def ppo_step_outputs(
         critic.model.score_head.weight.copy_(torch.linspace(-1, 1, cfg.hidden_size)[None])
         critic.model.score_head.bias.fill_(0.2)
     critic.start(model)
-    session = SimpleNamespace(
-        opt=opt, zero_grad=opt.zero_grad, phase=lambda _name: contextlib.nullcontext()
-    )
-    run = SimpleNamespace(
-        cfg=run_cfg, ctx=ctx, session=session, policy=model, tp_group=tp_group, critic=critic
-    )
-    run.update = lambda *args: GRPORun.update(run, *args)  # the loop's own update
-
+    run = _stand_in_run(run_cfg, ctx, model, opt, tp_group, critic=critic)
     batch = scenario["batches"][0]
-    old, _ = sequence_logprobs(
-        model,
-        batch.tokens,
-        batch.targets,
-        temperature=TEMP,
-        tp_group=tp_group,
-        micro_batch_size=micro_batch_size,
+    old, ref = _old_and_reference_logprobs(
+        model, batch, scenario["shifts"][0], tp_group, micro_batch_size
     )
-    ref = torch.where(batch.mask, old + scenario["shifts"][0], 0.0)
     metrics: dict[str, float] = {}
-    for p in model.parameters():
-        p.grad = None
     result, _ = ppo_update(run, 0, batch, old, ref, metrics)
     out = {
         "metrics": {**metrics, **result.metrics, "loss": result.loss},
