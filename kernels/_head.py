@@ -33,7 +33,7 @@ import torch.distributed as dist
 
 from . import library
 from ._dispatch import check_same_device, check_shape, check_temperature, resolve_impl
-from ._head_chunks import Head, resolve_chunk_sizes
+from ._head_chunks import Head, cpu_one_pass_rows, resolve_chunk_sizes
 from .logprobs import LOGIT_DTYPES, check_targets
 from .options import GRAD_WEIGHT_ACCUM, HeadOptions
 from .tensor_parallel import shard_info
@@ -102,11 +102,13 @@ def resolve_head(
     hidden_dims: int,
     tp_group: dist.ProcessGroup | None,
     impl: str,
+    one_pass: bool = False,
 ) -> Head:
     """The argument checks shared by both fused ops; ValueError names the argument.
 
     ``hidden`` is ``(N, H)`` (``hidden_dims=2``) or ``(B, T, H)`` (3); ``targets`` has its
-    leading shape.
+    leading shape. ``one_pass``: the caller is the GRPO op computing its gradients, which has
+    a one-pass path for fp32 on the CPU (``Head.one_pass``).
     """
     path = resolve_impl(impl, hidden)
     if hidden.dim() != hidden_dims:
@@ -139,6 +141,12 @@ def resolve_head(
         cpu=on_cpu,
         fp32_rows=_fp32_row_temporaries(options.grad_weight_accum, weight),
     )
+    # The GRPO op with gradients, fp32 on the CPU: token chunks over the whole vocabulary run
+    # its in-place one-pass path, which the default chunk sizes pick for large N.
+    in_place = one_pass and on_cpu and hidden.dtype == torch.float32
+    chunks_given = options.token_chunk is not None or options.vocab_chunk is not None
+    if in_place and not chunks_given and (rows := cpu_one_pass_rows(n)) is not None:
+        tc, vc = rows, v_local
     return Head(
         backend=library.get_backend(path),
         inv_temp=check_temperature(options.temperature),
@@ -146,6 +154,7 @@ def resolve_head(
         token_chunk=tc,
         vocab_chunk=vc,
         grad_weight=grad_weight_mode(options.grad_weight_accum, weight, n, tc),  # type: ignore[arg-type]
+        one_pass=in_place and vc >= v_local,
     )
 
 

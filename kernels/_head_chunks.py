@@ -76,7 +76,7 @@ from typing import Literal, NamedTuple
 import torch
 
 from .library import Backend
-from .tensor_parallel import merge_partial_stats
+from .tensor_parallel import combine_stats, merge_partial_stats
 
 
 class Head(NamedTuple):
@@ -88,12 +88,17 @@ class Head(NamedTuple):
     token_chunk: int
     vocab_chunk: int
     grad_weight: Literal["fp32", "param", "main_grad"]  # where grad_weight is summed
+    # The GRPO op's one-pass path (fp32 PyTorch primitives on the CPU, token chunks over the
+    # whole vocabulary): each chunk's logits become their gradient in place (``one_pass_*``).
+    one_pass: bool = False
 
 
 EFFICIENT_TOKEN_CHUNK = 128
 MIN_BUDGET = 1 << 24
 VOCAB_ALIGN = 128
 CPU_VOCAB_CHUNKS = 64  # the CPU rule: a chunk's logits are at most ~1/64 of N·V_local
+CPU_ONE_PASS_CHUNKS = 16  # the one-pass path: one fp32 chunk of ~1/16 of N·V_local (6.25%)
+ONE_PASS_MIN_ROWS = 128  # narrower chunks stream the weight too often: slices are faster
 
 
 # Whether CUDA's ``addmm(..., out_dtype=torch.float32)`` accepted an fp32 ``self``; older
@@ -377,3 +382,71 @@ def chunk_grads(
         dlogits = d32 = None
     if acc is not None:
         grad_hidden.copy_(acc)
+
+
+def cpu_one_pass_rows(n: int) -> int | None:
+    """Token rows per chunk of the GRPO op's one-pass path on the CPU when no chunk sizes are
+    given: ``ceil(N / CPU_ONE_PASS_CHUNKS)``, so its one fp32 ``(rows, V_local)`` buffer is
+    ~6.25% of the fp32 logits; None below ``ONE_PASS_MIN_ROWS`` rows, where a chunk streams
+    the ``(V, H)`` weight and its gradient for too few rows (measured at H=1024, V=32,000:
+    slower than the CPU rule's vocabulary slices at N <= 1024, faster at N = 2048)."""
+    rows = -(-n // CPU_ONE_PASS_CHUNKS)
+    return rows if rows >= ONE_PASS_MIN_ROWS else None
+
+
+def one_pass_stats(
+    head: Head,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    buffer: torch.Tensor,
+    group,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """First half of the one-pass path for fp32 ``hidden (C, H)`` and ``weight (V_local, H)``.
+
+    The chunk's full-vocabulary logits go into ``buffer`` (flat fp32, ``>= C·V_local``) and are
+    turned in place into ``exp(z - max)``; no other tensor of the chunk's size is allocated.
+    Returns ``(e, lse, tgt, scale)``: that ``(C, V_local)`` view, the rows' global ``lse`` and
+    target logit (merged over ``group``; log-probs are ``tgt - lse``), and
+    ``scale = exp(max - lse)``, so that ``e * scale`` is this shard's part of the softmax.
+    """
+    c, v = hidden.shape[0], weight.shape[0]
+    z = torch.matmul(hidden, weight.T, out=buffer[: c * v].view(c, v))
+    if head.inv_temp != 1.0:
+        z.mul_(head.inv_temp)
+    local = targets.long() - head.vocab_start
+    owned = (local >= 0) & (local < v)
+    zt = z.gather(1, local.clamp(0, v - 1).unsqueeze(1)).squeeze(1)
+    zt = torch.where(owned, zt, torch.zeros_like(zt))
+    m = z.amax(dim=1)
+    z.sub_(m.unsqueeze(1)).exp_()
+    lse = m + z.sum(dim=1).log()
+    lse, tgt, _ = combine_stats(lse, zt, torch.zeros_like(lse), group)
+    return z, lse, tgt, torch.exp(m - lse)
+
+
+def one_pass_grads(
+    head: Head,
+    e: torch.Tensor,
+    scale: torch.Tensor,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    grad_logp: torch.Tensor,
+    *,
+    grad_hidden: torch.Tensor,
+    grad_weight: torch.Tensor | None,
+) -> None:
+    """Second half: with ``e``/``scale`` from ``one_pass_stats`` and ``grad_logp`` (fp32
+    ``(C,)``, the loss's gradient in the target log-probs), turn ``e`` in place into the
+    logits' gradient ``grad_logp · (onehot − softmax) / T`` and write ``grad_hidden (C, H)``
+    (this shard's part) and add ``grad_weight (V_local, H) += dlogits.T @ hidden``."""
+    v = weight.shape[0]
+    g = grad_logp.float() * head.inv_temp
+    e.mul_((-g * scale).unsqueeze(1))
+    local = targets.long() - head.vocab_start
+    owned = (local >= 0) & (local < v)
+    e.scatter_add_(1, local.clamp(0, v - 1).unsqueeze(1), torch.where(owned, g, 0.0).unsqueeze(1))
+    torch.matmul(e, weight, out=grad_hidden)
+    if grad_weight is not None:
+        grad_weight.addmm_(e.T, hidden)

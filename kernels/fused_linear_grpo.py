@@ -7,13 +7,26 @@ module docstring):
   gradient wanted): a token chunk's logits give its log-probs, the GRPO terms and their
   gradient (``grpo_token_terms``, the formula every path shares), then both gradient matmuls
   before the next chunk; ``backward`` only scales the stored gradients. 6NHV.
-* ``"main_grad"``: ``FusedLinearLogprobs`` under ``grpo_loss``; the logits are recomputed in
-  backward, once the incoming gradient's scale is known, and the weight's gradient goes
-  straight into ``weight.main_grad``. 8NHV, no ``(V_local, H)`` buffer.
+* ``"main_grad"`` with ``grad_scale`` (the gradient backward will bring, known to a trainer):
+  as above, the weight's gradient times ``grad_scale`` going straight into
+  ``weight.main_grad`` during the forward; backward checks the scale it receives.
+* ``"main_grad"`` without it: ``FusedLinearLogprobs`` under ``grpo_loss``; the logits are
+  recomputed in backward, once the incoming gradient's scale is known, and the weight's
+  gradient goes straight into ``weight.main_grad``. 8NHV, no ``(V_local, H)`` buffer.
+
+On the CPU in fp32 (the PyTorch primitives), token chunks over the whole vocabulary take a
+one-pass form of the first path: each chunk's logits are turned in place into their gradient
+(``_head_chunks.one_pass_stats``/``one_pass_grads``), so one chunk-sized buffer is all it
+holds, against three for the primitives. Without chunk sizes it is picked from N = 2,048
+tokens up (``cpu_one_pass_rows``: chunks of N/16 rows, ~6.25% of the fp32 logits): 6NHV.
+Below that, chunks so narrow would stream the ``(V, H)`` weight and its gradient once per
+few rows, and the CPU rule's vocabulary slices (8NHV: they need each row's global ``lse``
+before any gradient, hence a second pass over the logits) are faster.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import torch
@@ -21,7 +34,14 @@ import torch.distributed as dist
 
 from ._dispatch import check_same_device, check_shape
 from ._head import grad_weight_accumulator, grad_weight_result, resolve_head
-from ._head_chunks import Head, chunk_buffers, chunk_grads, chunk_stats
+from ._head_chunks import (
+    Head,
+    chunk_buffers,
+    chunk_grads,
+    chunk_stats,
+    one_pass_grads,
+    one_pass_stats,
+)
 from .fused_linear import FusedLinearLogprobs, fused_linear_logprobs_ref
 from .grpo_inputs import GRPOInputs, check_grpo_inputs, grpo_token_inputs
 from .grpo_loss import grpo_loss_checked, grpo_loss_ref
@@ -43,51 +63,105 @@ class _Tokens(NamedTuple):
 
 
 class _FusedLinearGRPOLoss(torch.autograd.Function):
-    """Loss and (when ``want_grads``) its gradients in one chunked pass over the tokens."""
+    """Loss and (when ``want_grads``) its gradients in one chunked pass over the tokens.
+
+    ``grad_scale`` (``"main_grad"`` mode only, else None): the gradient backward will bring;
+    the weight's gradient times it goes into ``main_grad`` during forward, and backward checks
+    that it came."""
 
     @staticmethod
     def forward(
-        ctx, hidden, weight, targets, tokens: _Tokens, head: Head, group, options, want_grads
+        ctx,
+        hidden,
+        weight,
+        targets,
+        tokens: _Tokens,
+        head: Head,
+        group,
+        options,
+        want_grads,
+        grad_scale,
     ):
         n = hidden.shape[0]
         logp = hidden.new_empty(n, dtype=torch.float32)
         loss = logp.new_zeros(())
         grad_h = torch.empty_like(hidden) if want_grads else None
         grad_w = grad_weight_accumulator(weight, head) if want_grads else None
-        buffers = chunk_buffers(head, hidden, n, weight.shape[0])
-        for s in range(0, n, head.token_chunk):
-            e = min(s + head.token_chunk, n)
-            stats, kept = chunk_stats(
-                head, hidden[s:e], weight, targets[s:e], keep_last=want_grads, buffers=buffers
-            )
-            lse, tgt, px = combine_stats(*stats, group)
-            logp[s:e] = tgt - lse
+        scale = 1.0 if grad_scale is None else float(grad_scale)
+
+        def token_grads(s: int, e: int, lp: torch.Tensor) -> torch.Tensor:
+            """Add the chunk's loss; return its gradient in the log-probs (times ``scale``)."""
+            nonlocal loss
             old, ref, adv, w, valid = (x[s:e] for x in tokens)
-            terms = grpo_token_terms(logp[s:e], old, ref, adv, options, with_grad=want_grads)
+            terms = grpo_token_terms(lp, old, ref, adv, options, with_grad=want_grads)
             # Masked tokens may hold non-finite terms; their weight is 0 but 0*inf is not.
             loss += torch.where(valid, w * terms.loss, 0.0).sum()
-            if want_grads:
-                g = torch.where(valid, w * terms.grad, 0.0).float()
-                chunk_grads(
+            if not want_grads:
+                return lp
+            g = torch.where(valid, w * terms.grad, 0.0).float()
+            return g * scale if scale != 1.0 else g
+
+        if want_grads and head.one_pass:
+            rows = head.token_chunk
+            buffer = hidden.new_empty(min(rows, n) * weight.shape[0])
+            for s in range(0, n, rows):
+                e = min(s + rows, n)
+                h = hidden[s:e]
+                exp, lse, tgt, softmax_scale = one_pass_stats(
+                    head, h, weight, targets[s:e], buffer, group
+                )
+                logp[s:e] = tgt - lse
+                g = token_grads(s, e, logp[s:e])
+                one_pass_grads(
                     head,
-                    hidden[s:e],
+                    exp,
+                    softmax_scale,
+                    h,
                     weight,
                     targets[s:e],
-                    lse,
-                    px,
                     g,
-                    None,
                     grad_hidden=grad_h[s:e],
                     grad_weight=grad_w,
-                    last_logits=kept,
-                    buffers=buffers,
                 )
-            del kept
-        del buffers
+                del exp
+            del buffer
+        else:
+            buffers = chunk_buffers(head, hidden, n, weight.shape[0])
+            for s in range(0, n, head.token_chunk):
+                e = min(s + head.token_chunk, n)
+                stats, kept = chunk_stats(
+                    head, hidden[s:e], weight, targets[s:e], keep_last=want_grads, buffers=buffers
+                )
+                lse, tgt, px = combine_stats(*stats, group)
+                logp[s:e] = tgt - lse
+                g = token_grads(s, e, logp[s:e])
+                if want_grads:
+                    chunk_grads(
+                        head,
+                        hidden[s:e],
+                        weight,
+                        targets[s:e],
+                        lse,
+                        px,
+                        g,
+                        None,
+                        grad_hidden=grad_h[s:e],
+                        grad_weight=grad_w,
+                        last_logits=kept,
+                        buffers=buffers,
+                    )
+                del kept
+            del buffers
+        ctx.grad_scale = grad_scale
         if want_grads:
             all_reduce_sum_(grad_h, group)
-            # Round once here and drop the fp32 buffer, rather than hold it until backward.
-            grad_w = grad_weight_result(grad_w, weight, head)
+            if grad_scale is None:
+                # Round once here and drop the fp32 buffer, rather than hold it until backward.
+                grad_w = grad_weight_result(grad_w, weight, head)
+            else:  # it is main_grad: backward hands megatron's hook what it expects
+                ctx.head = head
+                ctx.save_for_backward(weight)
+                grad_w = None
         ctx.grads = (grad_h, grad_w)
         ctx.mark_non_differentiable(logp)
         return loss, logp
@@ -95,18 +169,30 @@ class _FusedLinearGRPOLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, _grad_logp):
         grad_h, grad_w = ctx.grads
-        if grad_h is None and grad_w is None:
+        if grad_h is None:
             raise RuntimeError(
                 "fused_linear_grpo_loss: gradients were not computed in forward "
-                "(it ran with grad mode off or with inputs that did not require grad)"
+                "(it ran with grad mode off or with inputs that did not require grad, "
+                "or this is a second backward through the same graph)"
             )
         # The stored grads are scaled in place (no second copy of grad_weight); a second
         # backward through the same graph would scale them again, so forbid it.
         ctx.grads = (None, None)
+        if ctx.grad_scale is not None:
+            got = float(grad_loss)
+            if not math.isclose(got, ctx.grad_scale, rel_tol=1e-5, abs_tol=1e-30):
+                raise RuntimeError(
+                    f"fused_linear_grpo_loss: called with grad_scale={ctx.grad_scale}, so the "
+                    f"weight's gradient times that went into weight.main_grad during forward, "
+                    f"but backward received a gradient of {got} for the loss"
+                )
+            (weight,) = ctx.saved_tensors
+            grad_w = grad_weight_result(weight.main_grad, weight, ctx.head)
+            return grad_h, grad_w, None, None, None, None, None, None, None
         g = grad_loss.to(grad_h.dtype)
         grad_h.mul_(g)
         grad_w.mul_(g)
-        return grad_h, grad_w, None, None, None, None, None, None
+        return grad_h, grad_w, None, None, None, None, None, None, None
 
 
 def fused_linear_grpo_loss_ref(
@@ -146,6 +232,7 @@ def fused_linear_grpo_loss(
     head: HeadOptions | None = None,
     tp_group: dist.ProcessGroup | None = None,
     impl: str = "auto",
+    grad_scale: float | None = None,
     **option_keywords: Any,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GRPO loss straight from the last hidden states; ``(B, T, V)`` logits never exist.
@@ -165,26 +252,41 @@ def fused_linear_grpo_loss(
             (temperature, chunk sizes, ``grad_weight_accum``, as in ``fused_linear_logprobs``).
             Instead of either object, its fields can be given as keywords
             (``beta=0.0, temperature=0.7, token_chunk=256, ...``).
+        grad_scale: for a weight whose gradient is summed into ``main_grad``: the gradient
+            that backward will bring for the loss (1.0 for ``loss.backward()``, ``c`` for
+            ``(c * loss).backward()``). Given, the gradients are computed during this call as
+            in the other modes (6NHV rather than 8NHV) and ``grad_scale`` times the weight's
+            goes into ``main_grad`` at once; backward then raises RuntimeError if it receives
+            another gradient (relative tolerance 1e-5). Only call it so when backward follows.
+            Ignored in the other modes.
 
     Returns:
         ``(loss, metrics)``: 0-d fp32 loss and the ``grpo_metrics`` dict (0-d fp32 tensors).
         When grad mode is on and ``hidden`` or ``weight`` requires grad, both gradients are
         computed during this call (6NHV FLOPs in all without vocabulary chunks, up to 8NHV
-        with them) and ``backward`` only scales them; in ``"main_grad"`` mode they are
-        computed in ``backward`` (8NHV), the weight's straight into ``weight.main_grad``.
+        with them; 6NHV on the CPU in fp32, whose chunks are token rows over the whole
+        vocabulary) and ``backward`` only scales them; in ``"main_grad"`` mode without
+        ``grad_scale`` they are computed in ``backward`` (8NHV), the weight's straight into
+        ``weight.main_grad``.
     """
     loss_keywords, head_keywords = split_keywords(option_keywords, GRPOLossOptions, HeadOptions)
     options = from_keywords(GRPOLossOptions, options, loss_keywords, name="options")
     head = from_keywords(HeadOptions, head, head_keywords, name="head")
-    plan = resolve_head(hidden, weight, targets, head, hidden_dims=3, tp_group=tp_group, impl=impl)
+    want_grads = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    mode = head.grad_weight_accum
+    main_grad = mode == "main_grad" or (mode == "auto" and hasattr(weight, "main_grad"))
+    eager = want_grads and (grad_scale is not None or not main_grad)  # gradients in forward
+    plan = resolve_head(
+        hidden, weight, targets, head, hidden_dims=3, tp_group=tp_group, impl=impl, one_pass=eager
+    )
     b, t, h = hidden.shape
     n = b * t
     check_same_device(hidden=hidden, old_logp=old_logp)
     check_shape("old_logp", old_logp, (b, t))
     x = GRPOInputs(None, old_logp, ref_logp, mask, advantages, rewards)
     check_grpo_inputs(x, options)
-    want_grads = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    if want_grads and plan.grad_weight == "main_grad":
+    main_grad = plan.grad_weight == "main_grad"
+    if want_grads and main_grad and grad_scale is None:
         logp, _ = FusedLinearLogprobs.apply(
             hidden.reshape(n, h), weight, targets.reshape(n).contiguous(), tp_group, plan
         )
@@ -201,6 +303,7 @@ def fused_linear_grpo_loss(
         tp_group,
         options,
         want_grads,
+        float(grad_scale) if want_grads and main_grad else None,
     )
     with torch.no_grad():
         terms = grpo_token_terms(logp.view(b, t), old, ref, adv, options)

@@ -159,6 +159,9 @@ def make_variant(name: str, p: Problem, impl: str) -> Callable[[], torch.Tensor]
             )
         )
     if op == "grpo":
+        # The trainer passes the gradient its schedule brings (grad_scale), which a main_grad
+        # weight needs for its gradient in the forward pass; loss.backward() brings 1.
+        scale = {"grad_scale": 1.0} if gw == "main_grad" else {}
         return lambda: fused_linear_grpo_loss(
             p.hidden,
             p.weight,
@@ -169,6 +172,7 @@ def make_variant(name: str, p: Problem, impl: str) -> Callable[[], torch.Tensor]
             advantages=p.adv,
             grad_weight_accum=gw,
             impl=impl,
+            **scale,
             **GRPO,
         )[0]
     raise ValueError(f"unknown variant {name!r}")
@@ -260,7 +264,9 @@ def run(args: argparse.Namespace) -> Path:
         "is needed), one row.",
         "gw=main_grad: the weight carries an fp32 main_grad (megatron's DDP; the engine's "
         "training path), allocated before the baseline; its rows subtract only the hidden "
-        "gradient N·H.",
+        "gradient N·H. ours-grpo gw=main_grad passes grad_scale=1.0 (the gradient "
+        "loss.backward() brings), as the trainer passes its microbatch share: the weight's "
+        "gradient goes into main_grad during the forward (6NHV).",
     ]
     for n, h, v, dtype in shapes:
         baseline = None

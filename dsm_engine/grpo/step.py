@@ -302,6 +302,9 @@ def accumulate_grads(
             tp_group=tp_group,
             impl=cfg.impl,
             grad_weight_accum=cfg.grad_weight_accum,
+            # The schedule backpropagates loss * share (its count factors cancel), so a
+            # main_grad weight gets its gradient in the forward pass: 6NHV, not 8NHV.
+            grad_scale=share,
         )
         info = {"loss": loss.detach(), "share": share, "tokens": n, "metrics": m}
         return loss * share, info

@@ -190,7 +190,9 @@ def _with_dtype(kw, dtype):
 
 
 # (token_chunk, vocab_chunk): full-vocabulary token chunks, and vocabulary chunks (200 = 3x64+8).
-CHUNKINGS = {"token-chunks": (7, None), "vocab-chunks": (7, 64)}
+# "default": the op's own chunk sizes; for the PyTorch primitives in fp32 on the CPU that is
+# the one-pass path (token rows over the whole vocabulary, gradients from the logits in place).
+CHUNKINGS = {"token-chunks": (7, None), "vocab-chunks": (7, 64), "default": (None, None)}
 
 
 @pytest.mark.parametrize("impl", ["triton", "torch"])
@@ -382,6 +384,40 @@ def test_cpu_rule_applies_to_the_torch_primitives_on_cpu_unless_chunks_are_given
     assert resolve_chunk_sizes(512, 1024, 32000, None, None, cpu=True) == (512, 500)
     assert resolve_chunk_sizes(512, 1024, 32000, None, None) == (512, 32000)  # the GPU rule
     assert resolve_chunk_sizes(512, 1024, 32000, 128, None, cpu=True) == (128, 32000)
+
+
+def test_the_grpo_op_takes_the_one_pass_path_in_fp32_on_cpu_from_2048_tokens():
+    """Its gradients in forward, fp32 on the CPU: chunks of N/16 rows over the whole vocabulary
+    (one fp32 buffer of ~6.25% of the logits) from 128 rows per chunk; below, the CPU rule."""
+    from dsm_engine.kernels._head import resolve_head
+    from dsm_engine.kernels._head_chunks import cpu_one_pass_rows
+    from dsm_engine.kernels.options import HeadOptions
+
+    assert cpu_one_pass_rows(2048) == 128 and cpu_one_pass_rows(4000) == 250
+    assert cpu_one_pass_rows(2032) is None
+
+    def plan(n, dtype=torch.float32, one_pass=True, **chunks):
+        hidden = torch.zeros(1, n, 8, dtype=dtype)
+        weight = torch.zeros(1000, 8, dtype=dtype)
+        targets = torch.zeros(1, n, dtype=torch.long)
+        head = resolve_head(
+            hidden,
+            weight,
+            targets,
+            HeadOptions(**chunks),
+            hidden_dims=3,
+            tp_group=None,
+            impl="torch",
+            one_pass=one_pass,
+        )
+        return head.one_pass, head.token_chunk, head.vocab_chunk
+
+    assert plan(4096) == (True, 256, 1000)
+    assert plan(1024) == (False, 1024, 128)  # the CPU rule's vocabulary slices
+    assert plan(4096, one_pass=False) == (False, 4096, 128)  # no gradients in forward
+    assert plan(4096, torch.bfloat16)[0] is False  # low precision keeps the CPU rule
+    assert plan(64, token_chunk=8) == (True, 8, 1000)  # full-vocabulary chunks, as given
+    assert plan(64, token_chunk=8, vocab_chunk=100) == (False, 8, 100)
 
 
 def test_explicit_chunk_sizes_fill_the_missing_one_from_the_budget():

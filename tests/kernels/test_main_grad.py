@@ -113,6 +113,56 @@ def test_main_grad_equals_fp64_and_no_weight_sized_buffer_is_allocated(ddp_model
         assert rec.peak >= grads + weight_bytes, rec.peak
 
 
+@pytest.mark.parametrize("ddp_model", [(True, False)], indirect=True)
+@pytest.mark.parametrize(
+    "chunks",
+    [{"token_chunk": TOKEN_CHUNK}, {"token_chunk": TOKEN_CHUNK, "vocab_chunk": 64}],
+    ids=["one-pass", "vocab-slices"],
+)
+def test_grad_scale_puts_the_scaled_gradient_into_main_grad_during_forward(ddp_model, chunks):
+    """With ``grad_scale`` the forward adds ``grad_scale`` times the weight's gradient to what
+    ``main_grad`` held, and the backward that brings that gradient gives the hidden states
+    theirs: both equal the float64 reference's, and no weight-sized buffer is allocated."""
+    weight = _weight(ddp_model)
+    targets, old, ref, mask, adv = problem = _problem(5)
+    hidden = torch.randn(B, T, H, generator=torch.Generator().manual_seed(6), requires_grad=True)
+    ddp_model.zero_grad_buffer()
+    weight.main_grad.fill_(0.5)  # an earlier microbatch's gradient, kept
+    scale = 0.375
+    with PeakLiveElements(
+        in_bytes=True, inputs=(hidden, weight, weight.main_grad, *problem)
+    ) as rec:
+        loss, _ = fused_linear_grpo_loss(
+            hidden, weight, targets, old, ref, mask, advantages=adv, grad_scale=scale, **chunks
+        )
+        (loss * scale).backward()
+    ddp_model.finish_grad_sync()
+
+    hr = hidden.detach().double().requires_grad_()
+    wr = weight.detach().double().requires_grad_()
+    loss_r, _ = fused_linear_grpo_loss_ref(
+        hr, wr, targets, old.double(), ref.double(), mask, advantages=adv.double()
+    )
+    (loss_r * scale).backward()
+    torch.testing.assert_close(loss.double(), loss_r, rtol=1e-5, atol=1e-7)
+    assert_close_to_ref("main_grad", weight.main_grad, wr.grad + 0.5, wr.grad, torch.float32)
+    assert_close_to_ref("grad_hidden", hidden.grad, hr.grad, hr.grad, torch.float32)
+    slack = 8 * 4 * TOKEN_CHUNK * V + 64 * 4 * B * T
+    assert rec.peak <= B * T * H * 4 + slack, rec.peak
+
+
+@pytest.mark.parametrize("ddp_model", [(True, False)], indirect=True)
+def test_a_backward_that_brings_another_gradient_than_grad_scale_raises(ddp_model):
+    weight = _weight(ddp_model)
+    targets, old, ref, mask, adv = _problem(7)
+    hidden = torch.randn(B, T, H, requires_grad=True)
+    loss, _ = fused_linear_grpo_loss(
+        hidden, weight, targets, old, ref, mask, advantages=adv, grad_scale=1.0
+    )
+    with pytest.raises(RuntimeError, match=r"grad_scale=1\.0.*received a gradient of 2\.0"):
+        (2 * loss).backward()
+
+
 def _model_step(ddp, mode: str, seed: int) -> torch.Tensor:
     """Two full forward/backward passes of the whole model (the lm_head through the fused
     loss); the weight's main_grad after the second, copied."""

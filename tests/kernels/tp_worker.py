@@ -114,9 +114,15 @@ def main() -> int:
                 REORDER_ATOL,
             )
 
-        for tp, vocab_chunk in configs:
+        # "default": the op's own chunk sizes (for the PyTorch primitives in fp32 on the CPU,
+        # the one-pass path, its lse merged across the shards before the gradient).
+        grpo_configs = (*configs, ("tp2", "default"))
+        for tp, vocab_chunk in grpo_configs:
             w = weight if tp == "tp1" else weight[sl]
             hd, wt = hidden.clone().requires_grad_(), w.clone().requires_grad_()
+            chunks = {"token_chunk": 5, "vocab_chunk": vocab_chunk}
+            if vocab_chunk == "default":
+                chunks = {}
             loss, metrics = fused_linear_grpo_loss(
                 hd,
                 wt,
@@ -126,13 +132,12 @@ def main() -> int:
                 mask,
                 rewards=rewards,
                 group_size=3,
-                token_chunk=5,
-                vocab_chunk=vocab_chunk,
+                **chunks,
                 tp_group=group if tp == "tp2" else None,
                 impl=impl,
             )
             outs[tp, vocab_chunk] = (loss, metrics, *torch.autograd.grad(loss, (hd, wt)))
-        for cfg in configs[1:]:
+        for cfg in grpo_configs[1:]:
             got, want = outs[cfg], outs[ref_cfg]
             tag = f"{impl} grpo {cfg}"
             _check(f"{tag} loss", got[0], want[0])
