@@ -24,11 +24,13 @@ FLOPs: ``fused_linear_logprobs`` costs 2NHV forward and recomputes the logits in
 ``dloss/dlogp`` as soon as its chunk's log-probs are known, so when gradients are needed it
 computes them in the forward chunk loop: 6NHV in total over the full vocabulary; with ``K``
 vocabulary chunks the gradient pass recomputes ``K - 1`` of them (up to 8NHV). In
-``"main_grad"`` mode it cannot: the weight's gradient goes straight into ``main_grad``, which
-needs the incoming gradient's scale (known only in backward), so that mode is
-``fused_linear_logprobs`` under the GRPO loss: 8NHV, for ``V_local·H·4`` bytes less memory.
-On CPU the default chunks are vocabulary slices (``_head_chunks``' CPU rule), so the GRPO op
-recomputes them: 8NHV there, for ~5% of the fp32 logits beyond the gradients.
+``"main_grad"`` mode the weight's gradient goes straight into ``main_grad``, which needs the
+incoming gradient's scale: given as ``grad_scale`` (the trainer knows it), the GRPO op still
+computes everything in forward; without it the op is ``fused_linear_logprobs`` under the GRPO
+loss, 8NHV. On CPU the default chunks are vocabulary slices (``_head_chunks``' CPU rule), so
+the GRPO op recomputes them (8NHV, ~5% of the fp32 logits beyond the gradients), except in
+fp32 from N = 2,048 tokens, where it walks token chunks of N/16 rows over the whole
+vocabulary and turns their logits into the gradient in place (6NHV, one buffer of ~6.25%).
 
 Precision: chunk logits are the matmul's output in the input dtype (as a materialised bf16
 lm_head would give); all softmax/loss math is fp32; ``grad_hidden`` of a token chunk is summed

@@ -59,6 +59,7 @@ class Critic:
 
     def build(self, ctx: ParallelContext) -> None:
         """Build the critic (the policy's architecture, or ``critic.load``'s) and its optimizer."""
+        from dsm_engine.models.build import set_activation_recompute
         from dsm_engine.trainers.optim import wrap_and_build_optimizer
 
         model_cfg = self.cfg.model_config()
@@ -69,6 +70,7 @@ class Critic:
             meta = read_meta(resolve_checkpoint(self.cfg.critic.load))
             model_cfg = model_config(meta["model_config"])
         critic = build_critic(model_cfg, ctx)
+        set_activation_recompute([critic], self.cfg.train.recompute)
         bf16 = model_cfg.params_dtype == "bfloat16"
         chunks, self.opt, self.zero_grad = wrap_and_build_optimizer(
             [critic], self.cfg.optim, bf16=bf16

@@ -137,9 +137,10 @@ class GRPORun:
     def build(self, ctx) -> list[torch.nn.Module]:
         """The session's builder: the policy (trained) and, beside it, the frozen reference
         (and under ppo the critic with its own optimizer)."""
-        from dsm_engine.models.build import build_model
+        from dsm_engine.models.build import build_model, set_activation_recompute
 
         policy = build_model(self.model_cfg, ctx)
+        set_activation_recompute([policy], self.cfg.train.recompute)
         self.reference = build_model(self.model_cfg, ctx, init_weights=False)
         self.reference.requires_grad_(False).eval()
         if self.critic is not None:

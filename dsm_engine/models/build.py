@@ -17,6 +17,8 @@ packed documents behave the same everywhere.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state, tensor_parallel
@@ -243,6 +245,24 @@ def build_model(
     if device is not None:
         model.to(device)
     return model
+
+
+def set_activation_recompute(chunks: Sequence[torch.nn.Module], mode: str) -> None:
+    """``train.recompute`` on built chunks: ``"full"`` keeps only each transformer layer's
+    input and recomputes the layer in backward (megatron-core's full, uniform recompute of one
+    layer at a time: Hugging Face's gradient checkpointing); ``"none"`` keeps every
+    activation."""
+    if mode not in ("none", "full"):
+        raise ValueError(f"train.recompute must be 'none' or 'full', got {mode!r}")
+    for chunk in chunks:
+        config = _unwrap(chunk).config
+        if mode == "full":
+            config.recompute_granularity = "full"
+            config.recompute_method = "uniform"
+            config.recompute_num_layers = 1
+        else:
+            config.recompute_granularity = config.recompute_method = None
+            config.recompute_num_layers = None
 
 
 def build_model_chunks(

@@ -79,14 +79,10 @@ def _reduce_loss(
 
 def _builder(cfg: RunConfig, model_cfg: ModelConfig) -> Callable:
     def build(ctx: ParallelContext) -> list[torch.nn.Module]:
-        from dsm_engine.models.build import build_model_chunks
+        from dsm_engine.models.build import build_model_chunks, set_activation_recompute
 
         chunks = build_model_chunks(model_cfg, ctx)
-        for c in chunks:
-            if cfg.train.recompute == "full":
-                c.config.recompute_granularity = "full"
-                c.config.recompute_method = "uniform"
-                c.config.recompute_num_layers = 1
+        set_activation_recompute(chunks, cfg.train.recompute)
         return chunks
 
     return build

@@ -38,22 +38,30 @@ def initial_state(seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def grpo_step_outputs(
-    hf_state, batch, tp: int, micro_batch_size: int = 5, pp: int = 1, updates: bool = False
+    hf_state,
+    batch,
+    tp: int,
+    micro_batch_size: int = 5,
+    pp: int = 1,
+    updates: bool = False,
+    recompute: str = "none",
 ) -> dict:
     """Log-probs, advantages, loss, metrics and HF-named gradients of one GRPO step; with
     ``updates`` also the loss, grad norm and HF-named parameters after two optimizer steps
-    (``grpo_updates`` with μ = 2, AdamW, clipping at 1.0)."""
+    (``grpo_updates`` with μ = 2, AdamW, clipping at 1.0). ``recompute``: ``train.recompute``."""
     from dsm_engine.grpo.config import GRPOAlgoConfig
     from dsm_engine.grpo.sampling import gather_for_sampler
     from dsm_engine.grpo.step import accumulate_grads, sequence_logprobs
     from dsm_engine.kernels import group_advantages
     from dsm_engine.models import ParallelConfig, build_model, initialize_parallel
+    from dsm_engine.models.build import set_activation_recompute
     from dsm_engine.models.config import model_config
     from dsm_engine.models.convert import load_hf_weights
 
     cfg = model_config(TINY)
     ctx = initialize_parallel(ParallelConfig(tp=tp, pp=pp), seed=1)
     model = build_model(cfg, ctx, init_weights=False)
+    set_activation_recompute([model], recompute)
     load_hf_weights(model, hf_state.__getitem__, cfg)
     # what sync_weights hands the rollout engine (copied: on the sampler rank its own stage's
     # tensors are views of the live parameters)
@@ -82,10 +90,16 @@ def grpo_step_outputs(
     )
     for p in model.parameters():
         p.grad = None
+    forwards = []  # calls of one layer in the update: twice per microbatch when recomputed
+    if model.decoder.layers:
+        hook = model.decoder.layers[0].register_forward_hook(lambda *_: forwards.append(1))
     loss, metrics = accumulate_grads(
         model, batch, old, ref, adv, algo, temperature=TEMP, tp_group=group
     )
+    if model.decoder.layers:
+        hook.remove()
     out = {
+        "layer_forwards": len(forwards),
         "logp": logp,
         "entropy": ent,
         "old": old,

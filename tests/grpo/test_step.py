@@ -73,6 +73,23 @@ def test_grpo_step_equals_paper_formula_fp64(parallel_teardown):
         torch.testing.assert_close(out["grads"][name].double(), g, rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_full_activation_recompute_gives_the_same_grpo_step(parallel_teardown):
+    """``train.recompute: full`` (each layer recomputed in backward) changes memory, not the
+    step: the loss and every gradient equal those of the step that keeps its activations."""
+    from dsm_engine.models.parallel import destroy_parallel
+
+    state = initial_state(0)
+    batch = random_batch(seed=5, groups=2, group_size=GROUP)
+    want = grpo_step_outputs(state, batch, tp=1)
+    destroy_parallel()
+    got = grpo_step_outputs(state, batch, tp=1, recompute="full")
+    assert got["layer_forwards"] == 2 * want["layer_forwards"] > 0  # it did recompute
+    assert abs(got["loss"] - want["loss"]) <= 1e-6 * max(1.0, abs(want["loss"]))
+    assert set(got["grads"]) == set(want["grads"])
+    for name, g in want["grads"].items():
+        torch.testing.assert_close(got["grads"][name], g, rtol=1e-6, atol=1e-7, msg=name)
+
+
 def _torchrun_worker(
     torchrun, tmp_path: Path, state, batch, tp: int, pp: int, **sequence_parallel: dict
 ) -> dict:
