@@ -6,7 +6,8 @@ random init from one seed) on the same arithmetic prompts (``recipes.arithmetic.
 tokenizer and ``train.jsonl``), with the same group size, prompts per step, response length,
 sampling (temperature 1, top-p 1), loss (``loss_type="grpo"``: the paper's sequence mean of
 token means, beta 0.04 on the plain k3 KL (TRL: ``use_bias_correction_kl=False``), clip 0.2,
-one update per batch, lr 5e-4 constant, grad clip 1.0) and
+one update per batch, lr 5e-4 constant, grad clip 1.0), activations recomputed layer by layer
+in backward (TRL's default ``gradient_checkpointing=True``; ours ``train.recompute=full``) and
 the same verifier reward (``dsm_engine.rewards.verifier.verify``).
 
 * ours: ``dsm_engine.grpo.trainer.run_grpo`` on ``recipes.arithmetic.grpo_config`` (rollout
@@ -60,8 +61,9 @@ def run_ours(spec: dict) -> dict:
         run_dir=str(Path(spec["root"]) / "ours"),
         checkpoint={"every": 1000, "load": None},
         logging={"tensorboard": False, "progress": False},
-        eval={"path": ""},
-        train={"seed": SEED},
+        eval={"every": 0},  # TRL evaluates nothing either
+        # TRL's GRPOConfig checkpoints activations by default: both recompute each layer
+        train={"seed": SEED, "recompute": "full"},
         grpo={
             "steps": spec["steps"],
             "prompts_per_step": spec["prompts"],
@@ -167,6 +169,7 @@ def run_trl(spec: dict) -> dict:
         save_strategy="no",
         bf16=False,
         disable_tqdm=True,
+        gradient_checkpointing=True,  # its default, stated: ours runs train.recompute=full
         model_init_kwargs={"dtype": torch.float32},
     )
     trainer = Timed(
@@ -234,6 +237,8 @@ def run(args: argparse.Namespace) -> Path:
         "ours: logprobs = reference + old-policy passes; total also holds reward scoring and "
         "the weight sync to the sampler. TRL: update = training_step - generation - logprobs "
         "(its reward scoring is inside).",
+        "Both recompute activations layer by layer in backward (TRL's default "
+        "gradient_checkpointing=True; ours train.recompute=full); neither evaluates.",
         "Losses are per step; both start from random weights of the same architecture and "
         "seed, but sample differently, so they are not expected to be equal.",
     ]
