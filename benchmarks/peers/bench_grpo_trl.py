@@ -69,6 +69,8 @@ def run_ours(spec: dict) -> dict:
             "prompts_per_step": spec["prompts"],
             "group_size": spec["group"],
             "micro_batch_size": spec["prompts"] * spec["group"],
+            # one update per batch: TRL (num_iterations=1) runs no old-policy pass either
+            "old_logp": "rollout",
         },
         rollout={"backend": "hf", "temperature": 1.0, "max_new_tokens": spec["new_tokens"]},
     )
@@ -234,11 +236,14 @@ def run(args: argparse.Namespace) -> Path:
         f"{args.prompts} prompts x {args.group} samples, up to {args.new_tokens} new tokens, "
         f"{args.steps} steps (the first a warm-up); policy: arithmetic demo TINY_MODEL, random "
         "init; wall seconds per step on a shared 2-core machine (load above).",
-        "ours: logprobs = reference + old-policy passes; total also holds reward scoring and "
+        "ours: logprobs = reference (+ old-policy, none here) passes; total also holds reward scoring and "
         "the weight sync to the sampler. TRL: update = training_step - generation - logprobs "
         "(its reward scoring is inside).",
         "Both recompute activations layer by layer in backward (TRL's default "
         "gradient_checkpointing=True; ours train.recompute=full); neither evaluates.",
+        "One update per batch, so neither runs an old-policy pass: TRL (num_iterations=1) "
+        "takes the policy's own detached log-probs as pi_old, ours grpo.old_logp=rollout the "
+        "sampler's (same weights); logprobs is then the reference pass alone on both sides.",
         "Losses are per step; both start from random weights of the same architecture and "
         "seed, but sample differently, so they are not expected to be equal.",
     ]
