@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -72,12 +73,29 @@ def arithmetic_pretrained(tmp_path_factory):
 
     Shared and read-only: tests write their runs under their own ``tmp_path``, never under
     ``paths.root``."""
-    from dsm_engine.models.parallel import destroy_parallel
-    from dsm_engine.recipes.arithmetic import prepare, pretrain
+    import json
 
-    paths, eos = prepare(tmp_path_factory.mktemp("arithmetic"))
-    checkpoint = pretrain(paths, eos, steps=600, progress=False)
-    destroy_parallel()
+    from filelock import FileLock
+
+    from dsm_engine.models.parallel import destroy_parallel
+    from dsm_engine.recipes.arithmetic import DemoPaths, prepare, pretrain
+
+    # Under xdist every worker has this session fixture: the first builds it in the run's
+    # shared temporary folder and the others read it, so the policy is pretrained once.
+    root = tmp_path_factory.getbasetemp()
+    if _workers() > 1:
+        root = root.parent
+    root = root / "arithmetic-pretrained"
+    done = root / "done.json"
+    with FileLock(str(root) + ".lock"):
+        if done.is_file():
+            got = json.loads(done.read_text())
+            return DemoPaths(root), got["eos"], Path(got["checkpoint"])
+        shutil.rmtree(root, ignore_errors=True)  # a worker that died half-way left it
+        paths, eos = prepare(root)
+        checkpoint = pretrain(paths, eos, steps=600, progress=False)
+        destroy_parallel()
+        done.write_text(json.dumps({"eos": eos, "checkpoint": str(checkpoint)}))
     return paths, eos, checkpoint
 
 
@@ -132,9 +150,6 @@ def pytest_collection_modifyitems(config, items):
 
     if _workers() > 1:
         _group_by_file_slow_files_first(items)
-    if torch.cuda.is_available():
-        return
-
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs CUDA")
