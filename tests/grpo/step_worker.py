@@ -224,7 +224,7 @@ def planned_step_outputs(
     run_cfg = SimpleNamespace(
         grpo=GRPOAlgoConfig(group_size=GROUP, micro_batch_size=micro_batch_size, beta=BETA),
         algorithm=AlgorithmConfig(name=scenario["algorithm"], dpo_beta=0.5, pairs_per_prompt=16),
-        train=SimpleNamespace(seed=0),
+        train=SimpleNamespace(seed=0, recompute="none"),
         optim=optim,
         rollout=SimpleNamespace(temperature=TEMP, max_new_tokens=16),
     )
@@ -277,7 +277,7 @@ def ppo_step_outputs(
         algorithm=AlgorithmConfig(name="ppo"),
         critic=CriticConfig(lr=1e-2),
         schedule=ScheduleConfig(name="constant", lr=1e-2, warmup_steps=0),
-        train=SimpleNamespace(seed=0),
+        train=SimpleNamespace(seed=0, recompute="none"),
         optim=optim,
         rollout=SimpleNamespace(temperature=TEMP, max_new_tokens=16),
         model_config=lambda: cfg,
