@@ -127,11 +127,17 @@ def tiny_hf_model(tmp_path_factory, neox_tokenizer_path):
     return out
 
 
-# Under pytest-xdist (the README's `-n 2`) every test file is one unit of work, so a module
-# fixture is built once; the files that start Slurm or Ray share one unit because two workers
-# must not start two clusters on the machine. Units are handed out in collection order
-# (`--no-loadscope-reorder`), and the files holding slow tests come first: the longest unit
-# starting last would leave one worker idle for its whole length.
+# Under pytest-xdist (the README's `-n 2 --dist loadscope`) every test file is one unit of
+# work, so a module fixture is built once; the files that start Slurm or Ray share one unit
+# because two workers must not start two clusters on the machine. Units are handed out in
+# collection order (`--no-loadscope-reorder`), and the files holding slow tests come first: the
+# longest unit starting last would leave one worker idle for its whole length.
+# (xdist's own `loadgroup` does not group under pytest 9: it renames `item._nodeid`, which
+# pytest 9 no longer reads, so it schedules test by test; hence our scheduler.)
+CLUSTER_FILES = (
+    "tests/data_pipeline/test_cluster_executors.py",
+    "tests/trainers/test_multinode.py",
+)
 _CLUSTER_FIXTURES = {"slurm_partition", "ray_cluster"}
 
 
@@ -144,12 +150,26 @@ if _workers() > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers())))
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Under ``--dist loadscope``: one unit per test file, the cluster files in one unit."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "cluster" if path in CLUSTER_FILES else path
+
+    return FileScheduling(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 
     if _workers() > 1:
-        _group_by_file_slow_files_first(items)
+        _slow_files_first(items)
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs CUDA")
@@ -158,14 +178,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
-def _group_by_file_slow_files_first(items: list[pytest.Item]) -> None:
-    files = {item.path for item in items}
-    cluster = {i.path for i in items if _CLUSTER_FIXTURES & set(getattr(i, "fixturenames", ()))}
-    slow = {item.path for item in items if "slow" in item.keywords}
+def _slow_files_first(items: list[pytest.Item]) -> None:
+    def rel(item: pytest.Item) -> str:
+        return item.path.relative_to(REPO).as_posix()
+
     for item in items:
-        name = "cluster" if item.path in cluster else str(item.path.relative_to(REPO))
-        item.add_marker(pytest.mark.xdist_group(name))
-    order = {path: (path not in slow, path not in cluster) for path in files}
+        if (
+            _CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ()))
+            and rel(item) not in CLUSTER_FILES
+        ):
+            raise pytest.UsageError(
+                f"{rel(item)} starts a cluster: add it to CLUSTER_FILES in tests/conftest.py"
+            )
+    slow = {item.path for item in items if "slow" in item.keywords}
+    order = {item.path: (item.path not in slow, rel(item) not in CLUSTER_FILES) for item in items}
     items.sort(key=lambda item: order[item.path])  # stable: a file's tests keep their order
 
 
