@@ -66,16 +66,22 @@ def _main_grad(weight: torch.Tensor) -> torch.Tensor | None:
     return main_grad
 
 
-def grad_weight_mode(mode: str, weight: torch.Tensor, n: int, token_chunk: int) -> str:
-    """``"main_grad"``, ``"fp32"`` or ``"param"``: what ``mode`` (``grad_weight_accum``)
-    means for this weight and ``n`` tokens in chunks of ``token_chunk``."""
+def sums_into_main_grad(mode: str, weight: torch.Tensor) -> bool:
+    """Whether ``mode`` (``grad_weight_accum``) adds this weight's gradient into its
+    ``main_grad``; ValueError for ``"main_grad"`` without one, or for an unusable one."""
     main_grad = _main_grad(weight)
     if mode == "main_grad" and main_grad is None:
         raise ValueError(
             "grad_weight_accum='main_grad' needs weight.main_grad (megatron-core's "
             "DistributedDataParallel sets it)"
         )
-    if mode == "main_grad" or (mode == "auto" and main_grad is not None):
+    return mode == "main_grad" or (mode == "auto" and main_grad is not None)
+
+
+def grad_weight_mode(mode: str, weight: torch.Tensor, n: int, token_chunk: int) -> str:
+    """``"main_grad"``, ``"fp32"`` or ``"param"``: what ``mode`` (``grad_weight_accum``)
+    means for this weight and ``n`` tokens in chunks of ``token_chunk``."""
+    if sums_into_main_grad(mode, weight):
         return "main_grad"
     return "fp32" if resolve_grad_weight_accum(mode, weight.dtype, n, token_chunk) else "param"
 

@@ -33,7 +33,12 @@ import torch
 import torch.distributed as dist
 
 from ._dispatch import check_same_device, check_shape
-from ._head import grad_weight_accumulator, grad_weight_result, resolve_head
+from ._head import (
+    grad_weight_accumulator,
+    grad_weight_result,
+    resolve_head,
+    sums_into_main_grad,
+)
 from ._head_chunks import (
     Head,
     chunk_buffers,
@@ -47,7 +52,12 @@ from .grpo_inputs import GRPOInputs, check_grpo_inputs, grpo_token_inputs
 from .grpo_loss import grpo_loss_checked, grpo_loss_ref
 from .grpo_metrics import grpo_metrics
 from .grpo_token import grpo_token_terms
-from .options import GRPOLossOptions, HeadOptions, from_keywords, split_keywords
+from .options import (
+    GRPOLossOptions,
+    HeadOptions,
+    from_keywords,
+    split_keywords,
+)
 from .tensor_parallel import all_reduce_sum_, combine_stats
 
 
@@ -89,15 +99,16 @@ class _FusedLinearGRPOLoss(torch.autograd.Function):
         grad_w = grad_weight_accumulator(weight, head) if want_grads else None
         scale = 1.0 if grad_scale is None else float(grad_scale)
 
-        def token_grads(s: int, e: int, lp: torch.Tensor) -> torch.Tensor:
-            """Add the chunk's loss; return its gradient in the log-probs (times ``scale``)."""
+        def token_grads(s: int, e: int, lp: torch.Tensor) -> torch.Tensor | None:
+            """Add the chunk's loss; return its gradient in the log-probs (times ``scale``),
+            None when no gradient is wanted."""
             nonlocal loss
             old, ref, adv, w, valid = (x[s:e] for x in tokens)
             terms = grpo_token_terms(lp, old, ref, adv, options, with_grad=want_grads)
             # Masked tokens may hold non-finite terms; their weight is 0 but 0*inf is not.
             loss += torch.where(valid, w * terms.loss, 0.0).sum()
             if not want_grads:
-                return lp
+                return None
             g = torch.where(valid, w * terms.grad, 0.0).float()
             return g * scale if scale != 1.0 else g
 
@@ -273,8 +284,7 @@ def fused_linear_grpo_loss(
     options = from_keywords(GRPOLossOptions, options, loss_keywords, name="options")
     head = from_keywords(HeadOptions, head, head_keywords, name="head")
     want_grads = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    mode = head.grad_weight_accum
-    main_grad = mode == "main_grad" or (mode == "auto" and hasattr(weight, "main_grad"))
+    main_grad = sums_into_main_grad(head.grad_weight_accum, weight)
     eager = want_grads and (grad_scale is not None or not main_grad)  # gradients in forward
     plan = resolve_head(
         hidden, weight, targets, head, hidden_dims=3, tp_group=tp_group, impl=impl, one_pass=eager
@@ -285,7 +295,6 @@ def fused_linear_grpo_loss(
     check_shape("old_logp", old_logp, (b, t))
     x = GRPOInputs(None, old_logp, ref_logp, mask, advantages, rewards)
     check_grpo_inputs(x, options)
-    main_grad = plan.grad_weight == "main_grad"
     if want_grads and main_grad and grad_scale is None:
         logp, _ = FusedLinearLogprobs.apply(
             hidden.reshape(n, h), weight, targets.reshape(n).contiguous(), tp_group, plan
