@@ -43,13 +43,15 @@ from .mathml import mathml_to_latex
 _OPEN, _CLOSE = "\ue000", "\ue001"
 # Each selector list below is matched by lexbor in one walk of the tree (or during
 # resiliparse's own walk, for the skip list); Python only sees the nodes they return.
-# substrings of all formula markup (not "Math": scripts calling Math.max would match)
-_MATH_MARKERS = ("<math", ":math", "math/tex", "MathJax", "mathjax", "katex", "mjx-", "MJX")
+# ``_Hints`` asks each only where the raw HTML holds markup it could match.
 _MATH_NODES = (
     "mjx-container, script[type^='math/tex' i], math, .katex-html, [class^=MathJax], "
     "[class*=' MathJax'], [class^=MJX], [class*=' MJX'], [class^=mjx-], [class*=' mjx-']"
 )
-_IMG_MARKERS = ("\\", "^", "_{", "atex", "codecogs", "quation", "ormula")
+# what an <img> tag must hold for ``_LATEX_IMG`` to match it (lower case; a backslash or
+# caret may be a character reference)
+_LATEX_IMG_MARKS = (b"\\", b"^", b"_{", b"tex", b"codecogs", b"equation", b"formula")
+_LATEX_IMG_MARKS += (b"&#92;", b"&#x5c;", b"&bsol;", b"&#94;", b"&#x5e;", b"&hat;")
 _LATEX_IMG = ", ".join(
     ["img[alt*='\\\\']", "img[alt*='^']", "img[alt*='_{']"]
     + [
@@ -79,13 +81,22 @@ _BOILER_WORDS = (
     "share",
 )
 _NOT_PAGE = ":not(html):not(body):not(main):not(article)"
-_SKIP = [f"[class^={w} i]{_NOT_PAGE}, [class*=' {w}' i]{_NOT_PAGE}" for w in _BOILER_WORDS]
+_SKIP = {w: f"[class^={w} i]{_NOT_PAGE}, [class*=' {w}' i]{_NOT_PAGE}" for w in _BOILER_WORDS}
+_MATH_CLASSES = (
+    b" mathjax",
+    b" mjx",
+    b" katex-html",
+)  # class-name starts, as ``_Hints`` writes them
+_MATH_TAGS = (b"<math", b"<mjx-container", b"math/tex")
+# class attribute values, in lower-cased HTML (quoted: the opening quote is kept)
+_CLASS_VALUE = re.compile(rb"class\s*=\s*(\"[^\"]*|'[^']*|[^\s>]+)")
+_IMG_TAG = re.compile(rb"<img[^>]*")
 _DISPLAY_PARENT = ".katex-display, .MathJax_Display"
 _LATEX_COMMAND = re.compile(r"\\[A-Za-z]+|[\^_]\{|\^\d")
 _LATEX_IMG_HINT = re.compile(r"latex|mathtex|codecogs|\btex\b|equation|formula", re.IGNORECASE)
 _FILE_NAME = re.compile(r"\.(jpe?g|png|gif|svg|webp)$", re.IGNORECASE)
 _XML_DECL = re.compile(r"^\s*<\?xml[^>]*\?>", re.IGNORECASE)
-_TAG = re.compile(r"<[^>]+>")
+_TAG = re.compile(r"<[^>\n]+>")  # within a line: ``_lines`` strips many lines at once
 _MATHML_PARSER = lxml.html.HTMLParser(remove_comments=True, recover=True, huge_tree=True)
 
 
@@ -172,13 +183,35 @@ class _Rewriter:
             self.replace(node, alt.strip("$"), False)
 
 
-def _rewrite(tree: HTMLTree, doc: DomNode, html: str) -> int:
-    """Formulas to delimited LaTeX; returns how many were found. The substring checks on the
-    raw HTML spare most pages the tree queries."""
+class _Hints:
+    """What markup a page may hold, read from its raw HTML before the tree is queried.
+
+    Each test is a superset of what the selectors it guards can match (only character
+    references inside class names escape it). A few scans of the text cost a fraction of a
+    walk of the tree, and most pages hold no formula markup and few boilerplate classes.
+    """
+
+    def __init__(self, html: str) -> None:
+        low = html.encode("utf-8", "replace").lower()  # bytes: ASCII lower-casing is cheap
+        # " name" for each class name at the start of a value or after a space, as the
+        # selectors [class^=w] and [class*=' w'] see them
+        names = b" " + b" ".join(v.lstrip(b"\"'") for v in _CLASS_VALUE.findall(low))
+        self.math = any(c in names for c in _MATH_CLASSES) or (
+            b"math" in low and any(t in low for t in _MATH_TAGS)
+        )
+        self.latex_img = any(
+            b"alt" in tag and any(m in tag for m in _LATEX_IMG_MARKS)
+            for tag in _IMG_TAG.findall(low)
+        )
+        self.skip = [_SKIP[w] for w in _BOILER_WORDS if b" " + w.encode() in names]
+
+
+def _rewrite(tree: HTMLTree, doc: DomNode, hints: _Hints) -> int:
+    """Formulas to delimited LaTeX; returns how many were found."""
     rw = _Rewriter(tree)
-    if any(m in html for m in _MATH_MARKERS):
+    if hints.math:
         rw.math(doc)
-    if "<img" in html and any(m in html for m in _IMG_MARKERS):
+    if hints.latex_img:
         for node in doc.query_selector_all(_LATEX_IMG).values():
             rw.image(node)
     return rw.found
@@ -197,19 +230,21 @@ def _link_chars(line: str) -> int:
 
 
 def _lines(minimal_html: str, max_link_density: float) -> str:
-    """resiliparse's minimal-HTML output -> text lines, without link-dense lines."""
+    """resiliparse's minimal-HTML output -> text lines, without link-dense lines.
+
+    Only lines holding a link are judged one by one; tags and character references of the
+    kept lines are then removed in one pass over their text.
+    """
     kept = []
     for line in minimal_html.split("\n"):
-        text = html_lib.unescape(_TAG.sub("", line)).strip()
-        if not text:
-            continue
-        if _OPEN in text or _link_chars(line) <= max_link_density * len(
-            text.replace(" ", "") or "x"
-        ):
-            text = text.replace(_OPEN, "").replace(_CLOSE, "").strip()
-            if text:
-                kept.append(text)
-    return "\n".join(kept)
+        if "</a>" in line and _OPEN not in line:
+            text = html_lib.unescape(_TAG.sub("", line)).strip()
+            if _link_chars(line) > max_link_density * len(text.replace(" ", "") or "x"):
+                continue
+        kept.append(line)
+    text = html_lib.unescape(_TAG.sub("", "\n".join(kept)))
+    text = text.replace(_OPEN, "").replace(_CLOSE, "")
+    return "\n".join(s for line in text.split("\n") if (s := line.strip()))
 
 
 def extract_text(html: str, *, max_link_density: float = 0.5) -> Extraction:
@@ -225,7 +260,8 @@ def extract_text(html: str, *, max_link_density: float = 0.5) -> Extraction:
     doc = tree.document
     if doc is None:
         return Extraction("", 0)
-    found = _rewrite(tree, doc, html)
+    hints = _Hints(html)
+    found = _rewrite(tree, doc, hints)
     out = extract_plain_text(
         tree,
         preserve_formatting="minimal_html",
@@ -233,7 +269,7 @@ def extract_text(html: str, *, max_link_density: float = 0.5) -> Extraction:
         links=True,
         alt_texts=False,
         list_bullets=False,
-        skip_elements=_SKIP,
+        skip_elements=hints.skip,
     )
     return Extraction(_lines(out, max_link_density), found)
 

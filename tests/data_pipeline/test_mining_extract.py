@@ -102,6 +102,19 @@ def test_boilerplate_and_link_lists_are_dropped():
     assert text == "The main text of the page stays."
 
 
+def test_markup_is_found_whatever_its_case_quoting_or_escaping():
+    # the raw-HTML prefilter in front of each tree query must not miss what the query matches
+    html = page(
+        "<p>Kept text.</p><DIV CLASS='intro Sidebar-Box'>Popular posts</DIV>"
+        "<div class=newsletter>Sign up</div>"
+        '<P>Root <IMG SRC="/eq.png" ALT="&#92;sqrt{2}"> and <MATH><MI>x</MI></MATH>'
+        ' and <SCRIPT TYPE="Math/TeX">y^2</SCRIPT>.</P>'
+    )
+    result = extract_text(html)
+    assert result.text == "Kept text.\nRoot $\\sqrt{2}$ and $x$ and $y^2$."
+    assert result.math_from_markup == 3
+
+
 def test_empty_and_garbage_html_give_empty_text():
     assert extract_text("").text == ""
     assert extract_text("   ").text == ""
