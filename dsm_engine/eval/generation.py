@@ -162,7 +162,8 @@ class HFGenerator:
                 pad_token_id=self.tokenizer.pad_token_id,
             )
             if sampling:
-                kwargs.update(temperature=config.temperature, top_p=config.top_p)
+                # top_k=0: generate would otherwise cut to its default top-k 50, as vLLM does not
+                kwargs.update(temperature=config.temperature, top_p=config.top_p, top_k=0)
                 torch.manual_seed(config.seed + b)
             else:
                 kwargs.update(temperature=None, top_p=None, top_k=None)

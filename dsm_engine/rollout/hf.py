@@ -153,6 +153,7 @@ class HFRolloutEngine(RolloutEngine):
             do_sample=not params.greedy,
             temperature=1.0,  # applied by the recorder, before top-p
             top_p=1.0,
+            top_k=0,  # generate's own default is top-k 50, which SamplingParams never asks for
             max_new_tokens=max(budgets),
             min_new_tokens=0,
             eos_token_id=stop_ids or None,

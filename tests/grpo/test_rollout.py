@@ -61,6 +61,27 @@ def test_sampler_logprobs_match_trainer_recomputation(policy):
         assert engine.generate(prompts, 3, params).token_ids == out.token_ids
 
 
+def test_sampling_draws_from_the_whole_vocabulary():
+    # transformers' generate applies top-k 50 unless told otherwise: a near-uniform policy over
+    # 512 tokens (distinct logits, so a top-k would cut) must give far more than 50 first tokens
+    import math
+
+    import torch
+
+    from dsm_engine.models.config import model_config
+    from dsm_engine.models.convert import hf_config
+    from dsm_engine.rollout.base import SamplingParams
+    from dsm_engine.rollout.hf import HFRolloutEngine
+
+    engine = HFRolloutEngine(hf_config(model_config({**TINY, "vocab_size": 512})), device="cpu")
+    with torch.no_grad():
+        engine.model.lm_head.weight.normal_(0.0, 1e-4)
+    out = engine.generate([[5, 6, 7]], 400, SamplingParams(max_new_tokens=1, seed=0))
+    firsts = [t[0] for t in out.token_ids]
+    assert len(set(firsts)) > 150, len(set(firsts))
+    assert all(abs(lp[0] + math.log(512)) < 1e-2 for lp in out.logprobs)
+
+
 def test_update_weights_rejects_a_foreign_state_dict(policy):
     from dsm_engine.models.convert import hf_config
     from dsm_engine.rollout.hf import HFRolloutEngine
