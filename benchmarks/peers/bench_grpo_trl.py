@@ -20,7 +20,7 @@ the same verifier reward (``dsm_engine.rewards.verifier.verify``).
 Each runs in its own process; peak RSS is over the RSS after imports. The first step of each
 is a warm-up and is not counted; the table gives medians over the other steps.
 
-    python -P benchmarks/peers/bench_grpo_trl.py [--steps 4 --prompts 8 --group 8 --new-tokens 32]
+    python -P benchmarks/peers/bench_grpo_trl.py [--steps 4 --prompts 8 --group 8 --new-tokens 32 --rounds 1]
 
 Writes ``benchmarks/results/grpo_trl.{json,md}``.
 """
@@ -205,16 +205,18 @@ def _result(steps: list[dict], base: int) -> dict:
     return {"steps": steps, "peak_bytes": peak_rss_bytes() - base, "peak_abs": peak_rss_bytes()}
 
 
-def _summary(name: str, got: dict) -> dict:
-    if "error" in got:
-        return {"trainer": name, "error": got["error"]}
-    timed = got["steps"][1:] or got["steps"]  # the first step warms up
+def _summary(name: str, runs: list[dict]) -> dict:
+    """One row from each run of ``name``: medians over every run's steps but its first."""
+    errors = [got["error"] for got in runs if "error" in got]
+    if errors:
+        return {"trainer": name, "error": errors[0]}
+    timed = [s for got in runs for s in (got["steps"][1:] or got["steps"])]  # step 1 warms up
     row = {"trainer": name}
     for key in ("generation", "logprobs", "update", "total"):
         row[f"{key} s/step"] = round(statistics.median(s[key] for s in timed), 3)
-    row["peak RSS MiB"] = round(got["peak_abs"] / 2**20, 1)
-    row["peak RSS over imports MiB"] = round(got["peak_bytes"] / 2**20, 1)
-    row["losses"] = " ".join(f"{s['loss']:.4f}" for s in got["steps"])
+    row["peak RSS MiB"] = round(max(got["peak_abs"] for got in runs) / 2**20, 1)
+    row["peak RSS over imports MiB"] = round(max(got["peak_bytes"] for got in runs) / 2**20, 1)
+    row["losses"] = " ".join(f"{s['loss']:.4f}" for s in runs[0]["steps"])
     return row
 
 
@@ -226,16 +228,18 @@ def run(args: argparse.Namespace) -> Path:
         _, eos = demo.prepare(tmp, num_docs=2000, seed=SEED)
         spec = {"root": tmp, "eos": eos, "steps": args.steps, "prompts": args.prompts}
         spec.update(group=args.group, new_tokens=args.new_tokens)
-        rows = []
-        for name in ("ours", "trl"):
-            got = run_child(Path(__file__), [f"--{name}", json.dumps(spec)], args.timeout)
-            rows.append(_summary(name, got))
-            print(json.dumps(rows[-1]), flush=True)
+        runs: dict[str, list[dict]] = {"ours": [], "trl": []}
+        for _ in range(args.rounds):  # alternated: a change of load hits both alike
+            for name, got in runs.items():
+                got.append(run_child(Path(__file__), [f"--{name}", json.dumps(spec)], args.timeout))
+                print(name, json.dumps(got[-1])[:300], flush=True)
+        rows = [_summary(name, got) for name, got in runs.items()]
     env["load_avg_after"] = run_info()["load_avg_1m_5m_15m"]
     notes = [
         f"{args.prompts} prompts x {args.group} samples, up to {args.new_tokens} new tokens, "
-        f"{args.steps} steps (the first a warm-up); policy: arithmetic demo TINY_MODEL, random "
-        "init; wall seconds per step on a shared 2-core machine (load above).",
+        f"{args.steps} steps (the first a warm-up) in each of {args.rounds} runs per trainer, "
+        "alternated; policy: arithmetic demo TINY_MODEL, random init; wall seconds per step "
+        "on a shared 2-core machine (load above), medians over all runs' steps.",
         "ours: logprobs = reference (+ old-policy, none here) passes; total also holds reward scoring and "
         "the weight sync to the sampler. TRL: update = training_step - generation - logprobs "
         "(its reward scoring is inside).",
@@ -244,7 +248,7 @@ def run(args: argparse.Namespace) -> Path:
         "One update per batch, so neither runs an old-policy pass: TRL (num_iterations=1) "
         "takes the policy's own detached log-probs as pi_old, ours grpo.old_logp=rollout the "
         "sampler's (same weights); logprobs is then the reference pass alone on both sides.",
-        "Losses are per step; both start from random weights of the same architecture and "
+        "Losses are per step (first run); both start from random weights of the same architecture and "
         "seed, but sample differently, so they are not expected to be equal.",
     ]
     return write_results("grpo_trl", rows, env, notes, out_dir=Path(args.out))
@@ -256,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--group", type=int, default=8)
     p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=1, help="runs per trainer, alternated")
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--ours", help=argparse.SUPPRESS)
