@@ -14,8 +14,10 @@ line of its own for display math, before the text is extracted):
 - ``$...$``, ``$$...$$``, ``\\(...\\)``, ``\\[...\\]`` written in the page text are left intact.
 
 Only the formula nodes (found by CSS selectors, in C) are touched from Python; parsing,
-main-content detection and serialisation are resiliparse's (lexbor), so this runs near
-resiliparse's speed. On top of resiliparse's main-content rules, elements whose class names
+main-content detection and serialisation are resiliparse's (lexbor). On the shipped WARC
+pages this runs at ~0.65x resiliparse's own pages/s (``benchmarks/results/extract_peers.md``):
+the rest is the raw-HTML scan that decides which queries to run, the minimal-HTML output
+with links, and the link-density pass. On top of resiliparse's main-content rules, elements whose class names
 start with a boilerplate word it keeps (sidebars, widgets, cookie notices, breadcrumbs,
 sharing and subscription boxes, ...) are skipped, and so are link-dense lines (more than
 ``max_link_density`` of their characters inside ``<a>``) that hold no formula.
