@@ -17,9 +17,11 @@ Only the formula nodes (found by CSS selectors, in C) are touched from Python; p
 main-content detection and serialisation are resiliparse's (lexbor). On the shipped WARC
 pages this runs at ~0.65x resiliparse's own pages/s (``benchmarks/results/extract_peers.md``):
 the rest is the raw-HTML scan that decides which queries to run, the minimal-HTML output
-with links, and the link-density pass. On top of resiliparse's main-content rules, elements whose class names
-start with a boilerplate word it keeps (sidebars, widgets, cookie notices, breadcrumbs,
-sharing and subscription boxes, ...) are skipped, and so are link-dense lines (more than
+with links, and the link-density pass.
+
+On top of resiliparse's main-content rules, elements whose class names start with a
+boilerplate word it keeps (sidebars, widgets, cookie notices, breadcrumbs, sharing and
+subscription boxes, ...) are skipped, and so are link-dense lines (more than
 ``max_link_density`` of their characters inside ``<a>``) that hold no formula.
 """
 
@@ -83,12 +85,12 @@ _BOILER_WORDS = (
     "share",
 )
 _NOT_PAGE = ":not(html):not(body):not(main):not(article)"
-_SKIP = {w: f"[class^={w} i]{_NOT_PAGE}, [class*=' {w}' i]{_NOT_PAGE}" for w in _BOILER_WORDS}
-_MATH_CLASSES = (
-    b" mathjax",
-    b" mjx",
-    b" katex-html",
-)  # class-name starts, as ``_Hints`` writes them
+# keyed by the class-name start as ``_Hints`` writes it (b" sidebar")
+_SKIP = {
+    b" " + w.encode(): f"[class^={w} i]{_NOT_PAGE}, [class*=' {w}' i]{_NOT_PAGE}"
+    for w in _BOILER_WORDS
+}
+_MATH_CLASSES = (b" mathjax", b" mjx", b" katex-html")  # as ``_SKIP``'s keys
 _MATH_TAGS = (b"<math", b"<mjx-container", b"math/tex")
 # class attribute values, in lower-cased HTML (quoted: the opening quote is kept)
 _CLASS_VALUE = re.compile(rb"class\s*=\s*(\"[^\"]*|'[^']*|[^\s>]+)")
@@ -198,14 +200,12 @@ class _Hints:
         # " name" for each class name at the start of a value or after a space, as the
         # selectors [class^=w] and [class*=' w'] see them
         names = b" " + b" ".join(v.lstrip(b"\"'") for v in _CLASS_VALUE.findall(low))
-        self.math = any(c in names for c in _MATH_CLASSES) or (
-            b"math" in low and any(t in low for t in _MATH_TAGS)
-        )
+        self.math = any(c in names for c in _MATH_CLASSES) or any(t in low for t in _MATH_TAGS)
         self.latex_img = any(
             b"alt" in tag and any(m in tag for m in _LATEX_IMG_MARKS)
             for tag in _IMG_TAG.findall(low)
         )
-        self.skip = [_SKIP[w] for w in _BOILER_WORDS if b" " + w.encode() in names]
+        self.skip = [selector for name, selector in _SKIP.items() if name in names]
 
 
 def _rewrite(tree: HTMLTree, doc: DomNode, hints: _Hints) -> int:

@@ -52,12 +52,7 @@ from .grpo_inputs import GRPOInputs, check_grpo_inputs, grpo_token_inputs
 from .grpo_loss import grpo_loss_checked, grpo_loss_ref
 from .grpo_metrics import grpo_metrics
 from .grpo_token import grpo_token_terms
-from .options import (
-    GRPOLossOptions,
-    HeadOptions,
-    from_keywords,
-    split_keywords,
-)
+from .options import GRPOLossOptions, HeadOptions, from_keywords, split_keywords
 from .tensor_parallel import all_reduce_sum_, combine_stats
 
 

@@ -20,7 +20,8 @@ the same verifier reward (``dsm_engine.rewards.verifier.verify``).
 Each runs in its own process; peak RSS is over the RSS after imports. The first step of each
 is a warm-up and is not counted; the table gives medians over the other steps.
 
-    python -P benchmarks/peers/bench_grpo_trl.py [--steps 4 --prompts 8 --group 8 --new-tokens 32 --rounds 1]
+    python -P benchmarks/peers/bench_grpo_trl.py [--steps 4 --prompts 8 --group 8 \\
+        --new-tokens 32 --rounds 1]
 
 Writes ``benchmarks/results/grpo_trl.{json,md}``.
 """
@@ -248,8 +249,8 @@ def run(args: argparse.Namespace) -> Path:
         "One update per batch, so neither runs an old-policy pass: TRL (num_iterations=1) "
         "takes the policy's own detached log-probs as pi_old, ours grpo.old_logp=rollout the "
         "sampler's (same weights); logprobs is then the reference pass alone on both sides.",
-        "Losses are per step (first run); both start from random weights of the same architecture and "
-        "seed, but sample differently, so they are not expected to be equal.",
+        "Losses are per step (first run); both start from random weights of the same "
+        "architecture and seed, but sample differently, so they are not expected to be equal.",
     ]
     return write_results("grpo_trl", rows, env, notes, out_dir=Path(args.out))
 

@@ -162,7 +162,7 @@ class HFGenerator:
                 pad_token_id=self.tokenizer.pad_token_id,
             )
             if sampling:
-                # top_k=0: generate would otherwise cut to its default top-k 50, as vLLM does not
+                # top_k=0: else generate cuts to its default top-k 50 (vLLM samples without one)
                 kwargs.update(temperature=config.temperature, top_p=config.top_p, top_k=0)
                 torch.manual_seed(config.seed + b)
             else:
