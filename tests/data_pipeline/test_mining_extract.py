@@ -115,6 +115,12 @@ def test_markup_is_found_whatever_its_case_quoting_or_escaping():
     assert result.math_from_markup == 3
 
 
+def test_a_mathjax_container_is_found_on_a_page_that_never_says_math():
+    # MathJax 3's rendered copy without its assistive MathML: the glyphs are no formula
+    html = page("<p>Area <mjx-container><mjx-c>glyph</mjx-c></mjx-container> done.</p>")
+    assert extract_text(html).text == "Area done."
+
+
 def test_empty_and_garbage_html_give_empty_text():
     assert extract_text("").text == ""
     assert extract_text("   ").text == ""
