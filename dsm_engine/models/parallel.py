@@ -16,7 +16,6 @@ never create it themselves.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -82,12 +81,6 @@ class ParallelContext:
 _CONTEXT: ParallelContext | None = None
 # set when a context we created was torn down with keep_process_group=True
 _OWNED_GROUP = [False]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def current_context() -> ParallelContext | None:
@@ -168,12 +161,9 @@ def initialize_parallel(cfg: ParallelConfig | None = None, *, seed: int = 1234) 
         if "RANK" in os.environ:
             dist.init_process_group(backend=backend)
         else:
-            dist.init_process_group(
-                backend=backend,
-                init_method=f"tcp://127.0.0.1:{_free_port()}",
-                rank=0,
-                world_size=1,
-            )
+            # An in-memory store: a single process needs no rendezvous, and a port picked
+            # here could be taken by another process before the store binds it.
+            dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
         owns = True
     elif _OWNED_GROUP[0]:
         owns = True

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -19,9 +18,3 @@ def worker_env() -> dict[str, str]:
         env.pop(var, None)
     return env
 
-
-def free_port() -> int:
-    """A free local TCP port for torchrun's rendezvous (port 0 is not resolved by workers)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -6,7 +6,7 @@ import json
 import subprocess
 
 import pytest
-from _models_helpers import HERE, PYTHON, free_port, worker_env
+from _models_helpers import HERE, PYTHON, worker_env
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +20,7 @@ def dist_results(hf_tiny_dirs, tmp_path_factory) -> dict:
         "torch.distributed.run",
         "--nproc_per_node",
         "2",
-        "--master_port",
-        str(free_port()),
+        "--standalone",
         str(HERE / "dist_worker.py"),
         "--hf",
         *[f"{k}={v}" for k, v in hf_tiny_dirs.items()],

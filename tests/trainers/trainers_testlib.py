@@ -73,8 +73,9 @@ def run_cli(args: list[str], nproc: int = 1, timeout: int = 240, **kw):
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     if nproc > 1:
-        options = ("--master_port", str(free_port()))
-        cmd = torchrun_argv(nproc, *args, torchrun_options=options)
+        # torchrun binds a free port itself: a port picked here could be taken by another
+        # test worker before torchrun binds it
+        cmd = torchrun_argv(nproc, *args, torchrun_options=("--standalone",))
     else:
         cmd = python_argv("-m", "dsm_engine.cli", *args)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, **kw)
