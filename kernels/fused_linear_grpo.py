@@ -22,6 +22,10 @@ tokens up (``cpu_one_pass_rows``: chunks of N/16 rows, ~6.25% of the fp32 logits
 Below that, chunks so narrow would stream the ``(V, H)`` weight and its gradient once per
 few rows, and the CPU rule's vocabulary slices (8NHV: they need each row's global ``lse``
 before any gradient, hence a second pass over the logits) are faster.
+
+The first two paths run only the unmasked tokens through the head (each chunk gathers its
+rows): prompts and padding, often half of a GRPO batch, cost no head FLOPs, and whatever
+their hidden states hold cannot reach the loss or the gradients.
 """
 
 from __future__ import annotations
@@ -67,6 +71,12 @@ class _Tokens(NamedTuple):
     valid: torch.Tensor
 
 
+def _kept_tokens(valid: torch.Tensor) -> torch.Tensor | None:
+    """Indices of the valid tokens of a flat mask; None when all of them (or none) are."""
+    kept = valid.nonzero().squeeze(1)
+    return kept if 0 < kept.numel() < valid.numel() else None
+
+
 class _FusedLinearGRPOLoss(torch.autograd.Function):
     """Loss and (when ``want_grads``) its gradients in one chunked pass over the tokens.
 
@@ -86,11 +96,33 @@ class _FusedLinearGRPOLoss(torch.autograd.Function):
         options,
         want_grads,
         grad_scale,
+        kept,
     ):
-        n = hidden.shape[0]
+        # kept: the rows of hidden and targets the loss reads (None: all); tokens has one
+        # entry per kept row. A chunk gathers its rows; the others get a zero gradient.
+        n = hidden.shape[0] if kept is None else kept.numel()
         logp = hidden.new_empty(n, dtype=torch.float32)
         loss = logp.new_zeros(())
-        grad_h = torch.empty_like(hidden) if want_grads else None
+        if not want_grads:
+            grad_h = None
+        elif kept is None:
+            grad_h = torch.empty_like(hidden)
+        else:
+            grad_h = torch.zeros_like(hidden)
+
+        def rows_of(s: int, e: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+            """The chunk's hidden rows, targets and the gradient rows to write (a view, or a
+            buffer that ``store_grad`` scatters)."""
+            if kept is None:
+                return hidden[s:e], targets[s:e], None if grad_h is None else grad_h[s:e]
+            idx = kept[s:e]
+            buf = None if grad_h is None else hidden.new_empty(e - s, hidden.shape[1])
+            return hidden.index_select(0, idx), targets[idx], buf
+
+        def store_grad(s: int, e: int, chunk_grad: torch.Tensor | None) -> None:
+            if kept is not None and chunk_grad is not None:
+                grad_h.index_copy_(0, kept[s:e], chunk_grad)
+
         grad_w = grad_weight_accumulator(weight, head) if want_grads else None
         scale = 1.0 if grad_scale is None else float(grad_scale)
 
@@ -112,31 +144,23 @@ class _FusedLinearGRPOLoss(torch.autograd.Function):
             buffer = hidden.new_empty(min(rows, n) * weight.shape[0])
             for s in range(0, n, rows):
                 e = min(s + rows, n)
-                h = hidden[s:e]
-                exp, lse, tgt, softmax_scale = one_pass_stats(
-                    head, h, weight, targets[s:e], buffer, group
-                )
+                h, tg, gh = rows_of(s, e)
+                exp, lse, tgt, softmax_scale = one_pass_stats(head, h, weight, tg, buffer, group)
                 logp[s:e] = tgt - lse
                 g = token_grads(s, e, logp[s:e])
                 one_pass_grads(
-                    head,
-                    exp,
-                    softmax_scale,
-                    h,
-                    weight,
-                    targets[s:e],
-                    g,
-                    grad_hidden=grad_h[s:e],
-                    grad_weight=grad_w,
+                    head, exp, softmax_scale, h, weight, tg, g, grad_hidden=gh, grad_weight=grad_w
                 )
+                store_grad(s, e, gh)
                 del exp
             del buffer
         else:
             buffers = chunk_buffers(head, hidden, n, weight.shape[0])
             for s in range(0, n, head.token_chunk):
                 e = min(s + head.token_chunk, n)
-                stats, kept = chunk_stats(
-                    head, hidden[s:e], weight, targets[s:e], keep_last=want_grads, buffers=buffers
+                h, tg, gh = rows_of(s, e)
+                stats, last = chunk_stats(
+                    head, h, weight, tg, keep_last=want_grads, buffers=buffers
                 )
                 lse, tgt, px = combine_stats(*stats, group)
                 logp[s:e] = tgt - lse
@@ -144,19 +168,20 @@ class _FusedLinearGRPOLoss(torch.autograd.Function):
                 if want_grads:
                     chunk_grads(
                         head,
-                        hidden[s:e],
+                        h,
                         weight,
-                        targets[s:e],
+                        tg,
                         lse,
                         px,
                         g,
                         None,
-                        grad_hidden=grad_h[s:e],
+                        grad_hidden=gh,
                         grad_weight=grad_w,
-                        last_logits=kept,
+                        last_logits=last,
                         buffers=buffers,
                     )
-                del kept
+                    store_grad(s, e, gh)
+                del last
             del buffers
         ctx.grad_scale = grad_scale
         if want_grads:
@@ -194,11 +219,11 @@ class _FusedLinearGRPOLoss(torch.autograd.Function):
                 )
             (weight,) = ctx.saved_tensors
             grad_w = grad_weight_result(weight.main_grad, weight, ctx.head)
-            return grad_h, grad_w, None, None, None, None, None, None, None
+            return grad_h, grad_w, None, None, None, None, None, None, None, None
         g = grad_loss.to(grad_h.dtype)
         grad_h.mul_(g)
         grad_w.mul_(g)
-        return grad_h, grad_w, None, None, None, None, None, None, None
+        return grad_h, grad_w, None, None, None, None, None, None, None, None
 
 
 def fused_linear_grpo_loss_ref(
@@ -298,6 +323,15 @@ def fused_linear_grpo_loss(
     valid, adv, w = grpo_token_inputs(x, options)
     old, ref, adv = old_logp.detach().float(), ref_logp.detach().float(), adv.float()
     tokens = _Tokens(*(x.reshape(n) for x in (old, ref, adv, w, valid)))
+    # Masked tokens (prompts, padding) add nothing to the loss or its gradients: the head
+    # runs on the others alone, and the masked rows of hidden get a zero gradient.
+    kept = _kept_tokens(tokens.valid)
+    if kept is not None:
+        tokens = _Tokens(*(x[kept] for x in tokens))
+        plan = resolve_head(
+            hidden, weight, targets, head, hidden_dims=3, tp_group=tp_group, impl=impl,
+            one_pass=eager, rows=kept.numel(),
+        )  # fmt: skip
     loss, logp = _FusedLinearGRPOLoss.apply(
         hidden.reshape(n, h),
         weight,
@@ -308,9 +342,13 @@ def fused_linear_grpo_loss(
         options,
         want_grads,
         float(grad_scale) if want_grads and main_grad else None,
+        kept,
     )
+    if kept is not None:  # a masked token keeps old's log-prob: a ratio of 1, outside the loss
+        logp = old.reshape(n).index_copy(0, kept, logp)
+    logp = logp.view(b, t)
     with torch.no_grad():
-        terms = grpo_token_terms(logp.view(b, t), old, ref, adv, options)
+        terms = grpo_token_terms(logp, old, ref, adv, options)
         metrics = grpo_metrics(
             valid,
             terms.ratio,

@@ -126,11 +126,14 @@ def sequence_logprobs(
     micro_batch_size: int,
     return_entropy: bool = False,
     impl: str = "auto",
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token fp32 log-probs ``(B, T)`` of ``targets`` (and entropies) under ``model``.
 
-    tokens, targets: ``(B, T)`` int64 on the model's device. Runs in microbatches, no grad.
-    Collective over the TP and pipeline groups; every stage returns the same tensors.
+    tokens, targets: ``(B, T)`` int64 on the model's device. mask: ``(B, T)`` bool, the
+    targets wanted (the responses'); the others get 0 and cost no lm_head work (default: all).
+    Runs in microbatches, no grad. Collective over the TP and pipeline groups; every stage
+    returns the same tensors.
     """
     from dsm_engine.models.build import lm_head_weight
 
@@ -139,19 +142,28 @@ def sequence_logprobs(
 
     def loss_fn(sl: slice, hidden: torch.Tensor):
         b, t, d = hidden.shape
-        out = fused_linear_logprobs(
-            hidden.reshape(b * t, d),
-            lm_head_weight(model),
-            targets[sl].reshape(b * t),
-            temperature=temperature,
-            tp_group=tp_group,
-            return_entropy=return_entropy,
-            impl=impl,
-        )
-        lp, ent = out if return_entropy else (out, None)
-        info = {"logp": lp.reshape(b, t)}
-        if ent is not None:
-            info["ent"] = ent.reshape(b, t)
+        flat, wanted = hidden.reshape(b * t, d), targets[sl].reshape(b * t)
+        kept = None if mask is None else mask[sl].reshape(b * t).nonzero().squeeze(1)
+        if kept is not None:
+            flat, wanted = flat.index_select(0, kept), wanted[kept]
+        info = {}
+        if wanted.numel():
+            out = fused_linear_logprobs(
+                flat,
+                lm_head_weight(model),
+                wanted,
+                temperature=temperature,
+                tp_group=tp_group,
+                return_entropy=return_entropy,
+                impl=impl,
+            )
+            info["logp"], info["ent"] = out if return_entropy else (out, None)
+        for key in ("logp", "ent") if return_entropy else ("logp",):
+            got = info.get(key)
+            if kept is not None or got is None:  # the skipped targets' entries are 0
+                full = hidden.new_zeros(b * t, dtype=torch.float32)
+                got = full if got is None else full.index_copy(0, kept, got.float())
+            info[key] = got.reshape(b, t)
         return hidden.new_zeros(()), info
 
     infos = run_schedule(model, tokens, micro_batch_size, loss_fn, forward_only=True)

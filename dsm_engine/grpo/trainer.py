@@ -338,6 +338,7 @@ class GRPORun:
                 tp_group=self.tp_group,
                 micro_batch_size=g.micro_batch_size,
                 impl=g.impl,
+                mask=batch.mask,
             )
             self.offload(self.reference, torch.device("cpu"))
         t1 = time.perf_counter()
@@ -352,6 +353,7 @@ class GRPORun:
                     micro_batch_size=g.micro_batch_size,
                     return_entropy=True,
                     impl=g.impl,
+                    mask=batch.mask,
                 )
                 if not self.gold:  # gold rows have no sampler log-probs
                     metrics.update(mismatch_metrics(old_logp, batch.sampler_logp, batch.mask))

@@ -77,6 +77,17 @@ def grpo_step_outputs(
         micro_batch_size=micro_batch_size,
         return_entropy=True,
     )
+    # the trainer's reference and old passes: the response targets alone through the head
+    response_logp, response_ent = sequence_logprobs(
+        model,
+        batch.tokens,
+        batch.targets,
+        temperature=TEMP,
+        tp_group=group,
+        micro_batch_size=micro_batch_size,
+        return_entropy=True,
+        mask=batch.mask,
+    )
     g = torch.Generator().manual_seed(7)
     old = logp + 0.3 * torch.randn(logp.shape, generator=g)  # ratios beyond both clip edges
     ref = logp + 0.5 * torch.randn(logp.shape, generator=g)
@@ -102,6 +113,8 @@ def grpo_step_outputs(
         "layer_forwards": len(forwards),
         "logp": logp,
         "entropy": ent,
+        "response_logp": response_logp,
+        "response_entropy": response_ent,
         "old": old,
         "ref": ref,
         "adv": adv,

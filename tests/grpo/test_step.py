@@ -64,6 +64,13 @@ def test_grpo_step_equals_paper_formula_fp64(parallel_teardown):
         beta=BETA,
         temperature=TEMP,
     )
+    # given the response mask, the log-probs and entropies of the other targets are 0
+    mask = batch.mask
+    assert (~mask).any() and mask.any()
+    for key in ("logp", "entropy"):
+        got, full = out[f"response_{key}"], out[key]
+        torch.testing.assert_close(got[mask], full[mask], rtol=1e-5, atol=1e-6, msg=key)
+        assert torch.equal(got[~mask], torch.zeros_like(got[~mask])), key
     assert out["metrics"]["clip_frac_low"] > 0 and out["metrics"]["clip_frac_high"] > 0
     assert torch.equal(out["adv"][:GROUP], torch.zeros(GROUP))  # the all-equal group
     torch.testing.assert_close(out["adv"].double(), adv, rtol=1e-5, atol=1e-6)
@@ -107,7 +114,7 @@ def _assert_same_step(got: dict, want: dict, state: dict) -> None:
     assert set(got["sampler_sd"]) == set(state)
     for name, w in state.items():
         assert torch.equal(got["sampler_sd"][name], w), name
-    for key in ("logp", "entropy", "adv"):
+    for key in ("logp", "entropy", "response_logp", "response_entropy", "adv"):
         torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6, msg=key)
     assert abs(got["loss"] - want["loss"]) <= 1e-5 * max(1.0, abs(want["loss"]))
     assert set(got["grads"]) == set(want["grads"])

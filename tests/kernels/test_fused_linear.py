@@ -321,6 +321,32 @@ def test_fused_grpo_loss_without_grad_matches_with_grad():
         torch.testing.assert_close(ma[k], mb[k])
 
 
+@pytest.mark.parametrize("impl", ["triton", "torch"])
+def test_masked_tokens_never_reach_the_head(impl):
+    """Prompt and padding positions run no lm_head: non-finite hidden states there change
+    neither the loss nor the gradients, and their rows get an exact zero gradient."""
+    b, t, h, v = 4, 6, 16, 120
+    gen = _seed("masked-rows", impl)
+    hidden, weight, targets, old, ref, mask = _grpo_inputs(b, t, h, v, torch.float32, gen)
+    kw = {"advantages": torch.randn(b, generator=gen), "impl": impl, "token_chunk": 5}
+    poisoned = hidden.clone()
+    poisoned[~mask] = torch.tensor([float("nan"), float("inf")]).repeat(h // 2)
+    results = []
+    for x in (hidden, poisoned):
+        hd, wt = x.detach().requires_grad_(), weight.detach().requires_grad_()
+        loss, metrics = fused_linear_grpo_loss(hd, wt, targets, old, ref, mask, **kw)
+        loss.backward()
+        results.append((loss, metrics, hd.grad, wt.grad))
+    (loss, metrics, gh, gw), (loss_p, metrics_p, gh_p, gw_p) = results
+    assert torch.isfinite(loss_p) and torch.isfinite(gw_p).all() and torch.isfinite(gh_p).all()
+    assert torch.equal(gh_p[~mask], torch.zeros_like(gh_p[~mask]))
+    torch.testing.assert_close(loss_p, loss)
+    torch.testing.assert_close(gh_p, gh)
+    torch.testing.assert_close(gw_p, gw)
+    for k in metrics:
+        torch.testing.assert_close(metrics_p[k], metrics[k])
+
+
 def test_backward_scales_by_the_incoming_gradient():
     gen = _seed("scale")
     hidden, weight, targets, old, ref, mask = _grpo_inputs(2, 4, 8, 50, torch.float32, gen)
