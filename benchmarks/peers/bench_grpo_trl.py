@@ -1,9 +1,12 @@
 """A GRPO step on the CPU against TRL's ``GRPOTrainer``: seconds per step split into
 generation, log-prob passes and update, and peak RSS.
 
-Both train the same tiny Llama-architecture policy (the arithmetic demo's ``TINY_MODEL``,
-random init from one seed) on the same arithmetic prompts (``recipes.arithmetic.prepare``:
-tokenizer and ``train.jsonl``), with the same group size, prompts per step, response length,
+Both start from the same weights: the arithmetic demo's ``TINY_MODEL`` pretrained for
+``--pretrain-steps`` on its corpus (``recipes.arithmetic.pretrain``, as the quickstart does),
+which ours loads as its checkpoint and TRL as the Hugging Face folder that ``dsm convert
+dsm-to-hf`` writes from it. They train on the same arithmetic prompts
+(``recipes.arithmetic.prepare``: tokenizer and ``train.jsonl``), with the same group size,
+prompts per step, response length,
 sampling (temperature 1, top-p 1), loss (``loss_type="grpo"``: the paper's sequence mean of
 token means, beta 0.04 on the plain k3 KL (TRL: ``use_bias_correction_kl=False``), clip 0.2,
 one update per batch, lr 5e-4 constant, grad clip 1.0), activations recomputed layer by layer
@@ -21,7 +24,7 @@ Each runs in its own process; peak RSS is over the RSS after imports. The first 
 is a warm-up and is not counted; the table gives medians over the other steps.
 
     python -P benchmarks/peers/bench_grpo_trl.py [--steps 4 --prompts 8 --group 8 \\
-        --new-tokens 32 --rounds 1]
+        --new-tokens 32 --rounds 1 --pretrain-steps 300]
 
 Writes ``benchmarks/results/grpo_trl.{json,md}``.
 """
@@ -44,13 +47,6 @@ PACKAGES = ("dsm-engine", "torch", "transformers", "trl", "accelerate")
 SEED = 0
 
 
-def _tiny_model_config():
-    from dsm_engine.models import model_config
-    from dsm_engine.recipes.arithmetic import TINY_MODEL
-
-    return model_config("tiny", **TINY_MODEL)
-
-
 def run_ours(spec: dict) -> dict:
     from dsm_engine.grpo.trainer import run_grpo
     from dsm_engine.recipes import arithmetic as demo
@@ -58,9 +54,9 @@ def run_ours(spec: dict) -> dict:
     paths = demo.DemoPaths(Path(spec["root"]))
     cfg = demo.grpo_config(
         paths,
-        init=Path("unused"),
+        init=Path(spec["init"]),
         run_dir=str(Path(spec["root"]) / "ours"),
-        checkpoint={"every": 1000, "load": None},
+        checkpoint={"every": 1000},
         logging={"tensorboard": False, "progress": False},
         eval={"every": 0},  # TRL evaluates nothing either
         # TRL's GRPOConfig checkpoints activations by default: both recompute each layer
@@ -84,6 +80,7 @@ def run_ours(spec: dict) -> dict:
             "update": h["time_update_s"],
             "total": h["step_time_s"],
             "loss": h["loss"],
+            "response_tokens": h["response_len_mean"],
         }
         for h in history
     ]
@@ -96,7 +93,6 @@ def run_trl(spec: dict) -> dict:
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
     from trl import GRPOConfig, GRPOTrainer
 
-    from dsm_engine.models.convert import hf_config
     from dsm_engine.recipes.arithmetic import DemoPaths
     from dsm_engine.rewards.verifier import verify
     from dsm_engine.tasks.arithmetic import PROMPT_TEMPLATE
@@ -104,7 +100,7 @@ def run_trl(spec: dict) -> dict:
     paths = DemoPaths(Path(spec["root"]))
     base = reset_peak_rss()  # as for ours: model, optimizer and sampler are counted
     torch.manual_seed(SEED)
-    model = LlamaForCausalLM(hf_config(_tiny_model_config())).float()
+    model = LlamaForCausalLM.from_pretrained(spec["hf_init"], dtype=torch.float32)
     tok = PreTrainedTokenizerFast(tokenizer_file=str(paths.tokenizer))
     eos = tok.convert_ids_to_tokens(spec["eos"])
     tok.eos_token = tok.pad_token = eos
@@ -184,7 +180,7 @@ def run_trl(spec: dict) -> dict:
 
 def times_to_steps(times: dict[str, list[float]], trainer) -> list[dict]:
     """TRL's per-step split from the timed calls (its losses from the trainer's log)."""
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    logged = [h for h in trainer.state.log_history if "loss" in h]
     logp_per_step = len(times["logprobs"]) // max(1, len(times["step"]))
     steps = []
     for i, total in enumerate(times["step"]):
@@ -196,7 +192,10 @@ def times_to_steps(times: dict[str, list[float]], trainer) -> list[dict]:
                 "logprobs": lp,
                 "update": total - gen - lp,
                 "total": total,
-                "loss": losses[i] if i < len(losses) else float("nan"),
+                "loss": logged[i]["loss"] if i < len(logged) else float("nan"),
+                "response_tokens": logged[i].get("completions/mean_length", float("nan"))
+                if i < len(logged)
+                else float("nan"),
             }
         )
     return steps
@@ -215,6 +214,7 @@ def _summary(name: str, runs: list[dict]) -> dict:
     row = {"trainer": name}
     for key in ("generation", "logprobs", "update", "total"):
         row[f"{key} s/step"] = round(statistics.median(s[key] for s in timed), 3)
+    row["response tokens/row"] = round(statistics.mean(s["response_tokens"] for s in timed), 1)
     row["peak RSS MiB"] = round(max(got["peak_abs"] for got in runs) / 2**20, 1)
     row["peak RSS over imports MiB"] = round(max(got["peak_bytes"] for got in runs) / 2**20, 1)
     row["losses"] = " ".join(f"{s['loss']:.4f}" for s in runs[0]["steps"])
@@ -222,12 +222,19 @@ def _summary(name: str, runs: list[dict]) -> dict:
 
 
 def run(args: argparse.Namespace) -> Path:
+    from dsm_engine.models.convert import dsm_to_hf_main
     from dsm_engine.recipes import arithmetic as demo
 
     env = run_info(PACKAGES)
     with tempfile.TemporaryDirectory() as tmp:
-        _, eos = demo.prepare(tmp, num_docs=2000, seed=SEED)
+        paths, eos = demo.prepare(tmp, num_docs=2000, seed=SEED)
+        init = demo.pretrain(
+            paths, eos, steps=args.pretrain_steps, progress=False, train={"seed": SEED}
+        )
+        hf_init = Path(tmp) / "init-hf"
+        dsm_to_hf_main(["--ckpt", str(init), "--out", str(hf_init)])
         spec = {"root": tmp, "eos": eos, "steps": args.steps, "prompts": args.prompts}
+        spec.update(init=str(init), hf_init=str(hf_init))
         spec.update(group=args.group, new_tokens=args.new_tokens)
         runs: dict[str, list[dict]] = {"ours": [], "trl": []}
         for _ in range(args.rounds):  # alternated: a change of load hits both alike
@@ -239,8 +246,9 @@ def run(args: argparse.Namespace) -> Path:
     notes = [
         f"{args.prompts} prompts x {args.group} samples, up to {args.new_tokens} new tokens, "
         f"{args.steps} steps (the first a warm-up) in each of {args.rounds} runs per trainer, "
-        "alternated; policy: arithmetic demo TINY_MODEL, random init; wall seconds per step "
-        "on a shared 2-core machine (load above), medians over all runs' steps.",
+        f"alternated; policy: arithmetic demo TINY_MODEL pretrained {args.pretrain_steps} steps, "
+        "the same weights for both; wall seconds per step on a shared 2-core machine (load "
+        "above), medians over all runs' steps; response tokens/row: mean over those steps.",
         "ours: logprobs = reference (+ old-policy, none here) passes; total also holds reward scoring and "
         "the weight sync to the sampler. TRL: update = training_step - generation - logprobs "
         "(its reward scoring is inside).",
@@ -249,8 +257,8 @@ def run(args: argparse.Namespace) -> Path:
         "One update per batch, so neither runs an old-policy pass: TRL (num_iterations=1) "
         "takes the policy's own detached log-probs as pi_old, ours grpo.old_logp=rollout the "
         "sampler's (same weights); logprobs is then the reference pass alone on both sides.",
-        "Losses are per step (first run); both start from random weights of the same "
-        "architecture and seed, but sample differently, so they are not expected to be equal.",
+        "Losses are per step (first run); both start from the same weights but sample "
+        "differently, so they are not expected to be equal.",
     ]
     return write_results("grpo_trl", rows, env, notes, out_dir=Path(args.out))
 
@@ -262,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--group", type=int, default=8)
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--rounds", type=int, default=1, help="runs per trainer, alternated")
+    p.add_argument(
+        "--pretrain-steps", type=int, default=300, help="steps of the shared initial policy"
+    )
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--ours", help=argparse.SUPPRESS)

@@ -257,6 +257,9 @@ def run(args: argparse.Namespace) -> Path:
         "(inputs in place, every library imported); it includes the gradients of hidden and "
         "weight ((N+V)·H elements); '% beyond grads' subtracts them. Both are % of N·V·4.",
         "Liger runs with its default chunk_size=1 (one sequence per chunk).",
+        "mask: each sequence's first L tokens, L uniform in [T/2, T] (~75% of N). ours-grpo "
+        "runs only those through the head (it skips masked tokens); every other variant, "
+        "ours-logprobs included, runs all N.",
         "s = median wall seconds per step; on CPU 'cpu s' = median CPU-seconds of the process "
         "per step (all its threads), which a loaded shared machine disturbs less, and "
         "'x materialised' compares those.",

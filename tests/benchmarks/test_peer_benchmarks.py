@@ -110,6 +110,7 @@ def test_decont_bench_compares_removed_documents_with_datatrove(tmp_path):
 def test_grpo_bench_splits_a_step_for_ours_and_trl(tmp_path):
     pytest.importorskip("trl")
     args = ["--steps", "2", "--prompts", "2", "--group", "2", "--new-tokens", "4"]
+    args += ["--pretrain-steps", "2"]
     assert _load("bench_grpo_trl").main([*args, "--out", str(tmp_path)]) == 0
     rows = _rows(tmp_path, "grpo_trl")
     assert [r["trainer"] for r in rows] == ["ours", "trl"]
@@ -117,4 +118,5 @@ def test_grpo_bench_splits_a_step_for_ours_and_trl(tmp_path):
         assert "error" not in r, r
         parts = r["generation s/step"] + r["logprobs s/step"]
         assert 0 < parts <= r["total s/step"] and r["peak RSS MiB"] > 0
+        assert 0 < r["response tokens/row"] <= 4
         assert len(r["losses"].split()) == 2
