@@ -109,15 +109,12 @@ def resolve_head(
     tp_group: dist.ProcessGroup | None,
     impl: str,
     one_pass: bool = False,
-    rows: int | None = None,
 ) -> Head:
     """The argument checks shared by both fused ops; ValueError names the argument.
 
     ``hidden`` is ``(N, H)`` (``hidden_dims=2``) or ``(B, T, H)`` (3); ``targets`` has its
     leading shape. ``one_pass``: the caller is the GRPO op computing its gradients, which has
-    a one-pass path for fp32 on the CPU (``Head.one_pass``). ``rows``: how many of the N
-    tokens the op runs through the head, when it skips some (default: all); the chunk sizes
-    are picked for those.
+    a one-pass path for fp32 on the CPU (``Head.one_pass``).
     """
     path = resolve_impl(impl, hidden)
     if hidden.dim() != hidden_dims:
@@ -140,7 +137,6 @@ def resolve_head(
     n, h, v_local = hidden.shape[:-1].numel(), hidden.shape[-1], weight.shape[0]
     vocab_start, v_global = shard_info(v_local, tp_group)
     check_targets(targets.reshape(n), n, v_global, name="targets")
-    n = n if rows is None else rows
     on_cpu = path == "torch" and hidden.device.type == "cpu"
     tc, vc = resolve_chunk_sizes(
         n,

@@ -23,9 +23,10 @@ Below that, chunks so narrow would stream the ``(V, H)`` weight and its gradient
 few rows, and the CPU rule's vocabulary slices (8NHV: they need each row's global ``lse``
 before any gradient, hence a second pass over the logits) are faster.
 
-The first two paths run only the unmasked tokens through the head (each chunk gathers its
-rows): prompts and padding, often half of a GRPO batch, cost no head FLOPs, and whatever
-their hidden states hold cannot reach the loss or the gradients.
+The first two paths run only the unmasked tokens through the head when a token chunk is at
+most an eighth of the tokens (the GPU's chunks, the CPU's one-pass chunks; each chunk gathers
+its rows): prompts and padding, often half of a GRPO batch, then cost no head FLOPs, and
+whatever their hidden states hold cannot reach the loss or the gradients.
 """
 
 from __future__ import annotations
@@ -71,8 +72,13 @@ class _Tokens(NamedTuple):
     valid: torch.Tensor
 
 
-def _kept_tokens(valid: torch.Tensor) -> torch.Tensor | None:
-    """Indices of the valid tokens of a flat mask; None when all of them (or none) are."""
+def _kept_tokens(valid: torch.Tensor, token_chunk: int) -> torch.Tensor | None:
+    """Indices of the valid tokens of a flat mask; None when all of them (or none) are, or
+    when a token chunk is over an eighth of the tokens: a chunk gathers its rows and their
+    gradient into two ``(token_chunk, H)`` copies, which must stay small next to the chunk
+    loops' own buffers (the CPU rule's vocabulary slices take all tokens in one chunk)."""
+    if token_chunk * 8 > valid.numel():
+        return None
     kept = valid.nonzero().squeeze(1)
     return kept if 0 < kept.numel() < valid.numel() else None
 
@@ -152,7 +158,7 @@ class _FusedLinearGRPOLoss(torch.autograd.Function):
                     head, exp, softmax_scale, h, weight, tg, g, grad_hidden=gh, grad_weight=grad_w
                 )
                 store_grad(s, e, gh)
-                del exp
+                del exp, h, gh  # before the next chunk gathers its rows
             del buffer
         else:
             buffers = chunk_buffers(head, hidden, n, weight.shape[0])
@@ -181,7 +187,7 @@ class _FusedLinearGRPOLoss(torch.autograd.Function):
                         buffers=buffers,
                     )
                     store_grad(s, e, gh)
-                del last
+                del last, h, gh
             del buffers
         ctx.grad_scale = grad_scale
         if want_grads:
@@ -325,13 +331,9 @@ def fused_linear_grpo_loss(
     tokens = _Tokens(*(x.reshape(n) for x in (old, ref, adv, w, valid)))
     # Masked tokens (prompts, padding) add nothing to the loss or its gradients: the head
     # runs on the others alone, and the masked rows of hidden get a zero gradient.
-    kept = _kept_tokens(tokens.valid)
+    kept = _kept_tokens(tokens.valid, plan.token_chunk)
     if kept is not None:
         tokens = _Tokens(*(x[kept] for x in tokens))
-        plan = resolve_head(
-            hidden, weight, targets, head, hidden_dims=3, tp_group=tp_group, impl=impl,
-            one_pass=eager, rows=kept.numel(),
-        )  # fmt: skip
     loss, logp = _FusedLinearGRPOLoss.apply(
         hidden.reshape(n, h),
         weight,

@@ -265,3 +265,37 @@ def test_cpu_training_path_holds_under_a_tenth_of_the_logits_beyond_the_gradient
     hidden_grad = n * h * 2
     assert rec.peak - hidden_grad <= 0.1 * n * v * 4, (rec.peak, hidden_grad)
     assert weight.grad is None and weight.main_grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("n", [32, 2048], ids=["cpu-rule-one-chunk", "one-pass-16-chunks"])
+def test_masking_the_prompts_costs_at_most_two_gathered_chunks(n):
+    """The GRPO op skips masked tokens (the trainer's path: fp32 ``main_grad``, ``grad_scale``)
+    by gathering each token chunk's unmasked rows and scattering their gradient back: two
+    ``(token_chunk, H)`` copies beyond what the unmasked batch holds. Under the CPU rule, whose
+    one chunk is all N tokens, it does not skip them (those copies would be hidden's size)."""
+    t, h, v = 16, 256, 1024
+    b = n // t
+    gen = torch.Generator().manual_seed(3)
+    hidden = torch.randn(b, t, h, generator=gen, requires_grad=True)
+    weight = (torch.randn(v, h, generator=gen) / h**0.5).requires_grad_()
+    weight.main_grad = torch.zeros(v, h)
+    targets = torch.randint(0, v, (b, t), generator=gen)
+    old = torch.randn(b, t, generator=gen) * 0.1 - 7
+    ref = old + 0.01
+    adv = torch.randn(b, generator=gen)
+    peaks = {}
+    for kind, mask in (
+        ("all", torch.ones(b, t, dtype=torch.bool)),
+        ("prompts-masked", (torch.arange(t) >= t // 2).expand(b, t)),
+    ):
+        hidden.grad = None
+        inputs = (hidden, weight, weight.main_grad, targets, old, ref, mask, adv)
+        with PeakLiveElements(in_bytes=True, inputs=inputs) as rec:
+            loss, _ = fused_linear_grpo_loss(
+                hidden, weight, targets, old, ref, mask, advantages=adv, grad_scale=1.0
+            )
+            loss.backward()
+        peaks[kind] = rec.peak
+    chunk_rows = 0 if n < 2048 else n // 16  # the one-pass path's chunks (cpu_one_pass_rows)
+    gathered = 2 * chunk_rows * h * 4
+    assert peaks["prompts-masked"] - peaks["all"] <= gathered + 64 * n, peaks
