@@ -68,26 +68,22 @@ def grpo_step_outputs(
     sampler_sd = gather_for_sampler(model, cfg)
     sampler_sd = sampler_sd and {k: v.clone() for k, v in sampler_sd.items()}
     group = ctx.tp_group if tp > 1 else None
-    logp, ent = sequence_logprobs(
-        model,
-        batch.tokens,
-        batch.targets,
-        temperature=TEMP,
-        tp_group=group,
-        micro_batch_size=micro_batch_size,
-        return_entropy=True,
-    )
+
+    def logprobs(mask=None):
+        return sequence_logprobs(
+            model,
+            batch.tokens,
+            batch.targets,
+            temperature=TEMP,
+            tp_group=group,
+            micro_batch_size=micro_batch_size,
+            return_entropy=True,
+            mask=mask,
+        )
+
+    logp, ent = logprobs()
     # the trainer's reference and old passes: the response targets alone through the head
-    response_logp, response_ent = sequence_logprobs(
-        model,
-        batch.tokens,
-        batch.targets,
-        temperature=TEMP,
-        tp_group=group,
-        micro_batch_size=micro_batch_size,
-        return_entropy=True,
-        mask=batch.mask,
-    )
+    response_logp, response_ent = logprobs(batch.mask)
     g = torch.Generator().manual_seed(7)
     old = logp + 0.3 * torch.randn(logp.shape, generator=g)  # ratios beyond both clip edges
     ref = logp + 0.5 * torch.randn(logp.shape, generator=g)
