@@ -109,12 +109,9 @@ class _FusedLinearGRPOLoss(torch.autograd.Function):
         n = hidden.shape[0] if kept is None else kept.numel()
         logp = hidden.new_empty(n, dtype=torch.float32)
         loss = logp.new_zeros(())
-        if not want_grads:
-            grad_h = None
-        elif kept is None:
-            grad_h = torch.empty_like(hidden)
-        else:
-            grad_h = torch.zeros_like(hidden)
+        grad_h = None
+        if want_grads:  # the rows the loss skips keep a zero gradient
+            grad_h = torch.empty_like(hidden) if kept is None else torch.zeros_like(hidden)
 
         def rows_of(s: int, e: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
             """The chunk's hidden rows, targets and the gradient rows to write (a view, or a

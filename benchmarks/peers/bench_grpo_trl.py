@@ -184,6 +184,7 @@ def times_to_steps(times: dict[str, list[float]], trainer) -> list[dict]:
     logp_per_step = len(times["logprobs"]) // max(1, len(times["step"]))
     steps = []
     for i, total in enumerate(times["step"]):
+        log = logged[i] if i < len(logged) else {}
         lp = sum(times["logprobs"][i * logp_per_step : (i + 1) * logp_per_step])
         gen = times["generation"][i]
         steps.append(
@@ -192,10 +193,8 @@ def times_to_steps(times: dict[str, list[float]], trainer) -> list[dict]:
                 "logprobs": lp,
                 "update": total - gen - lp,
                 "total": total,
-                "loss": logged[i]["loss"] if i < len(logged) else float("nan"),
-                "response_tokens": logged[i].get("completions/mean_length", float("nan"))
-                if i < len(logged)
-                else float("nan"),
+                "loss": log.get("loss", float("nan")),
+                "response_tokens": log.get("completions/mean_length", float("nan")),
             }
         )
     return steps
@@ -234,8 +233,8 @@ def run(args: argparse.Namespace) -> Path:
         hf_init = Path(tmp) / "init-hf"
         dsm_to_hf_main(["--ckpt", str(init), "--out", str(hf_init)])
         spec = {"root": tmp, "eos": eos, "steps": args.steps, "prompts": args.prompts}
-        spec.update(init=str(init), hf_init=str(hf_init))
         spec.update(group=args.group, new_tokens=args.new_tokens)
+        spec.update(init=str(init), hf_init=str(hf_init))
         runs: dict[str, list[dict]] = {"ours": [], "trl": []}
         for _ in range(args.rounds):  # alternated: a change of load hits both alike
             for name, got in runs.items():

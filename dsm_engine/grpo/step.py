@@ -143,26 +143,22 @@ def sequence_logprobs(
     def loss_fn(sl: slice, hidden: torch.Tensor):
         b, t, d = hidden.shape
         flat, wanted = hidden.reshape(b * t, d), targets[sl].reshape(b * t)
-        kept = None if mask is None else mask[sl].reshape(b * t).nonzero().squeeze(1)
-        if kept is not None:
-            flat, wanted = flat.index_select(0, kept), wanted[kept]
+        keep = None if mask is None else mask[sl].reshape(b * t)
+        if keep is not None:
+            flat, wanted = flat[keep], wanted[keep]
+        out = fused_linear_logprobs(
+            flat,
+            lm_head_weight(model),
+            wanted,
+            temperature=temperature,
+            tp_group=tp_group,
+            return_entropy=return_entropy,
+            impl=impl,
+        )
         info = {}
-        if wanted.numel():
-            out = fused_linear_logprobs(
-                flat,
-                lm_head_weight(model),
-                wanted,
-                temperature=temperature,
-                tp_group=tp_group,
-                return_entropy=return_entropy,
-                impl=impl,
-            )
-            info["logp"], info["ent"] = out if return_entropy else (out, None)
-        for key in ("logp", "ent") if return_entropy else ("logp",):
-            got = info.get(key)
-            if kept is not None or got is None:  # the skipped targets' entries are 0
-                full = hidden.new_zeros(b * t, dtype=torch.float32)
-                got = full if got is None else full.index_copy(0, kept, got.float())
+        for key, got in zip(("logp", "ent"), out if return_entropy else (out,)):
+            if keep is not None:  # the skipped targets' entries are 0
+                got = got.new_zeros(b * t, dtype=torch.float32).masked_scatter(keep, got.float())
             info[key] = got.reshape(b, t)
         return hidden.new_zeros(()), info
 

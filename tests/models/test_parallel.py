@@ -3,34 +3,19 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
-from _models_helpers import HERE, PYTHON, worker_env
+from _models_helpers import HERE
 
 
 @pytest.fixture(scope="module")
-def dist_results(hf_tiny_dirs, tmp_path_factory) -> dict:
+def dist_results(hf_tiny_dirs, tmp_path_factory, torchrun) -> dict:
     work = tmp_path_factory.mktemp("dist")
     out = work / "results.json"
-    cmd = [
-        PYTHON,
-        "-P",
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--standalone",
-        str(HERE / "dist_worker.py"),
-        "--hf",
-        *[f"{k}={v}" for k, v in hf_tiny_dirs.items()],
-        "--ckpt",
-        str(work / "ckpt"),
-        "--out",
-        str(out),
-    ]
-    proc = subprocess.run(cmd, env=worker_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    hf = [f"{k}={v}" for k, v in hf_tiny_dirs.items()]
+    torchrun(
+        HERE / "dist_worker.py", "--hf", *hf, "--ckpt", work / "ckpt", "--out", out, timeout=600
+    )
     return json.loads(out.read_text())
 
 
