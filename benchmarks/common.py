@@ -119,12 +119,16 @@ def _status_kib(field: str) -> int:
     return int(found.group(1))
 
 
-def run_child(script: Path, args: list[str], timeout_s: float) -> dict:
-    """Run ``script`` in a fresh interpreter (``python -P``) and parse the JSON object that
-    its last stdout line holds; a crash or timeout becomes ``{"error": ...}``."""
+def run_child(
+    script: Path, args: list[str], timeout_s: float, env: dict[str, str] | None = None
+) -> dict:
+    """Run ``script`` in a fresh interpreter (``python -P``, this environment plus ``env``)
+    and parse the JSON object that its last stdout line holds; a crash or timeout becomes
+    ``{"error": ...}``."""
     cmd = [sys.executable, "-P", str(script), *args]
+    child_env = {**os.environ, **(env or {})}
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=child_env)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout_s:.0f} s"}
     lines = done.stdout.strip().splitlines()

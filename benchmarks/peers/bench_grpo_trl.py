@@ -23,8 +23,14 @@ the same verifier reward (``dsm_engine.rewards.verifier.verify``).
 Each runs in its own process; peak RSS is over the RSS after imports. The first step of each
 is a warm-up and is not counted; the table gives medians over the other steps.
 
+Most of either step's RSS growth is glibc keeping freed activations in its heap, not live
+tensors: ``--malloc-mmap-threshold BYTES`` runs both children with that fixed
+``MALLOC_MMAP_THRESHOLD_`` (which also stops glibc raising the threshold as blocks are freed),
+so every larger block is returned to the OS on free; steps get slower, and the peaks come
+closer to what each step really holds.
+
     python -P benchmarks/peers/bench_grpo_trl.py [--steps 4 --prompts 8 --group 8 \\
-        --new-tokens 32 --rounds 1 --pretrain-steps 300]
+        --new-tokens 32 --rounds 1 --pretrain-steps 300 --malloc-mmap-threshold 131072]
 
 Writes ``benchmarks/results/grpo_trl.{json,md}``.
 """
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -45,6 +52,7 @@ from common import RESULTS, peak_rss_bytes, reset_peak_rss, run_child, run_info,
 
 PACKAGES = ("dsm-engine", "torch", "transformers", "trl", "accelerate")
 SEED = 0
+MMAP_THRESHOLD_ENV = "MALLOC_MMAP_THRESHOLD_"
 
 
 def run_ours(spec: dict) -> dict:
@@ -201,7 +209,18 @@ def times_to_steps(times: dict[str, list[float]], trainer) -> list[dict]:
 
 
 def _result(steps: list[dict], base: int) -> dict:
-    return {"steps": steps, "peak_bytes": peak_rss_bytes() - base, "peak_abs": peak_rss_bytes()}
+    return {
+        "steps": steps,
+        "peak_bytes": peak_rss_bytes() - base,
+        "peak_abs": peak_rss_bytes(),
+        "malloc": _malloc_setting(),
+    }
+
+
+def _malloc_setting() -> str:
+    """The glibc allocator setting this process started under, as the table shows it."""
+    threshold = os.environ.get(MMAP_THRESHOLD_ENV)
+    return f"mmap threshold {threshold}" if threshold else "default"
 
 
 def _summary(name: str, runs: list[dict]) -> dict:
@@ -216,6 +235,7 @@ def _summary(name: str, runs: list[dict]) -> dict:
     row["response tokens/row"] = round(statistics.mean(s["response_tokens"] for s in timed), 1)
     row["peak RSS MiB"] = round(max(got["peak_abs"] for got in runs) / 2**20, 1)
     row["peak RSS over imports MiB"] = round(max(got["peak_bytes"] for got in runs) / 2**20, 1)
+    row["malloc"] = " / ".join(sorted({got["malloc"] for got in runs}))
     row["losses"] = " ".join(f"{s['loss']:.4f}" for s in runs[0]["steps"])
     return row
 
@@ -236,9 +256,13 @@ def run(args: argparse.Namespace) -> Path:
         spec.update(group=args.group, new_tokens=args.new_tokens)
         spec.update(init=str(init), hf_init=str(hf_init))
         runs: dict[str, list[dict]] = {"ours": [], "trl": []}
+        child_env = {}
+        if args.malloc_mmap_threshold is not None:
+            child_env[MMAP_THRESHOLD_ENV] = str(args.malloc_mmap_threshold)
         for _ in range(args.rounds):  # alternated: a change of load hits both alike
             for name, got in runs.items():
-                got.append(run_child(Path(__file__), [f"--{name}", json.dumps(spec)], args.timeout))
+                child_args = [f"--{name}", json.dumps(spec)]
+                got.append(run_child(Path(__file__), child_args, args.timeout, env=child_env))
                 print(name, json.dumps(got[-1])[:300], flush=True)
         rows = [_summary(name, got) for name, got in runs.items()]
     env["load_avg_after"] = run_info()["load_avg_1m_5m_15m"]
@@ -259,6 +283,12 @@ def run(args: argparse.Namespace) -> Path:
         "Losses are per step (first run); both start from the same weights but sample "
         "differently, so they are not expected to be equal.",
     ]
+    if args.malloc_mmap_threshold is not None:
+        notes.append(
+            f"Both children ran with {MMAP_THRESHOLD_ENV}={args.malloc_mmap_threshold}: glibc "
+            "returns every block above it to the OS on free, so peak RSS is closer to the "
+            "live memory and steps are slower than under the default allocator."
+        )
     return write_results("grpo_trl", rows, env, notes, out_dir=Path(args.out))
 
 
@@ -271,6 +301,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=1, help="runs per trainer, alternated")
     p.add_argument(
         "--pretrain-steps", type=int, default=300, help="steps of the shared initial policy"
+    )
+    p.add_argument(
+        "--malloc-mmap-threshold",
+        type=int,
+        metavar="BYTES",
+        help="run both trainers with this fixed glibc mmap threshold (default: glibc's own)",
     )
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--out", default=str(RESULTS))

@@ -110,12 +110,13 @@ def test_decont_bench_compares_removed_documents_with_datatrove(tmp_path):
 def test_grpo_bench_splits_a_step_for_ours_and_trl(tmp_path):
     pytest.importorskip("trl")
     args = ["--steps", "2", "--prompts", "2", "--group", "2", "--new-tokens", "4"]
-    args += ["--pretrain-steps", "2"]
+    args += ["--pretrain-steps", "2", "--malloc-mmap-threshold", "131072"]
     assert _load("bench_grpo_trl").main([*args, "--out", str(tmp_path)]) == 0
     rows = _rows(tmp_path, "grpo_trl")
     assert [r["trainer"] for r in rows] == ["ours", "trl"]
     for r in rows:
         assert "error" not in r, r
+        assert r["malloc"] == "mmap threshold 131072"  # each child ran under the setting
         parts = r["generation s/step"] + r["logprobs s/step"]
         assert 0 < parts <= r["total s/step"] and r["peak RSS MiB"] > 0
         assert 0 < r["response tokens/row"] <= 4
