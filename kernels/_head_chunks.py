@@ -37,8 +37,8 @@ N=512, H=1024, V=32,000). The chunk buffers are allocated once per pass and reus
 
 Low-precision inputs on CPU add fp32 temporaries of their own: the hidden gradient's fp32 sum
 over slices ``(token_chunk, H)``, and the fp32 copies that the fp32 products take (no CPU
-matmul writes fp32 from bf16). The copies are made in column blocks of ``H`` no larger than
-the logits block (``_upcast_grads``), and when the weight gradient is summed in fp32 (the
+matmul writes fp32 from bf16). The copies are made in blocks no larger than the logits
+block (``_upcast_grads``), and when the weight gradient is summed in fp32 (the
 engine's training path: megatron's fp32 ``main_grad``; or ``"fp32"``) the tokens are split
 into equal row blocks with ``token_chunk·H`` within the block too (``cpu_chunk_sizes``'
 ``row_width``), each meeting wider vocabulary slices: at most ~4.5 blocks (~7% of the fp32
@@ -256,17 +256,28 @@ def _upcast_grads(
     """``acc += d32 @ w`` and ``grad_weight += d32.T @ hidden`` in fp32 for fp32 ``d32 (C, Vc)``
     and low-precision ``w (Vc, H)``, ``hidden (C, H)`` (either target may be None).
 
-    The operands are upcast in column blocks of ``H`` of ``min(C, Vc)`` columns, so no fp32
-    copy is larger than the ``(C, Vc)`` block; the output columns are independent, so the
-    sums are those of one full-width product.
+    No fp32 copy is larger than the ``(C, Vc)`` block: ``hidden`` is upcast in column blocks
+    of ``Vc`` (all of it when ``H <= Vc``), ``w`` in row blocks of ``C·Vc // H`` rows (column
+    blocks ``C`` wide when not even one row fits: few tokens). Row blocks keep the products
+    full-width: column blocks ``min(C, Vc)`` wide for both made ``(C, Vc) @ (Vc, C)`` products
+    from strided copies, 2x slower at ``C = 57``, ``H = 4096``.
     """
-    width = max(1, min(d32.shape))
-    for h0 in range(0, w.shape[1], width):
-        cols = slice(h0, h0 + width)
-        if acc is not None:
-            acc[:, cols].addmm_(d32, w[:, cols].float())
-        if grad_weight is not None:
+    c, vc = d32.shape
+    h = w.shape[1]
+    if grad_weight is not None:
+        for h0 in range(0, h, vc):
+            cols = slice(h0, h0 + vc)
             grad_weight[:, cols].addmm_(d32.T, hidden[:, cols].float())
+    if acc is None:
+        return
+    rows = c * vc // h
+    if rows:
+        for v0 in range(0, vc, rows):
+            acc.addmm_(d32[:, v0 : v0 + rows], w[v0 : v0 + rows].float())
+        return
+    for h0 in range(0, h, c):
+        cols = slice(h0, h0 + c)
+        acc[:, cols].addmm_(d32, w[:, cols].float())
 
 
 def chunk_stats(
