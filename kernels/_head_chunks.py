@@ -252,32 +252,34 @@ def _upcast_grads(
     hidden: torch.Tensor,
     acc: torch.Tensor | None,
     grad_weight: torch.Tensor | None,
+    scratch: torch.Tensor,
 ) -> None:
     """``acc += d32 @ w`` and ``grad_weight += d32.T @ hidden`` in fp32 for fp32 ``d32 (C, Vc)``
     and low-precision ``w (Vc, H)``, ``hidden (C, H)`` (either target may be None).
 
-    No fp32 copy is larger than the ``(C, Vc)`` block: ``hidden`` is upcast in column blocks
-    of ``Vc`` (all of it when ``H <= Vc``), ``w`` in row blocks of ``C·Vc // H`` rows (column
-    blocks ``C`` wide when not even one row fits: few tokens). Row blocks keep the products
-    full-width: column blocks ``min(C, Vc)`` wide for both made ``(C, Vc) @ (Vc, C)`` products
-    from strided copies, 2x slower at ``C = 57``, ``H = 4096``.
+    The fp32 copies of the operands go into ``scratch`` (flat fp32, ``>= C·Vc`` elements), one
+    block at a time: ``hidden`` in column blocks of ``Vc`` (all of it when ``H <= Vc``), ``w``
+    in row blocks of ``C·Vc // H`` rows (column blocks ``C`` wide when not even one row fits:
+    few tokens). Row blocks keep the products full-width: column blocks ``min(C, Vc)`` wide
+    for both made ``(C, Vc) @ (Vc, C)`` products from strided copies, 2x slower at ``C = 57``,
+    ``H = 4096``; and copies into a buffer leave no freed blocks behind in the CPU heap.
     """
     c, vc = d32.shape
     h = w.shape[1]
     if grad_weight is not None:
         for h0 in range(0, h, vc):
             cols = slice(h0, h0 + vc)
-            grad_weight[:, cols].addmm_(d32.T, hidden[:, cols].float())
+            grad_weight[:, cols].addmm_(d32.T, _fp32_copy(hidden[:, cols], scratch))
     if acc is None:
         return
     rows = c * vc // h
     if rows:
         for v0 in range(0, vc, rows):
-            acc.addmm_(d32[:, v0 : v0 + rows], w[v0 : v0 + rows].float())
+            acc.addmm_(d32[:, v0 : v0 + rows], _fp32_copy(w[v0 : v0 + rows], scratch))
         return
     for h0 in range(0, h, c):
         cols = slice(h0, h0 + c)
-        acc[:, cols].addmm_(d32, w[:, cols].float())
+        acc[:, cols].addmm_(d32, _fp32_copy(w[:, cols], scratch))
 
 
 def chunk_stats(
@@ -378,9 +380,9 @@ def chunk_grads(
         fp32_rows = rows is not None and rows.dtype == torch.float32
         d32 = None
         if upcast and (acc is not None or fp32_rows):
-            assert work is not None  # the gradient primitive is done with work[1]
+            assert work is not None  # the gradient primitive is done with both buffers
             d32 = _fp32_copy(dlogits, work[1])
-            _upcast_grads(d32, w, hidden, acc, rows if fp32_rows else None)
+            _upcast_grads(d32, w, hidden, acc, rows if fp32_rows else None, scratch=work[0])
         if grad_hidden is not None and (acc is None or d32 is None):
             if acc is not None:
                 addmm_fp32_(acc, dlogits, w)
