@@ -30,7 +30,7 @@ so every larger block is returned to the OS on free; steps get slower, and the p
 closer to what each step really holds.
 
     python -P benchmarks/peers/bench_grpo_trl.py [--steps 4 --prompts 8 --group 8 \\
-        --new-tokens 32 --rounds 1 --pretrain-steps 300 --malloc-mmap-threshold 131072]
+        --new-tokens 32 --rounds 1 --pretrain-steps 300] [--malloc-mmap-threshold 131072]
 
 Writes ``benchmarks/results/grpo_trl.{json,md}``.
 """
