@@ -16,7 +16,7 @@ from dsm_engine.jsonl import iter_jsonl
 PANELS: dict[str, tuple[str, ...]] = {
     "reward": ("reward_mean", "accuracy"),
     "kl": ("kl_mean",),
-    "eval_accuracy": ("eval_accuracy",),
+    "eval_accuracy": ("eval_accuracy", "eval_sampled_accuracy"),
     "loss": ("loss",),
 }
 

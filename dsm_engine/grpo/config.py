@@ -11,7 +11,7 @@ YAML layout (every key optional; ``key=value`` overrides any of them)::
     reward: {name, kind, supervision, model_path, ...}
     rm_update: {steps, prompts, samples, ...}   # iterative RL: the reward model between iterations
     reference: {offload_to_cpu}
-    eval: {path, every, num_prompts}
+    eval: {path, every, num_prompts, max_new_tokens, samples}
     algorithm: {name, dpo_beta, pairs_per_prompt, correct_threshold, gamma, lam, ...}
     critic: {lr, load}               # ppo's value model
 
@@ -343,12 +343,21 @@ class ReferenceConfig:
 @dataclass
 class EvalConfig:
     """Held-out greedy exact-match accuracy every ``every`` steps (0: never) on the first
-    ``num_prompts`` rows of ``path`` (JSON Lines, same fields as ``data``)."""
+    ``num_prompts`` rows of ``path`` (JSON Lines, same fields as ``data``), as
+    ``eval_accuracy``. With ``samples`` > 0, also the mean accuracy of that many responses
+    per prompt sampled at ``rollout.temperature`` (seeded by ``train.seed``, the same at every
+    evaluation), as ``eval_sampled_accuracy``: a smooth function of the policy, where greedy
+    accuracy jumps with each argmax that flips."""
 
     path: str = ""
     every: int = 0
     num_prompts: int = 200
     max_new_tokens: int = 64
+    samples: int = 0
+
+    def __post_init__(self) -> None:
+        if self.samples < 0:
+            raise ConfigError(f"eval.samples={self.samples}: must be >= 0 (0: greedy only)")
 
 
 @dataclass

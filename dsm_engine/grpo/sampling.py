@@ -219,17 +219,54 @@ def evaluate_greedy(
     temperature: float,
 ) -> float:
     """Greedy exact-match accuracy on ``prompts`` (collective over MP; every rank gets it)."""
+    params = SamplingParams(
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        stop_token_ids=[codec.eos_id],
+        greedy=True,
+    )
+    return _accuracy(engine, reward_fn, codec, prompts, 1, params)
+
+
+def evaluate_sampled(
+    engine: RolloutEngine | None,
+    reward_fn,
+    codec: TextCodec,
+    prompts: list[Prompt],
+    *,
+    samples: int,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+) -> float:
+    """Mean exact-match accuracy of ``samples`` responses per prompt sampled at
+    ``temperature`` (pass@1 estimated from them; collective over MP). The same ``seed`` at
+    two evaluations gives both the same random numbers, so their difference is the policy's."""
+    params = SamplingParams(
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        stop_token_ids=[codec.eos_id],
+        seed=seed,
+    )
+    return _accuracy(engine, reward_fn, codec, prompts, samples, params)
+
+
+def _accuracy(
+    engine: RolloutEngine | None,
+    reward_fn,
+    codec: TextCodec,
+    prompts: list[Prompt],
+    n: int,
+    params: SamplingParams,
+) -> float:
+    """The fraction of ``n`` responses per prompt graded correct (on the sampler's rank; the
+    others get it by broadcast)."""
     acc = None
     if engine is not None:
-        params = SamplingParams(
-            temperature=temperature,
-            max_new_tokens=max_new_tokens,
-            stop_token_ids=[codec.eos_id],
-            greedy=True,
-        )
-        out = engine.generate([p.token_ids for p in prompts], 1, params)
+        out = engine.generate([p.token_ids for p in prompts], n, params)
+        asked = [prompts[i] for i in out.prompt_index]
         texts = [codec.decode(ids) for ids in out.token_ids]
-        scores = reward_fn.score([p.text for p in prompts], texts, [p.gold for p in prompts])
+        scores = reward_fn.score([p.text for p in asked], texts, [p.gold for p in asked])
         grades = getattr(reward_fn, "last_grades", None)
         hits = [g.correct for g in grades] if grades is not None else [s > 0 for s in scores]
         acc = sum(hits) / len(hits)

@@ -67,6 +67,7 @@ from dsm_engine.grpo.ppo import Critic, ppo_update
 from dsm_engine.grpo.rm_refresh import RewardModelRefresher, reward_model_scorer
 from dsm_engine.grpo.sampling import (
     evaluate_greedy,
+    evaluate_sampled,
     is_sampler_rank,
     rollout_and_score,
     sync_weights,
@@ -232,10 +233,11 @@ class GRPORun:
         sync_weights(self.reference, self.engine, self.model_cfg)
         self.offload(self.reference, torch.device("cpu"))
 
-    def evaluate(self) -> float:
-        """Greedy accuracy of the policy on the first ``eval.num_prompts`` held-out prompts
-        (an offline method's sampler holds π_sft: it gets the policy for the evaluation; sft's
-        sampler gets it then only)."""
+    def evaluate(self) -> dict[str, float]:
+        """Held-out accuracy of the policy on the first ``eval.num_prompts`` prompts: greedy
+        (``eval_accuracy``) and, with ``eval.samples``, sampled (``eval_sampled_accuracy``).
+        An offline method's sampler holds π_sft: it gets the policy for the evaluation; sft's
+        sampler gets it then only."""
         assert self.eval_set is not None
         if self.gold:
             sync_weights(self.policy, self.engine, self.model_cfg)
@@ -247,16 +249,25 @@ class GRPORun:
                 self._sampler_holds_sft()
         return self._evaluate()
 
-    def _evaluate(self) -> float:
+    def _evaluate(self) -> dict[str, float]:
         assert self.eval_set is not None
-        return evaluate_greedy(
-            self.engine,
-            self.reward_fn,
-            self.codec,
-            self.eval_set.prompts[: self.cfg.eval.num_prompts],
-            max_new_tokens=self.cfg.eval.max_new_tokens,
-            temperature=self.cfg.rollout.temperature,
-        )
+        ev, rollout = self.cfg.eval, self.cfg.rollout
+        prompts = self.eval_set.prompts[: ev.num_prompts]
+        args = (self.engine, self.reward_fn, self.codec, prompts)
+        out = {
+            "eval_accuracy": evaluate_greedy(
+                *args, max_new_tokens=ev.max_new_tokens, temperature=rollout.temperature
+            )
+        }
+        if ev.samples:
+            out["eval_sampled_accuracy"] = evaluate_sampled(
+                *args,
+                samples=ev.samples,
+                max_new_tokens=ev.max_new_tokens,
+                temperature=rollout.temperature,
+                seed=self.cfg.train.seed,
+            )
+        return out
 
     # -- the step, in parts -------------------------------------------------------------------
 
@@ -458,7 +469,7 @@ class GRPORun:
         metrics = dp_mean(metrics, ctx.dp_group)
         if self.eval_set is not None and (done % cfg.eval.every == 0 or done == g.steps):
             with s.phase("eval"):
-                metrics["eval_accuracy"] = self.evaluate()
+                metrics.update(self.evaluate())
         work = step_work(batch, self.codec.pad_id, self.model_cfg, cfg, ctx.dp_size)
         return StepResult(metrics, work)
 
@@ -499,5 +510,5 @@ def run_grpo(cfg: GRPOConfig, *, on_step_end: StepHook | None = None) -> list[di
         if isinstance(run.reward_fn, contextlib.AbstractContextManager):
             session.keep(run.reward_fn)  # the verifier's checker processes stop with the run
         if eval_set is not None and start == 0:
-            session.log.log(0, {"eval_accuracy": run.evaluate()})
+            session.log.log(0, run.evaluate())
         return session.drive(run.step, on_step_end)

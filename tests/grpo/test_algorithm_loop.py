@@ -146,7 +146,13 @@ def test_offline_methods_sample_from_the_initial_policy_throughout(
         paths,
         tmp_path / "r",
         {"name": name, "pairs_per_prompt": 2, "dpo_beta": 0.5},
-        eval={"path": str(paths.heldout), "every": 1, "num_prompts": 2, "max_new_tokens": 4},
+        eval={
+            "path": str(paths.heldout),
+            "every": 1,
+            "num_prompts": 2,
+            "max_new_tokens": 4,
+            "samples": 3,
+        },
     )
     history, states, syncs = _run(monkeypatch, cfg)
     _assert_finite_steps(history)
@@ -158,7 +164,9 @@ def test_offline_methods_sample_from_the_initial_policy_throughout(
     assert kinds == ["reference"] + ["policy", "reference"] * (1 + STEPS)
     first = syncs[0][1]
     assert all(_same(w, first) for kind, w in syncs if kind == "reference")
-    assert all("eval_accuracy" in row for row in history)
+    # Greedy and sampled accuracy both come from the policy's weights in the sampler.
+    assert all(0 <= row["eval_accuracy"] <= 1 for row in history)
+    assert all(0 <= row["eval_sampled_accuracy"] <= 1 for row in history)
     if name == "dpo":
         assert all(row["dpo_pairs"] >= 1 for row in history)
         assert all(0 <= row["dpo_accuracy"] <= 1 and "dpo_margin" in row for row in history)
@@ -216,6 +224,7 @@ def test_the_default_algorithm_is_grpo(paths, tmp_path):
             r"reward\.supervision=prm: .*algorithm\.name=grpo only",
         ),
         ({"name": "a2c"}, {}, r"algorithm\.name: 'a2c' is not one of"),
+        ({"name": "grpo"}, {"eval": {"samples": -1}}, r"eval\.samples=-1: must be >= 0"),
     ],
 )
 def test_invalid_combinations_name_their_fields(paths, tmp_path, algorithm, over, match):
