@@ -21,7 +21,7 @@ import torch.distributed as dist
 from dsm_engine.grpo.batch import GRPOBatch, build_batch
 from dsm_engine.grpo.config import RolloutConfig
 from dsm_engine.grpo.data import Prompt
-from dsm_engine.rollout.base import RolloutEngine, SamplingParams, ToolUse
+from dsm_engine.rollout.base import RolloutBatch, RolloutEngine, SamplingParams, ToolUse
 from dsm_engine.rollout.tools import ToolOptions
 from dsm_engine.sandbox import Sandbox, SandboxConfig
 from dsm_engine.sandbox.tool_loop import ToolLoopConfig
@@ -167,6 +167,23 @@ class Rollout:
     tool: dict[str, float] = field(default_factory=dict)
 
 
+def _grade(
+    reward_fn, codec: TextCodec, prompts: list[Prompt], out: RolloutBatch
+) -> tuple[list[str], list[float], list[bool]]:
+    """The texts of ``out``'s responses, their rewards, and whether each is correct (the
+    grader's verdict where the reward function keeps one, else a positive reward)."""
+    texts = [codec.decode(ids) for ids in out.token_ids]
+    rows = [prompts[i] for i in out.prompt_index]
+    rewards = reward_fn.score([p.text for p in rows], texts, [p.gold for p in rows])
+    grades = getattr(reward_fn, "last_grades", None)
+    correct = (
+        [bool(g.correct) for g in grades]
+        if grades is not None and len(grades) == len(texts)
+        else [r > 0 for r in rewards]
+    )
+    return texts, rewards, correct
+
+
 def rollout_and_score(
     engine: RolloutEngine | None,
     reward_fn,
@@ -184,15 +201,7 @@ def rollout_and_score(
         out = engine.generate([p.token_ids for p in prompts], n, params)
         rollout_s = time.perf_counter() - tic
         tic = time.perf_counter()
-        texts = [codec.decode(ids) for ids in out.token_ids]
-        rows = [prompts[i] for i in out.prompt_index]
-        rewards = reward_fn.score([p.text for p in rows], texts, [p.gold for p in rows])
-        grades = getattr(reward_fn, "last_grades", None)
-        correct = (
-            [bool(g.correct) for g in grades]
-            if grades is not None and len(grades) == len(texts)
-            else [r > 0 for r in rewards]
-        )
+        texts, rewards, correct = _grade(reward_fn, codec, prompts, out)
         reward_s = time.perf_counter() - tic
         payload = (out, texts, [float(r) for r in rewards], correct, rollout_s, reward_s)
     out, texts, rewards, correct, rollout_s, reward_s = _mp_broadcast(payload)
@@ -264,10 +273,6 @@ def _accuracy(
     acc = None
     if engine is not None:
         out = engine.generate([p.token_ids for p in prompts], n, params)
-        asked = [prompts[i] for i in out.prompt_index]
-        texts = [codec.decode(ids) for ids in out.token_ids]
-        scores = reward_fn.score([p.text for p in asked], texts, [p.gold for p in asked])
-        grades = getattr(reward_fn, "last_grades", None)
-        hits = [g.correct for g in grades] if grades is not None else [s > 0 for s in scores]
-        acc = sum(hits) / len(hits)
+        _, _, correct = _grade(reward_fn, codec, prompts, out)
+        acc = sum(correct) / len(correct)
     return float(_mp_broadcast(acc))
