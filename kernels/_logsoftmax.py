@@ -244,7 +244,10 @@ def stats_torch(
     if logits.dtype == torch.float32 and inv_temp == 1.0:
         z = logits  # no copy: d = z - max is written straight into the scratch
     else:
-        z = torch.mul(logits, inv_temp, out=d) if inv_temp != 1.0 else d.copy_(logits)
+        # Upcast, then scale: torch.mul(bf16, t, out=fp32) computes and rounds in bf16.
+        z = d.copy_(logits)
+        if inv_temp != 1.0:
+            z.mul_(inv_temp)
     local = targets.long() - vocab_start
     owned = (local >= 0) & (local < v)
     zt = z.gather(1, local.clamp(0, max(v - 1, 0)).unsqueeze(1)).squeeze(1)
@@ -289,7 +292,8 @@ def grad_torch(
     if inv_temp == 1.0:
         torch.sub(logits, lse.unsqueeze(1), out=g)  # in place when out is logits
     else:
-        torch.mul(logits, inv_temp, out=g).sub_(lse.unsqueeze(1))
+        # Upcast, then scale (as in stats_torch); a no-op copy when out is the fp32 logits.
+        g.copy_(logits).mul_(inv_temp).sub_(lse.unsqueeze(1))
     if grad_ent is None:
         g.exp_().mul_(b * -inv_temp)  # -b·p/T
     else:
