@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+import os
+import random
+import zlib
+
 import torch
 
 from dsm_engine.kernels import logprobs_from_logits_ref
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 # Slack added to the 2x bound, relative to the largest reference value: one unit in the last
-# place of the dtype (a result stored in bf16 is off by up to half of that however it is
-# computed, so a lucky baseline must not make an exactly rounded kernel fail).
-TOL = {torch.float32: 2e-5, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
+# place of the dtype at 1.0 (bf16 2^-7, fp16 2^-10), so a lucky baseline cannot fail a kernel
+# whose only error is storing its result in the dtype. On the GPU that store rounds to nearest
+# (up to half a unit); the Triton interpreter (CI) truncates fp32 -> bf16 (up to a whole unit:
+# a case failed on 2% of random draws with half a unit as the slack).
+TOL = {torch.float32: 2e-5, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}
+
+
+# Fresh inputs every run, reproducible: DSM_TEST_SEED=<printed seed> pytest ... replays a run.
+BASE_SEED = int(os.environ.get("DSM_TEST_SEED", random.randrange(2**31)))
+
+
+def seeded(*key) -> torch.Generator:
+    """A generator for the test case ``key``, from this run's ``BASE_SEED`` (printed)."""
+    print(f"DSM_TEST_SEED={BASE_SEED}")  # shown by pytest when the test fails
+    mixed = (BASE_SEED + zlib.crc32(repr(tuple(str(k) for k in key)).encode())) % 2**31
+    return torch.Generator().manual_seed(mixed)
 
 
 def max_err(x: torch.Tensor, ref: torch.Tensor) -> float:

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import random
-import zlib
-
 import pytest
 import torch
-from _kernel_checks import TOL, assert_close_to_ref, exact_on_rounded_logits, max_err
+from _kernel_checks import TOL, assert_close_to_ref, exact_on_rounded_logits, max_err, seeded
 
 from dsm_engine.kernels import (
     _logsoftmax,
@@ -28,16 +24,6 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch):
     monkeypatch.setattr(_logsoftmax, "MAX_BLOCK_V", 128)
-
-
-# Fresh inputs every run, reproducible: DSM_TEST_SEED=<printed seed> pytest ... replays a run.
-BASE_SEED = int(os.environ.get("DSM_TEST_SEED", random.randrange(2**31)))
-
-
-def _seed(*key) -> torch.Generator:
-    print(f"DSM_TEST_SEED={BASE_SEED}")  # shown by pytest when the test fails
-    mixed = (BASE_SEED + zlib.crc32(repr(tuple(str(k) for k in key)).encode())) % 2**31
-    return torch.Generator().manual_seed(mixed)
 
 
 def _head(n, h, v, dtype, gen):
@@ -76,7 +62,7 @@ def _targets(n, v, gen):
 @pytest.mark.parametrize("case", LOGPROB_CASES.values(), ids=LOGPROB_CASES.keys())
 def test_fused_linear_logprobs_matches_fp64_reference(case, dtype, impl):
     n, h, v, token_chunk, vocab_chunk, temp, entropy = case
-    gen = _seed(case, dtype, impl)
+    gen = seeded(case, dtype, impl)
     hidden, weight = _head(n, h, v, dtype, gen)
     targets = _targets(n, v, gen)
     g_lp, g_ent = torch.randn(n, generator=gen), torch.randn(n, generator=gen)
@@ -201,7 +187,7 @@ CHUNKINGS = {"token-chunks": (7, None), "vocab-chunks": (7, 64), "default": (Non
 @pytest.mark.parametrize("spec", GRPO_CASES.values(), ids=GRPO_CASES.keys())
 def test_fused_linear_grpo_loss_matches_materialised_reference(spec, chunks, dtype, impl):
     b, t, h, v = 6, 5, 16, 200
-    gen = _seed(spec, chunks, dtype, impl)
+    gen = seeded(spec, chunks, dtype, impl)
     hidden, weight, targets, old, ref, mask = _grpo_inputs(b, t, h, v, dtype, gen)
     kw = _grpo_kwargs(spec, b, t, gen)
     temp = kw.get("temperature", 1.0)
@@ -272,7 +258,7 @@ def test_fused_linear_grpo_loss_matches_materialised_reference(spec, chunks, dty
 @pytest.mark.parametrize("spec", GRPO_CASES.values(), ids=GRPO_CASES.keys())
 def test_fused_grpo_loss_equals_grpo_loss_of_logprobs_from_logits(spec):
     b, t, h, v = 4, 6, 16, 150
-    gen = _seed("compose", spec)
+    gen = seeded("compose", spec)
     hidden, weight, targets, old, ref, mask = _grpo_inputs(b, t, h, v, torch.float32, gen)
     kw = _grpo_kwargs(
         {**spec, "rewards": [1.0, 0.0, 0.5, 0.5]} if "rewards" in spec else spec, b, t, gen
@@ -309,7 +295,7 @@ def test_fused_grpo_loss_equals_grpo_loss_of_logprobs_from_logits(spec):
 
 
 def test_fused_grpo_loss_without_grad_matches_with_grad():
-    gen = _seed("nograd")
+    gen = seeded("nograd")
     hidden, weight, targets, old, ref, mask = _grpo_inputs(4, 6, 16, 100, torch.float32, gen)
     kw = {"rewards": torch.tensor([1.0, 0.0, 0.0, 1.0]), "group_size": 2}
     with torch.no_grad():
@@ -327,7 +313,7 @@ def test_masked_tokens_never_reach_the_head(impl):
     no lm_head: non-finite hidden states there change neither the loss nor the gradients,
     and their rows get an exact zero gradient."""
     b, t, h, v = 4, 6, 16, 120
-    gen = _seed("masked-rows", impl)
+    gen = seeded("masked-rows", impl)
     hidden, weight, targets, old, ref, mask = _grpo_inputs(b, t, h, v, torch.float32, gen)
     kw = {"advantages": torch.randn(b, generator=gen), "impl": impl, "token_chunk": 3}
     poisoned = hidden.clone()
@@ -349,7 +335,7 @@ def test_masked_tokens_never_reach_the_head(impl):
 
 
 def test_backward_scales_by_the_incoming_gradient():
-    gen = _seed("scale")
+    gen = seeded("scale")
     hidden, weight, targets, old, ref, mask = _grpo_inputs(2, 4, 8, 50, torch.float32, gen)
     kw = {"advantages": torch.tensor([0.5, -1.0]), "impl": "triton", "token_chunk": 3}
     grads = []
@@ -458,7 +444,7 @@ def test_explicit_chunk_sizes_fill_the_missing_one_from_the_budget():
 
 
 def test_vocab_chunked_grpo_loss_of_one_token_equals_full_vocab():
-    gen = _seed("one-token")
+    gen = seeded("one-token")
     hidden, weight, targets, old, ref, _ = _grpo_inputs(1, 1, 8, 70, torch.float32, gen)
     mask = torch.ones(1, 1, dtype=torch.bool)
     outs = []
@@ -520,7 +506,7 @@ def test_deepseekmath_head_shape_on_gpu(vocab_chunk):
     # N = 8,192 tokens: 32 token chunks of 256 rows by default, so grad_weight's accumulation
     # matters; "auto" (the default) accumulates it in fp32 for this bf16 head.
     b, t, h, v = 8, 1024, 4096, 102400
-    gen = torch.Generator(device="cuda").manual_seed(7)
+    gen = torch.Generator(device="cuda").manualseeded(7)
     hidden = torch.randn(b, t, h, device="cuda", generator=gen).bfloat16()
     weight = (torch.randn(v, h, device="cuda", generator=gen) * (3 / h**0.5)).bfloat16()
     targets = torch.randint(0, v, (b, t), device="cuda", generator=gen)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _kernel_checks import assert_close_to_ref
+from _kernel_checks import assert_close_to_ref, seeded
 
 from dsm_engine.kernels import _logsoftmax, logprobs_from_logits, logprobs_from_logits_ref
 
@@ -41,7 +41,7 @@ def _plain_torch(logits, targets, temperature, entropy):
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_forward_and_grad_match_fp64_reference(case, dtype):
     n, v, pad, temp, entropy = case
-    gen = torch.Generator().manual_seed(hash((case, str(dtype))) % 2**31)
+    gen = seeded(case, dtype)
     logits = _logits(n, v, pad, dtype, gen)
     targets = torch.randint(0, v, (n,), generator=gen)
     g_lp = torch.randn(n, generator=gen)
@@ -183,3 +183,38 @@ def test_stats_with_a_shift_report_lse_and_px_of_the_shifted_logits(impl):
     want_tgt = z.gather(1, targets[:, None]).squeeze(1)  # the target logit is not shifted
     for got, want in ((lse, want_lse), (px, want_px), (tgt, want_tgt)):
         torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["triton", "torch"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_a_temperature_scales_low_precision_logits_after_upcasting_them(dtype, impl):
+    """The chunk primitives take the lm_head's bf16/fp16 logits as stored: ``lse``, ``px``,
+    the target logit and the logits' gradient at a temperature are fp64 math on those logits up
+    to fp32 rounding. (The PyTorch twins once scaled before upcasting, and
+    ``torch.mul(bf16, t, out=fp32)`` rounds each logit/T to bf16: errors of ~1e-2.)"""
+    n, v, temp = 6, 300, 0.7
+    gen = seeded("temperature-upcast", dtype, impl)
+    logits = (torch.randn(n, v, generator=gen) * 8).to(dtype)
+    targets = torch.randint(0, v, (n,), generator=gen)
+    g_lp = torch.randn(n, generator=gen)
+    stats, grad = (
+        (_logsoftmax.stats_triton, _logsoftmax.grad_triton)
+        if impl == "triton"
+        else (_logsoftmax.stats_torch, _logsoftmax.grad_torch)
+    )
+    lse, tgt, px = stats(logits, targets, 0, 1 / temp)
+    g = grad(logits, targets, lse, px, g_lp, None, 0, 1 / temp, torch.empty(n, v))
+
+    z = logits.double() / temp
+    p = torch.softmax(z, -1)
+    want_g = -g_lp.double()[:, None] * p / temp
+    want_g[torch.arange(n), targets] += g_lp.double() / temp
+    wants = (
+        ("lse", lse, torch.logsumexp(z, -1)),
+        ("px", px, (p * z).sum(-1)),
+        ("target logit", tgt, z.gather(1, targets[:, None]).squeeze(1)),
+        ("grad", g, want_g),
+    )
+    for name, got, want in wants:
+        err = (got.double() - want).abs().max().item()
+        assert err <= 1e-5 * max(1.0, want.abs().max().item()), f"{name}: error {err:.3g}"
